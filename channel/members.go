@@ -1,0 +1,259 @@
+package channel
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// member is one slot of the member table owned by this process.
+type member struct {
+	r     *Ring
+	idx   uint32
+	gen   uint32
+	s     *memberSlot
+	dead  atomic.Bool
+	close atomic.Bool
+}
+
+// acquire takes a free slot for role on queue q. cursor is stored before
+// the slot turns active, so no one ever sees a live slot with a stale cursor.
+func (r *Ring) acquire(role uint32, q int, cursor pos) (*member, error) {
+	now := uint64(monotonic())
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if atomic.LoadUint32(&s.State) != MemberFree || !atomic.CompareAndSwapUint32(&s.State, MemberFree, MemberInit) {
+			continue
+		}
+		gen := atomic.AddUint32(&s.Gen, 1)
+		atomic.StoreUint64(&s.Lease, now)
+		atomic.StoreUint32(&s.Role, role|uint32(q)<<8)
+		atomic.StoreUint32(&s.Pid, uint32(os.Getpid()))
+		atomic.StoreUint64(&s.Cursor, uint64(cursor))
+		atomic.StoreUint64(&s.PendingLen, 0)
+		atomic.StoreUint64(&s.Pending, 0)
+		atomic.StoreUint64(&s.Lost, 0)
+		atomic.StoreUint64(&s.Count, 0)
+		atomic.StoreUint32(&s.State, MemberActive)
+		m := &member{r: r, idx: i, gen: gen, s: s}
+		r.track(m)
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: all %d slots in use", ErrNoSlot, r.cfg.MemberSlots)
+}
+
+// alive reports ErrEvicted if someone reaped this member, ErrClosed after Close.
+func (m *member) alive() error {
+	if m.close.Load() {
+		return ErrClosed
+	}
+	if m.dead.Load() {
+		return ErrEvicted
+	}
+	if atomic.LoadUint32(&m.s.State) != MemberActive || atomic.LoadUint32(&m.s.Gen) != m.gen {
+		m.dead.Store(true)
+		return ErrEvicted
+	}
+	return nil
+}
+
+func (m *member) heartbeat() {
+	if m.alive() == nil {
+		atomic.StoreUint64(&m.s.Lease, uint64(monotonic()))
+	}
+}
+
+// release frees the slot if this member still owns it.
+func (m *member) release() {
+	if !m.close.CompareAndSwap(false, true) {
+		return
+	}
+	m.r.untrack(m)
+	if atomic.LoadUint32(&m.s.Gen) != m.gen {
+		return
+	}
+	atomic.StoreUint64(&m.s.Lease, 0)
+	atomic.CompareAndSwapUint32(&m.s.State, MemberActive, MemberFree)
+}
+
+// track registers m for the ring's heartbeat goroutine.
+func (r *Ring) track(m *member) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.local[m.idx] = m
+	if r.beat == nil {
+		r.beat = make(chan struct{})
+		go r.heartbeats(r.beat)
+	}
+}
+
+func (r *Ring) untrack(m *member) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.local, m.idx)
+	if len(r.local) == 0 && r.beat != nil {
+		close(r.beat)
+		r.beat = nil
+	}
+}
+
+// heartbeats refreshes the leases of this process's members four times a
+// lease, so that a live but busy member is never taken for dead.
+func (r *Ring) heartbeats(stop chan struct{}) {
+	t := time.NewTicker(r.cfg.Lease / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		for _, m := range r.local {
+			m.heartbeat()
+		}
+		r.mu.Unlock()
+	}
+}
+
+// expired reports whether slot s is a member whose lease ran out at now.
+func (r *Ring) expired(s *memberSlot, now int64) bool {
+	st := atomic.LoadUint32(&s.State)
+	if st != MemberActive && st != MemberInit {
+		return false
+	}
+	lease := atomic.LoadUint64(&s.Lease)
+	return lease != 0 && now-int64(lease) > int64(r.cfg.Lease)
+}
+
+// evict marks slot s dead and frees it, if its lease is still expired.
+func (r *Ring) evict(s *memberSlot, now int64) bool {
+	st := atomic.LoadUint32(&s.State)
+	if !r.expired(s, now) || !atomic.CompareAndSwapUint32(&s.State, st, MemberDead) {
+		return false
+	}
+	atomic.StoreUint64(&s.Lease, 0)
+	atomic.StoreUint64(&s.PendingLen, 0)
+	atomic.StoreUint32(&s.State, MemberFree)
+	return true
+}
+
+// MemberInfo is a snapshot of one member slot, for inspection tools and
+// the agent. Values come from shared memory and are reported as read.
+type MemberInfo struct {
+	Slot     uint32
+	State    uint32
+	Role     uint32
+	Queue    uint32
+	Pid      uint32
+	LeaseAge time.Duration
+	Cursor   uint64 // packed position
+	Lag      uint64 // messages between the cursor and the tail (subscribers)
+	Pending  uint64
+	Lost     uint64
+	Count    uint64
+}
+
+// Members returns the non-free member slots.
+func (r *Ring) Members() []MemberInfo {
+	now := monotonic()
+	var out []MemberInfo
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		st := atomic.LoadUint32(&s.State)
+		if st == MemberFree {
+			continue
+		}
+		role := atomic.LoadUint32(&s.Role)
+		mi := MemberInfo{
+			Slot: i, State: st, Role: role & 0xff, Queue: (role >> 8) & 0xff,
+			Pid:     atomic.LoadUint32(&s.Pid),
+			Cursor:  atomic.LoadUint64(&s.Cursor),
+			Pending: atomic.LoadUint64(&s.Pending),
+			Lost:    atomic.LoadUint64(&s.Lost),
+			Count:   atomic.LoadUint64(&s.Count),
+		}
+		if l := atomic.LoadUint64(&s.Lease); l != 0 {
+			mi.LeaseAge = time.Duration(now - int64(l))
+		}
+		if mi.Role == RoleSubscriber && mi.Queue < uint32(r.cfg.queues()) {
+			tail := pos(atomic.LoadUint64(&r.queues[mi.Queue].Tail))
+			mi.Lag = uint64(tail.seq() - pos(mi.Cursor).seq())
+		}
+		out = append(out, mi)
+	}
+	return out
+}
+
+// Reap evicts every member whose lease has expired and unblocks records
+// that dead publishers claimed and never committed. Any member may call
+// it; the agent calls it periodically. It returns how many members were
+// evicted.
+func (r *Ring) Reap() int {
+	now := monotonic()
+	n := 0
+	for q := 0; q < int(r.cfg.queues()); q++ {
+		qh := r.queues[q]
+		// Unblock the claim at the slowest reader position first, while
+		// the dead publisher's pending claim is still recorded.
+		if r.cfg.Type == TypeStream {
+			r.unblockClaim(q, pos(atomic.LoadUint64(&qh.Head)), now)
+			r.reapTakes(q, now)
+		}
+		if r.cfg.Type != TypePubSub {
+			continue
+		}
+		for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+			s := r.slot(i)
+			if atomic.LoadUint32(&s.State) == MemberActive && atomic.LoadUint32(&s.Role) == RoleSubscriber|uint32(q)<<8 {
+				r.unblockClaim(q, pos(atomic.LoadUint64(&s.Cursor)), now)
+			}
+		}
+	}
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if r.expired(s, now) && r.settled(s) && r.evict(s, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// settled reports whether slot s holds no claim or take that still blocks
+// others: then evicting it loses nothing.
+func (r *Ring) settled(s *memberSlot) bool {
+	if atomic.LoadUint64(&s.PendingLen) == 0 {
+		return true
+	}
+	role := atomic.LoadUint32(&s.Role)
+	q := int(role >> 8 & 0xff)
+	if q >= int(r.cfg.queues()) {
+		return true
+	}
+	p := pos(atomic.LoadUint64(&s.Pending))
+	qh := r.queues[q]
+	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) > r.capUnits {
+		return true // lapped long ago
+	}
+	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
+	if role&0xff == RolePublisher {
+		return uint32(w) == p.units()
+	}
+	return uint32(w) == p.units() && uint32(w>>32)&(FlagConsumed|FlagPadding) != 0
+}
+
+// Close releases every member this process holds on the ring and stops
+// their heartbeats. Call it before unmapping the memory.
+func (r *Ring) Close() error {
+	r.mu.Lock()
+	ms := make([]*member, 0, len(r.local))
+	for _, m := range r.local {
+		ms = append(ms, m)
+	}
+	r.mu.Unlock()
+	for _, m := range ms {
+		m.release()
+	}
+	return nil
+}

@@ -1,0 +1,278 @@
+package channel
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// PublisherOptions configure a Publisher.
+type PublisherOptions struct {
+	Idle  Idle // how to wait for space (block policy); zero value: IdleSleep
+	Queue int  // stream channels: the direction written, 0 or 1
+}
+
+// Publisher appends messages to one queue of a ring. Many publishers, in
+// any processes, may write one queue at once: each claims its frame with a
+// compare-and-swap on the tail, fills it, and commits it by storing the
+// frame's commit word last. A Publisher is not safe for concurrent use by
+// several goroutines; open one per goroutine.
+type Publisher struct {
+	r   *Ring
+	q   int
+	qh  *queueHeader
+	m   *member
+	w   waiter
+	cl  Claim
+	out bool // a claim is outstanding
+}
+
+// Claim is a frame reserved for a message: fill Buf, then Commit it.
+type Claim struct {
+	Buf   []byte
+	p     pos    // frame position (after any padding)
+	off   uint64 // frame offset in the data region
+	stale uint64 // commit word before the claim, for the commit CAS
+	n     int
+}
+
+// NewPublisher joins the ring as a publisher.
+func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
+	if o.Queue < 0 || uint64(o.Queue) >= r.cfg.queues() {
+		return nil, fmt.Errorf("%w: queue %d of a %d-queue ring", ErrConfig, o.Queue, r.cfg.queues())
+	}
+	m, err := r.acquire(RolePublisher, o.Queue, 0)
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m}
+	p.w = waiter{idle: o.Idle, lease: m}
+	return p, nil
+}
+
+// Close leaves the ring. An outstanding claim is committed as padding.
+func (p *Publisher) Close() error {
+	if p.out {
+		p.abort()
+	}
+	p.m.release()
+	return nil
+}
+
+// Publish copies msg into the ring as one message. With the block policy it
+// waits for space until ctx is done.
+func (p *Publisher) Publish(ctx context.Context, msg []byte) error {
+	c, err := p.Claim(ctx, len(msg))
+	if err != nil {
+		return err
+	}
+	copy(c.Buf, msg)
+	return p.Commit(c)
+}
+
+// TryPublish is Publish without waiting: ErrWouldBlock when the ring is full.
+func (p *Publisher) TryPublish(msg []byte) error {
+	c, err := p.claim(nil, len(msg), false)
+	if err != nil {
+		return err
+	}
+	copy(c.Buf, msg)
+	return p.Commit(c)
+}
+
+// Claim reserves a frame for an n-byte message, to be filled in place and
+// committed with Commit: the zero-copy path. Subscribers cannot pass an
+// uncommitted claim, so commit promptly.
+func (p *Publisher) Claim(ctx context.Context, n int) (Claim, error) {
+	return p.claim(ctx, n, true)
+}
+
+func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error) {
+	if p.out {
+		return Claim{}, fmt.Errorf("%w: previous claim not committed", ErrConfig)
+	}
+	if n < 0 || uint64(n) > uint64(p.r.cfg.MaxMessage) {
+		return Claim{}, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, p.r.cfg.MaxMessage)
+	}
+	if err := p.m.alive(); err != nil {
+		return Claim{}, err
+	}
+	r := p.r
+	frame := align16(FrameHeaderLen + uint64(n))
+	p.w.ctx = ctx
+	p.w.reset()
+	for {
+		t := pos(atomic.LoadUint64(&p.qh.Tail))
+		off := r.offset(t.units())
+		total := frame
+		if off+frame > r.capacity {
+			total += r.capacity - off // padding to the end of the ring
+		}
+		end := t.units() + uint32(total>>unitShift)
+		if r.cfg.Policy == PolicyBlock && !p.room(end) {
+			if !block {
+				return Claim{}, ErrWouldBlock
+			}
+			if err := p.w.pause(&p.qh.SpaceFutex, &p.qh.SpaceWaiters, func() bool { return p.room(end) }); err != nil {
+				return Claim{}, err
+			}
+			continue
+		}
+		// Record the claim before making it, so that a reaper can unblock
+		// it if this process dies before committing.
+		atomic.StoreUint64(&p.m.s.Pending, uint64(t))
+		atomic.StoreUint64(&p.m.s.PendingLen, total)
+		if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), uint64(mkpos(t.seq()+1, end))) {
+			continue
+		}
+		fp := t
+		if total != frame {
+			r.pad(p.q, t, t.seq(), total-frame)
+			fp = mkpos(t.seq(), t.units()+uint32((total-frame)>>unitShift))
+			off = 0
+		}
+		r.index(p.q, t, fp, mkpos(t.seq()+1, end))
+		fo := r.data[p.q] + off
+		p.cl = Claim{
+			Buf:   r.mem[fo+FrameHeaderLen : fo+FrameHeaderLen+uint64(n) : fo+FrameHeaderLen+uint64(n)],
+			p:     fp,
+			off:   off,
+			stale: atomic.LoadUint64(r.commitWord(p.q, off)),
+			n:     n,
+		}
+		p.out = true
+		return p.cl, nil
+	}
+}
+
+// room reports whether a claim ending at units end fits (block policy).
+func (p *Publisher) room(end uint32) bool {
+	r := p.r
+	if r.cfg.Type == TypeStream {
+		rel := pos(atomic.LoadUint64(&p.qh.Release))
+		if udist(end, rel.units()) <= r.capUnits {
+			return true
+		}
+		r.advanceRelease(p.q)
+		r.reapTakes(p.q, monotonic())
+		rel = pos(atomic.LoadUint64(&p.qh.Release))
+		return udist(end, rel.units()) <= r.capUnits
+	}
+	if udist(end, uint32(atomic.LoadUint64(&p.qh.Limit))) <= r.capUnits {
+		return true
+	}
+	return udist(end, r.raiseLimit(p.q)) <= r.capUnits
+}
+
+// raiseLimit recomputes the slowest live subscriber of queue q, evicting
+// subscribers whose lease expired, and stores it in Limit. With no
+// subscribers the limit is the tail: nothing holds publishers back.
+func (r *Ring) raiseLimit(q int) uint32 {
+	qh := r.queues[q]
+	tail := pos(atomic.LoadUint64(&qh.Tail)).units()
+	now := monotonic()
+	var lag uint32
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if atomic.LoadUint32(&s.State) != MemberActive || atomic.LoadUint32(&s.Role) != RoleSubscriber|uint32(q)<<8 {
+			continue
+		}
+		c := pos(atomic.LoadUint64(&s.Cursor))
+		if r.expired(s, now) {
+			// A dead subscriber may not hold publishers back; if it is
+			// parked on a dead publisher's claim, unblock that first.
+			r.unblockClaim(q, c, now)
+			r.evict(s, now)
+			continue
+		}
+		if d := udist(tail, c.units()); d <= r.capUnits && d > lag {
+			lag = d
+		}
+	}
+	limit := tail - lag
+	for {
+		old := atomic.LoadUint64(&qh.Limit)
+		if udist(limit, uint32(old)) > 1<<31 || uint32(old) == limit {
+			return uint32(old) // someone stored a newer limit
+		}
+		if atomic.CompareAndSwapUint64(&qh.Limit, old, uint64(limit)) {
+			return limit
+		}
+	}
+}
+
+// Commit publishes a claimed frame: the commit word is stored last, with
+// release semantics, and sleeping readers are woken.
+func (p *Publisher) Commit(c Claim) error {
+	if !p.out || c.p != p.cl.p {
+		return fmt.Errorf("%w: commit without a matching claim", ErrConfig)
+	}
+	p.out = false
+	r := p.r
+	fh := r.frame(p.q, c.off)
+	fh.Seq = c.p.seq()
+	fh.Slot = uint16(p.m.idx)
+	word := commitWord(c.p.units(), uint32(c.n))
+	ok := atomic.CompareAndSwapUint64(r.commitWord(p.q, c.off), c.stale, word)
+	atomic.StoreUint64(&p.m.s.PendingLen, 0)
+	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	if !ok {
+		// A reaper took this claim for a dead publisher's: we stalled
+		// past our lease.
+		p.m.dead.Store(true)
+		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, c.p.units())
+	}
+	atomic.AddUint64(&p.m.s.Count, 1)
+	return nil
+}
+
+// abort turns an outstanding claim into padding.
+func (p *Publisher) abort() {
+	p.out = false
+	c := p.cl
+	p.r.padFrame(p.q, c.off, c.p, c.stale, align16(FrameHeaderLen+uint64(c.n)))
+	atomic.StoreUint64(&p.m.s.PendingLen, 0)
+	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+}
+
+func commitWord(units, lenFlags uint32) uint64 { return uint64(lenFlags)<<32 | uint64(units) }
+
+// pad commits padding frames over n bytes starting at position at, with
+// message sequence seq, splitting at the end of the ring.
+func (r *Ring) pad(q int, at pos, seq uint32, n uint64) {
+	for n > 0 {
+		off := r.offset(at.units())
+		k := min(n, r.capacity-off)
+		p := mkpos(seq, at.units())
+		cw := r.commitWord(q, off)
+		r.padFrame(q, off, p, atomic.LoadUint64(cw), k)
+		at = mkpos(seq, at.units()+uint32(k>>unitShift))
+		n -= k
+	}
+}
+
+// padFrame commits a padding frame of n bytes (header included) at off,
+// unless the commit word no longer holds stale.
+func (r *Ring) padFrame(q int, off uint64, p pos, stale, n uint64) bool {
+	fh := r.frame(q, off)
+	fh.Seq = p.seq()
+	fh.Slot = 0xffff
+	return atomic.CompareAndSwapUint64(r.commitWord(q, off), stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen)))
+}
+
+// index records, for every chunk boundary the claim [t, end) crosses, the
+// first record at or after it: the data frame fp for boundaries inside the
+// padding, the next claim for the others.
+func (r *Ring) index(q int, t, fp, next pos) {
+	cu := r.chunkUnits
+	qh := r.queues[q]
+	b := (t.units()/cu + 1) * cu
+	for udist(next.units(), b) < 1<<31 && udist(b, t.units()) <= udist(next.units(), t.units()) {
+		e := next
+		if udist(fp.units(), b) < 1<<31 {
+			e = fp
+		}
+		atomic.StoreUint64(&qh.Index[(b/cu)%IndexChunks], uint64(e))
+		b += cu
+	}
+}

@@ -1,0 +1,184 @@
+package channel
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// ReaderOptions configure a stream Reader.
+type ReaderOptions struct {
+	Idle  Idle // how to wait for messages; zero value: IdleSleep
+	Queue int  // the direction read, 0 or 1
+}
+
+// Reader takes messages from one queue of a stream ring, competing with
+// the other readers of that queue: each message goes to exactly one
+// reader. A reader claims the record at Head with a compare-and-swap,
+// copies it out and marks it consumed; writers reuse the space once every
+// record before it is consumed. Not safe for concurrent use.
+type Reader struct {
+	r  *Ring
+	q  int
+	qh *queueHeader
+	m  *member
+	w  waiter
+}
+
+// NewReader joins a stream ring as a reader of queue o.Queue.
+func (r *Ring) NewReader(o ReaderOptions) (*Reader, error) {
+	if r.cfg.Type != TypeStream {
+		return nil, fmt.Errorf("%w: readers take from stream rings; use NewSubscriber on pubsub", ErrWrongType)
+	}
+	if o.Queue < 0 || o.Queue > 1 {
+		return nil, fmt.Errorf("%w: queue %d of a stream (0 or 1)", ErrConfig, o.Queue)
+	}
+	m, err := r.acquire(RoleSubscriber, o.Queue, 0)
+	if err != nil {
+		return nil, err
+	}
+	// Readers have no cursor of their own: mark the slot so raiseLimit
+	// (pubsub only) and Members can tell.
+	rd := &Reader{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m}
+	rd.w = waiter{idle: o.Idle, lease: m}
+	return rd, nil
+}
+
+// Close leaves the ring.
+func (rd *Reader) Close() error {
+	rd.m.release()
+	return nil
+}
+
+// Next waits for a message, takes it and appends it to buf[:0].
+func (rd *Reader) Next(ctx context.Context, buf []byte) ([]byte, error) {
+	rd.w.ctx = ctx
+	return rd.next(buf, true)
+}
+
+// TryNext is Next without waiting: ErrWouldBlock when no message is ready.
+func (rd *Reader) TryNext(buf []byte) ([]byte, error) { return rd.next(buf, false) }
+
+func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
+	if err := rd.m.alive(); err != nil {
+		return buf, err
+	}
+	r := rd.r
+	rd.w.reset()
+	stuck := int64(0)
+	for {
+		h := pos(atomic.LoadUint64(&rd.qh.Head))
+		msg, frame, st, err := r.read(rd.q, h)
+		switch st {
+		case readCorrupt:
+			if atomic.LoadUint64(&rd.qh.Head) != uint64(h) {
+				continue // read a record other readers took and writers reused
+			}
+			return buf, err
+		case readPadding:
+			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq(), h.units()+uint32(frame>>unitShift))))
+			continue
+		case readOK:
+			// Announce the take before making it, so that a reaper can
+			// release the record if this process dies holding it.
+			atomic.StoreUint64(&rd.m.s.Pending, uint64(h))
+			atomic.StoreUint64(&rd.m.s.PendingLen, frame)
+			if !atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq()+1, h.units()+uint32(frame>>unitShift)))) {
+				atomic.StoreUint64(&rd.m.s.PendingLen, 0)
+				continue
+			}
+			buf = append(buf[:0], msg...)
+			cw := r.commitWord(rd.q, r.offset(h.units()))
+			w := atomic.LoadUint64(cw)
+			atomic.CompareAndSwapUint64(cw, w, w|uint64(FlagConsumed)<<32)
+			atomic.StoreUint64(&rd.m.s.PendingLen, 0)
+			atomic.AddUint64(&rd.m.s.Count, 1)
+			r.advanceRelease(rd.q)
+			wake(&rd.qh.SpaceFutex, &rd.qh.SpaceWaiters)
+			return buf, nil
+		}
+		if !block {
+			return buf, ErrWouldBlock
+		}
+		if st == readClaimed {
+			now := monotonic()
+			if stuck == 0 {
+				stuck = now
+			} else if now-stuck > int64(r.cfg.Lease)/4 {
+				r.unblockClaim(rd.q, h, now)
+				stuck = now
+			}
+		}
+		if err := rd.w.pause(&rd.qh.DataFutex, &rd.qh.DataWaiters, func() bool {
+			_, _, st, _ := r.read(rd.q, pos(atomic.LoadUint64(&rd.qh.Head)))
+			return st != readEmpty && st != readClaimed
+		}); err != nil {
+			return buf, err
+		}
+	}
+}
+
+// advanceRelease moves Release of queue q over consumed records and
+// padding, up to Head: the space behind Release is free for writers.
+func (r *Ring) advanceRelease(q int) {
+	qh := r.queues[q]
+	for i := 0; i < 1024; i++ { // bounded: a corrupt ring cannot trap us
+		rel := pos(atomic.LoadUint64(&qh.Release))
+		head := pos(atomic.LoadUint64(&qh.Head))
+		if udist(head.units(), rel.units()) == 0 || udist(head.units(), rel.units()) > r.capUnits {
+			return
+		}
+		off := r.offset(rel.units())
+		w := atomic.LoadUint64(r.commitWord(q, off))
+		lf := uint32(w >> 32)
+		n := uint64(lf & LengthMask)
+		if uint32(w) != rel.units() || off+FrameHeaderLen+n > r.capacity {
+			return
+		}
+		next := rel
+		switch {
+		case lf&FlagPadding != 0:
+			next = mkpos(rel.seq(), rel.units()+uint32((FrameHeaderLen+n)>>unitShift))
+		case lf&FlagConsumed != 0:
+			next = mkpos(rel.seq()+1, rel.units()+uint32(align16(FrameHeaderLen+n)>>unitShift))
+		default:
+			return // taken, still being copied
+		}
+		atomic.CompareAndSwapUint64(&qh.Release, uint64(rel), uint64(next))
+	}
+}
+
+// reapTakes marks consumed the record at Release of queue q if every
+// reader that announced taking it is dead: the message went with the
+// reader that took it, and writers may go on.
+func (r *Ring) reapTakes(q int, now int64) {
+	qh := r.queues[q]
+	rel := pos(atomic.LoadUint64(&qh.Release))
+	head := pos(atomic.LoadUint64(&qh.Head))
+	if udist(head.units(), rel.units()) == 0 || udist(head.units(), rel.units()) > r.capUnits {
+		return
+	}
+	var owner *memberSlot
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if atomic.LoadUint32(&s.Role) != RoleSubscriber|uint32(q)<<8 || atomic.LoadUint64(&s.PendingLen) == 0 ||
+			pos(atomic.LoadUint64(&s.Pending)) != rel {
+			continue
+		}
+		if !r.expired(s, now) {
+			return
+		}
+		owner = s
+	}
+	if owner == nil {
+		return
+	}
+	cw := r.commitWord(q, r.offset(rel.units()))
+	w := atomic.LoadUint64(cw)
+	if uint32(w) == rel.units() && atomic.CompareAndSwapUint64(cw, w, w|uint64(FlagConsumed)<<32) {
+		atomic.AddUint64(&qh.Reaped, 1)
+	}
+	atomic.StoreUint64(&owner.PendingLen, 0)
+	r.advanceRelease(q)
+	wake(&qh.SpaceFutex, &qh.SpaceWaiters)
+}

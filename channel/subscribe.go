@@ -1,0 +1,326 @@
+package channel
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// Start says where a new subscriber begins.
+type Start int
+
+const (
+	// StartNewest: only messages published after the subscriber joined.
+	StartNewest Start = iota
+	// StartOldest: the oldest message still retained in the ring.
+	StartOldest
+)
+
+// SubscriberOptions configure a Subscriber.
+type SubscriberOptions struct {
+	Idle  Idle  // how to wait for messages; zero value: IdleSleep
+	From  Start // StartNewest (default) or StartOldest
+	Queue int   // reserved: pubsub rings have one queue
+}
+
+// Subscriber reads every message of a pubsub ring, in order, at its own
+// cursor. With the block policy the slowest live subscriber holds
+// publishers back; with overwrite, a subscriber that falls a lap behind
+// skips to the oldest intact record and counts what it lost. Not safe for
+// concurrent use by several goroutines.
+type Subscriber struct {
+	r      *Ring
+	q      int
+	qh     *queueHeader
+	m      *member
+	w      waiter
+	cur    pos
+	lost   uint64
+	viewed uint64 // frame bytes of the message handed out by Peek; 0: none
+}
+
+// NewSubscriber joins a pubsub ring as a subscriber.
+func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
+	if r.cfg.Type != TypePubSub {
+		return nil, fmt.Errorf("%w: subscribers read pubsub rings; use NewReader on a stream", ErrWrongType)
+	}
+	qh := r.queues[0]
+	m, err := r.acquire(RoleSubscriber, 0, pos(atomic.LoadUint64(&qh.Tail)))
+	if err != nil {
+		return nil, err
+	}
+	s := &Subscriber{r: r, qh: qh, m: m}
+	s.w = waiter{idle: o.Idle, lease: m}
+	// Settle on a start position that publishers have not passed: they
+	// may have raised Limit before they saw this slot.
+	for {
+		tail := pos(atomic.LoadUint64(&qh.Tail))
+		c := tail
+		if o.From == StartOldest {
+			c = r.oldest(0, tail)
+		}
+		if r.cfg.Policy == PolicyBlock {
+			if lim := uint32(atomic.LoadUint64(&qh.Limit)); udist(c.units(), lim) > 1<<31 {
+				c = r.oldest(0, mkpos(tail.seq(), lim+r.capUnits))
+			}
+		}
+		atomic.StoreUint64(&m.s.Cursor, uint64(c))
+		lim := uint32(atomic.LoadUint64(&qh.Limit))
+		if r.cfg.Policy == PolicyOverwrite || udist(c.units(), lim) < 1<<31 {
+			s.cur = c
+			return s, nil
+		}
+	}
+}
+
+// Close leaves the ring.
+func (s *Subscriber) Close() error {
+	s.m.release()
+	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	return nil
+}
+
+// Lost returns how many messages this subscriber lost to overwrite.
+func (s *Subscriber) Lost() uint64 { return s.lost }
+
+// Next waits for the next message and appends it to buf[:0].
+func (s *Subscriber) Next(ctx context.Context, buf []byte) ([]byte, error) {
+	msg, err := s.Peek(ctx)
+	if err != nil {
+		return buf, err
+	}
+	buf = append(buf[:0], msg...)
+	if !s.Valid() {
+		s.viewed = 0
+		s.resync()
+		return s.Next(ctx, buf)
+	}
+	s.Done()
+	return buf, nil
+}
+
+// TryNext is Next without waiting: ErrWouldBlock when no message is ready.
+func (s *Subscriber) TryNext(buf []byte) ([]byte, error) {
+	for {
+		msg, err := s.peek(false)
+		if err != nil {
+			return buf, err
+		}
+		buf = append(buf[:0], msg...)
+		if s.Valid() {
+			s.Done()
+			return buf, nil
+		}
+		s.viewed = 0
+		s.resync()
+	}
+}
+
+// Peek waits for the next message and returns it in place, without
+// copying: the zero-copy read. The slice is valid until Done; with the
+// overwrite policy check Valid after using it.
+func (s *Subscriber) Peek(ctx context.Context) ([]byte, error) {
+	s.w.ctx = ctx
+	return s.peek(true)
+}
+
+// Valid reports whether the message returned by Peek was not overwritten
+// while it was read (always true with the block policy).
+func (s *Subscriber) Valid() bool {
+	if s.r.cfg.Policy == PolicyBlock {
+		return true
+	}
+	t := pos(atomic.LoadUint64(&s.qh.Tail))
+	return udist(t.units(), s.cur.units()) <= s.r.capUnits
+}
+
+// Done releases the message returned by Peek and advances the cursor.
+func (s *Subscriber) Done() {
+	if s.viewed == 0 {
+		return
+	}
+	s.cur = mkpos(s.cur.seq()+1, s.cur.units()+uint32(s.viewed>>unitShift))
+	s.viewed = 0
+	atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
+	atomic.AddUint64(&s.m.s.Count, 1)
+	if s.r.cfg.Policy == PolicyBlock {
+		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	}
+}
+
+func (s *Subscriber) peek(block bool) ([]byte, error) {
+	if s.viewed != 0 {
+		return nil, fmt.Errorf("%w: Peek before Done", ErrConfig)
+	}
+	if err := s.m.alive(); err != nil {
+		return nil, err
+	}
+	r := s.r
+	s.w.reset()
+	stuck := int64(0)
+	for {
+		msg, frame, st, err := r.read(s.q, s.cur)
+		switch st {
+		case readOK:
+			s.viewed = frame
+			return msg, nil
+		case readPadding:
+			s.cur = mkpos(s.cur.seq(), s.cur.units()+uint32(frame>>unitShift))
+			atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
+			continue
+		case readLapped:
+			s.resync()
+			continue
+		case readCorrupt:
+			return nil, err
+		}
+		if !block {
+			return nil, ErrWouldBlock
+		}
+		if st == readClaimed {
+			// A publisher claimed this frame and has not committed it.
+			// If it died, unblock it once its lease has run out.
+			now := monotonic()
+			if stuck == 0 {
+				stuck = now
+			} else if now-stuck > int64(r.cfg.Lease)/4 {
+				r.unblockClaim(s.q, s.cur, now)
+				stuck = now
+			}
+		}
+		cur := s.cur
+		if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, func() bool {
+			_, _, st, _ := r.read(s.q, cur)
+			return st != readEmpty && st != readClaimed
+		}); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// resync moves a lapped subscriber to the oldest intact record and counts
+// the messages it skipped.
+func (s *Subscriber) resync() {
+	c := s.r.oldest(s.q, pos(atomic.LoadUint64(&s.qh.Tail)))
+	n := uint64(c.seq() - s.cur.seq())
+	s.lost += n
+	atomic.AddUint64(&s.m.s.Lost, n)
+	s.cur = c
+	atomic.StoreUint64(&s.m.s.Cursor, uint64(c))
+}
+
+type readState int
+
+const (
+	readOK      readState = iota
+	readEmpty             // nothing claimed at the position yet
+	readClaimed           // claimed, not committed
+	readPadding           // a padding frame: skip it
+	readLapped            // overwritten (overwrite policy)
+	readCorrupt           // a value out of bounds
+)
+
+// read inspects the frame at position p of queue q. Every value it takes
+// from shared memory is checked before use: the returned slice always lies
+// inside the frame's data region.
+func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
+	qh := r.queues[q]
+	off := r.offset(p.units())
+	w := atomic.LoadUint64(r.commitWord(q, off))
+	if uint32(w) != p.units() {
+		t := pos(atomic.LoadUint64(&qh.Tail))
+		d := udist(t.units(), p.units())
+		switch {
+		case d == 0:
+			return nil, 0, readEmpty, nil
+		case d > r.capUnits && r.cfg.Policy == PolicyOverwrite:
+			return nil, 0, readLapped, nil
+		}
+		return nil, 0, readClaimed, nil
+	}
+	lf := uint32(w >> 32)
+	n := uint64(lf & LengthMask)
+	if lf&FlagPadding != 0 {
+		if n%FrameAlign != 0 || off+FrameHeaderLen+n > r.capacity {
+			return nil, 0, readCorrupt, fmt.Errorf("%w: padding of %d bytes at offset %d", ErrCorrupt, n, off)
+		}
+		return nil, FrameHeaderLen + n, readPadding, nil
+	}
+	if n > uint64(r.cfg.MaxMessage) || off+FrameHeaderLen+n > r.capacity {
+		return nil, 0, readCorrupt, fmt.Errorf("%w: frame of %d bytes at offset %d (max %d)", ErrCorrupt, n, off, r.cfg.MaxMessage)
+	}
+	if seq := atomic.LoadUint32(&r.frame(q, off).Seq); seq != p.seq() {
+		if r.cfg.Policy == PolicyOverwrite {
+			t := pos(atomic.LoadUint64(&qh.Tail))
+			if udist(t.units(), p.units()) > r.capUnits {
+				return nil, 0, readLapped, nil
+			}
+		}
+		return nil, 0, readCorrupt, fmt.Errorf("%w: frame at offset %d has sequence %d, want %d", ErrCorrupt, off, seq, p.seq())
+	}
+	fo := r.data[q] + off + FrameHeaderLen
+	return r.mem[fo : fo+n : fo+n], align16(FrameHeaderLen + n), readOK, nil
+}
+
+// oldest finds the oldest record of queue q not yet reclaimed by claims up
+// to tail, at the first chunk boundary whose index entry is current; the
+// tail itself if none is.
+func (r *Ring) oldest(q int, tail pos) pos {
+	qh := r.queues[q]
+	cu := r.chunkUnits
+	low := tail.units() - r.capUnits
+	b := (low + cu - 1) / cu * cu
+	for i := 0; i < IndexChunks; i++ {
+		e := pos(atomic.LoadUint64(&qh.Index[(b/cu)%IndexChunks]))
+		// Current: at or after the boundary, at or before the tail, and
+		// no further from the boundary than one frame.
+		if udist(e.units(), b) <= udist(tail.units(), b) && udist(tail.units(), b) <= r.capUnits &&
+			udist(e.units(), b) <= 2*uint32(align16(FrameHeaderLen+uint64(r.cfg.MaxMessage))>>unitShift) &&
+			udist(tail.seq(), e.seq()) < 1<<31 {
+			return e
+		}
+		b += cu
+		if udist(tail.units(), b) > r.capUnits {
+			break
+		}
+	}
+	return tail
+}
+
+// unblockClaim pads over the claim at position p of queue q if every
+// publisher that recorded a claim covering p is dead.
+func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
+	qh := r.queues[q]
+	off := r.offset(p.units())
+	if uint32(atomic.LoadUint64(r.commitWord(q, off))) == p.units() {
+		return false // committed
+	}
+	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) == 0 {
+		return false // not claimed
+	}
+	var end uint32
+	var owner *memberSlot
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if atomic.LoadUint32(&s.Role) != RolePublisher|uint32(q)<<8 {
+			continue
+		}
+		n := atomic.LoadUint64(&s.PendingLen)
+		start := pos(atomic.LoadUint64(&s.Pending)).units()
+		if n == 0 || n > r.capacity || udist(p.units(), start) >= uint32(n>>unitShift) {
+			continue
+		}
+		if !r.expired(s, now) {
+			return false // a live publisher is still filling it
+		}
+		end, owner = start+uint32(n>>unitShift), s
+	}
+	if owner == nil {
+		return false
+	}
+	r.pad(q, p, p.seq(), uint64(udist(end, p.units()))<<unitShift)
+	atomic.StoreUint64(&owner.PendingLen, 0)
+	atomic.AddUint64(&qh.Reaped, 1)
+	wake(&qh.DataFutex, &qh.DataWaiters)
+	return true
+}
