@@ -109,7 +109,7 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 			total += r.capacity - off // padding to the end of the ring
 		}
 		end := t.units() + uint32(total>>unitShift)
-		if r.cfg.Policy == PolicyBlock && !p.room(end) {
+		if !p.room(end) {
 			if !block {
 				return Claim{}, ErrWouldBlock
 			}
@@ -123,6 +123,9 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 		atomic.StoreUint64(&p.m.s.Pending, uint64(t))
 		atomic.StoreUint64(&p.m.s.PendingLen, total)
 		if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), uint64(mkpos(t.seq()+1, end))) {
+			// Withdraw the record: others must not wait on a claim that
+			// was never made while this publisher waits for room.
+			atomic.StoreUint64(&p.m.s.PendingLen, 0)
 			continue
 		}
 		fp := t
@@ -145,7 +148,10 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 	}
 }
 
-// room reports whether a claim ending at units end fits (block policy).
+// room reports whether a claim ending at units end fits: it may not reach
+// into a lap-old claim still in flight (whatever the policy: its owner
+// is still writing there), nor, with the block policy, past the slowest
+// subscriber.
 func (p *Publisher) room(end uint32) bool {
 	r := p.r
 	if r.cfg.Type == TypeStream {
@@ -164,9 +170,12 @@ func (p *Publisher) room(end uint32) bool {
 	return udist(end, r.raiseLimit(p.q)) <= r.capUnits
 }
 
-// raiseLimit recomputes the slowest live subscriber of queue q, evicting
-// subscribers whose lease expired, and stores it in Limit. With no
-// subscribers the limit is the tail: nothing holds publishers back.
+// raiseLimit recomputes the oldest position publishers of queue q must not
+// lap, and stores it in Limit: the oldest claim of a live publisher still
+// in flight and, with the block policy, the slowest live subscriber
+// (evicting subscribers whose lease expired). With neither, the limit is
+// the tail: nothing holds publishers back. A claim made after this scan
+// starts at or after the tail it read, so a stored limit stays safe.
 func (r *Ring) raiseLimit(q int) uint32 {
 	qh := r.queues[q]
 	tail := pos(atomic.LoadUint64(&qh.Tail)).units()
@@ -174,7 +183,22 @@ func (r *Ring) raiseLimit(q int) uint32 {
 	var lag uint32
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
-		if atomic.LoadUint32(&s.State) != MemberActive || atomic.LoadUint32(&s.Role) != RoleSubscriber|uint32(q)<<8 {
+		if atomic.LoadUint32(&s.State) != MemberActive {
+			continue
+		}
+		role := atomic.LoadUint32(&s.Role)
+		if role == RolePublisher|uint32(q)<<8 {
+			// A dead publisher's claim does not hold others back: readers
+			// pad over it (unblockClaim) or the next lap overwrites it.
+			if atomic.LoadUint64(&s.PendingLen) == 0 || r.expired(s, now) {
+				continue
+			}
+			if d := udist(tail, pos(atomic.LoadUint64(&s.Pending)).units()); d <= r.capUnits && d > lag {
+				lag = d
+			}
+			continue
+		}
+		if role != RoleSubscriber|uint32(q)<<8 || r.cfg.Policy != PolicyBlock {
 			continue
 		}
 		c := pos(atomic.LoadUint64(&s.Cursor))
@@ -230,7 +254,8 @@ func (p *Publisher) Commit(c Claim) error {
 func (p *Publisher) abort() {
 	p.out = false
 	c := p.cl
-	p.r.padFrame(p.q, c.off, c.p, c.stale, align16(FrameHeaderLen+uint64(c.n)))
+	// The claim took a sequence number: the padding passes readers on to the next one.
+	p.r.padFrame(p.q, c.off, c.p, c.p.seq()+1, c.stale, align16(FrameHeaderLen+uint64(c.n)))
 	atomic.StoreUint64(&p.m.s.PendingLen, 0)
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 }
@@ -238,24 +263,27 @@ func (p *Publisher) abort() {
 func commitWord(units, lenFlags uint32) uint64 { return uint64(lenFlags)<<32 | uint64(units) }
 
 // pad commits padding frames over n bytes starting at position at, with
-// message sequence seq, splitting at the end of the ring.
+// next sequence seq (at's own, or one more when the padding stands in for
+// a message that was claimed and never committed), splitting at the end of
+// the ring.
 func (r *Ring) pad(q int, at pos, seq uint32, n uint64) {
 	for n > 0 {
 		off := r.offset(at.units())
 		k := min(n, r.capacity-off)
 		p := mkpos(seq, at.units())
 		cw := r.commitWord(q, off)
-		r.padFrame(q, off, p, atomic.LoadUint64(cw), k)
+		r.padFrame(q, off, p, seq, atomic.LoadUint64(cw), k)
 		at = mkpos(seq, at.units()+uint32(k>>unitShift))
 		n -= k
 	}
 }
 
 // padFrame commits a padding frame of n bytes (header included) at off,
-// unless the commit word no longer holds stale.
-func (r *Ring) padFrame(q int, off uint64, p pos, stale, n uint64) bool {
+// for position p, with next sequence seq, unless the commit word no longer
+// holds stale.
+func (r *Ring) padFrame(q int, off uint64, p pos, seq uint32, stale, n uint64) bool {
 	fh := r.frame(q, off)
-	fh.Seq = p.seq()
+	fh.Seq = seq
 	fh.Slot = 0xffff
 	return atomic.CompareAndSwapUint64(r.commitWord(q, off), stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen)))
 }

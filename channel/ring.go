@@ -14,7 +14,7 @@ type Config struct {
 	Type        uint32        // TypePubSub (default) or TypeStream
 	Policy      uint32        // PolicyBlock (default) or PolicyOverwrite; stream is always block
 	Capacity    uint64        // data bytes per queue, power of two; default 1 MiB
-	MaxMessage  uint32        // largest payload; default min(64 KiB, Capacity/4)
+	MaxMessage  uint32        // largest payload; default min(64 KiB, Capacity/4 - 16)
 	MemberSlots uint32        // member slots; default 64
 	Lease       time.Duration // member lease; default 2s
 	Epoch       uint64        // creation epoch; default: current wall clock ns
@@ -40,8 +40,8 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxMessage == 0 {
 		c.MaxMessage = DefaultMaxMessage
-		if uint64(c.MaxMessage) > c.Capacity/4 {
-			c.MaxMessage = uint32(c.Capacity / 4)
+		if uint64(c.MaxMessage) > maxPayload(c.Capacity) {
+			c.MaxMessage = uint32(maxPayload(c.Capacity))
 		}
 	}
 	if c.MemberSlots == 0 {

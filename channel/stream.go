@@ -76,7 +76,7 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			}
 			return buf, err
 		case readPadding:
-			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq(), h.units()+uint32(frame>>unitShift))))
+			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(r.padSeq(rd.q, h), h.units()+uint32(frame>>unitShift))))
 			continue
 		case readOK:
 			// Announce the take before making it, so that a reaper can
@@ -86,6 +86,9 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			if !atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq()+1, h.units()+uint32(frame>>unitShift)))) {
 				atomic.StoreUint64(&rd.m.s.PendingLen, 0)
 				continue
+			}
+			if testHookTaken != nil {
+				testHookTaken()
 			}
 			buf = append(buf[:0], msg...)
 			cw := r.commitWord(rd.q, r.offset(h.units()))
@@ -118,6 +121,10 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 	}
 }
 
+// testHookTaken, set only by tests, runs after a reader took a record and
+// before it copies it out: a test child dies there holding the take.
+var testHookTaken func()
+
 // advanceRelease moves Release of queue q over consumed records and
 // padding, up to Head: the space behind Release is free for writers.
 func (r *Ring) advanceRelease(q int) {
@@ -138,7 +145,7 @@ func (r *Ring) advanceRelease(q int) {
 		next := rel
 		switch {
 		case lf&FlagPadding != 0:
-			next = mkpos(rel.seq(), rel.units()+uint32((FrameHeaderLen+n)>>unitShift))
+			next = mkpos(r.padSeq(q, rel), rel.units()+uint32((FrameHeaderLen+n)>>unitShift))
 		case lf&FlagConsumed != 0:
 			next = mkpos(rel.seq()+1, rel.units()+uint32(align16(FrameHeaderLen+n)>>unitShift))
 		default:

@@ -60,7 +60,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 			c = r.oldest(0, tail)
 		}
 		if r.cfg.Policy == PolicyBlock {
-			if lim := uint32(atomic.LoadUint64(&qh.Limit)); udist(c.units(), lim) > 1<<31 {
+			if lim := uint32(atomic.LoadUint64(&qh.Limit)); udist(c.units(), lim) >= 1<<31 {
 				c = r.oldest(0, mkpos(tail.seq(), lim+r.capUnits))
 			}
 		}
@@ -165,7 +165,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			s.viewed = frame
 			return msg, nil
 		case readPadding:
-			s.cur = mkpos(s.cur.seq(), s.cur.units()+uint32(frame>>unitShift))
+			s.cur = mkpos(r.padSeq(s.q, s.cur), s.cur.units()+uint32(frame>>unitShift))
 			atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
 			continue
 		case readLapped:
@@ -241,7 +241,11 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 	lf := uint32(w >> 32)
 	n := uint64(lf & LengthMask)
 	if lf&FlagPadding != 0 {
-		if n%FrameAlign != 0 || off+FrameHeaderLen+n > r.capacity {
+		// Padding never reaches past the tail (no claim made it so):
+		// skipping such a frame would lap the reader, and resync could
+		// bring it back to the same frame forever.
+		t := pos(atomic.LoadUint64(&qh.Tail))
+		if n%FrameAlign != 0 || off+FrameHeaderLen+n > r.capacity || uint64(udist(t.units(), p.units())) < (FrameHeaderLen+n)>>unitShift {
 			return nil, 0, readCorrupt, fmt.Errorf("%w: padding of %d bytes at offset %d", ErrCorrupt, n, off)
 		}
 		return nil, FrameHeaderLen + n, readPadding, nil
@@ -260,6 +264,18 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 	}
 	fo := r.data[q] + off + FrameHeaderLen
 	return r.mem[fo : fo+n : fo+n], align16(FrameHeaderLen + n), readOK, nil
+}
+
+// padSeq returns the sequence that follows the padding frame at position
+// p of queue q: its Seq field, which is p's own sequence, or one more when
+// the padding stands in for a message that was claimed and never
+// committed. Any other value is ignored; the next frame's check catches a
+// corrupt ring.
+func (r *Ring) padSeq(q int, p pos) uint32 {
+	if s := atomic.LoadUint32(&r.frame(q, r.offset(p.units())).Seq); s == p.seq()+1 {
+		return s
+	}
+	return p.seq()
 }
 
 // oldest finds the oldest record of queue q not yet reclaimed by claims up
@@ -292,7 +308,8 @@ func (r *Ring) oldest(q int, tail pos) pos {
 func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
 	qh := r.queues[q]
 	off := r.offset(p.units())
-	if uint32(atomic.LoadUint64(r.commitWord(q, off))) == p.units() {
+	w := atomic.LoadUint64(r.commitWord(q, off))
+	if uint32(w) == p.units() {
 		return false // committed
 	}
 	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) == 0 {
@@ -318,7 +335,15 @@ func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
 	if owner == nil {
 		return false
 	}
-	r.pad(q, p, p.seq(), uint64(udist(end, p.units()))<<unitShift)
+	// The claim took sequence p.seq(): readers go on at the next one.
+	// Several readers may get here at once: the one whose CAS turns the
+	// first frame into padding does the rest.
+	n := uint64(udist(end, p.units())) << unitShift
+	k := min(n, r.capacity-off)
+	if !r.padFrame(q, off, p, p.seq()+1, w, k) {
+		return false
+	}
+	r.pad(q, mkpos(p.seq(), p.units()+uint32(k>>unitShift)), p.seq()+1, n-k)
 	atomic.StoreUint64(&owner.PendingLen, 0)
 	atomic.AddUint64(&qh.Reaped, 1)
 	wake(&qh.DataFutex, &qh.DataWaiters)

@@ -1,0 +1,233 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	hundred := make([]int64, 100)
+	for i := range hundred {
+		hundred[i] = int64(i + 1) // 1..100
+	}
+	thousand := make([]int64, 1000)
+	for i := range thousand {
+		thousand[i] = int64(i + 1)
+	}
+	tests := []struct {
+		name   string
+		sorted []int64
+		p      float64
+		want   int64
+	}{
+		{"empty", nil, 50, 0},
+		{"one", []int64{7}, 99.9, 7},
+		{"p0 is the minimum", hundred, 0, 1},
+		{"median of 100", hundred, 50, 50},
+		{"p99 of 100", hundred, 99, 99},
+		{"p99.9 of 100 is the maximum", hundred, 99.9, 100},
+		{"p100", hundred, 100, 100},
+		{"p99.9 of 1000", thousand, 99.9, 999},
+		{"p50 of 1000", thousand, 50, 500},
+		{"above 100 clamps", hundred, 150, 100},
+		{"median of two is the lower", []int64{10, 20}, 50, 10},
+		{"p51 of two is the upper", []int64{10, 20}, 51, 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Percentile(tc.sorted, tc.p); got != tc.want {
+				t.Errorf("Percentile(p=%v) = %d, want %d", tc.p, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	if got := Summarize(nil); got != (Latency{}) {
+		t.Errorf("Summarize(nil) = %+v, want zero", got)
+	}
+	s := []int64{5, 1, 4, 2, 3} // unsorted on purpose
+	got := Summarize(s)
+	want := Latency{N: 5, MeanNs: 3, P50Ns: 3, P99Ns: 5, P999Ns: 5, MaxNs: 5}
+	if got != want {
+		t.Errorf("Summarize = %+v, want %+v", got, want)
+	}
+	m := Merge([]int64{1, 2}, nil, []int64{3})
+	if len(m) != 3 || m[0] != 1 || m[2] != 3 {
+		t.Errorf("Merge = %v", m)
+	}
+}
+
+func TestCodec(t *testing.T) {
+	for _, size := range []int{16, 17, 31, 32, 33, 4096, 100_000} {
+		c, err := NewCodec(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Encode into garbage (a reused ring frame) and Stamp into a
+		// template must give the same bytes.
+		a := make([]byte, size)
+		for i := range a {
+			a[i] = 0xa5
+		}
+		c.Encode(a, 12345, 987654321)
+		b := c.Template()
+		c.Stamp(b, 12345, 987654321)
+		if string(a) != string(b) {
+			t.Fatalf("size %d: Encode and Template+Stamp differ", size)
+		}
+		seq, ts, err := c.Verify(a)
+		if err != nil || seq != 12345 || ts != 987654321 {
+			t.Fatalf("size %d: Verify = %d, %d, %v", size, seq, ts, err)
+		}
+		// Every single-byte change is caught, wherever it is.
+		for _, off := range []int{0, 3, 4, 7, 8, 15, size / 2, size - 1} {
+			if off >= size {
+				continue
+			}
+			bad := append([]byte(nil), a...)
+			bad[off] ^= 0x40
+			if _, _, err := c.Verify(bad); err == nil {
+				t.Errorf("size %d: byte %d flipped, Verify passed", size, off)
+			}
+		}
+		// A stale message with a fresh header (a torn read) is caught.
+		old := c.Template()
+		c.Stamp(old, 1, 1)
+		if size >= 32 {
+			torn := append([]byte(nil), old...)
+			copy(torn[:hdrLen], a[:hdrLen])
+			if _, _, err := c.Verify(torn); err == nil {
+				t.Errorf("size %d: header of 12345 over body of 1 passed", size)
+			}
+		}
+		if _, _, err := c.Verify(a[:size-1]); err == nil {
+			t.Errorf("size %d: a truncated payload passed", size)
+		}
+	}
+	if _, err := NewCodec(MinSize - 1); err == nil {
+		t.Error("NewCodec below the minimum size succeeded")
+	}
+}
+
+func TestFillStatus(t *testing.T) {
+	c := Case{Mode: "throughput", Size: 16, Count: 100, Subs: 2}
+	tests := []struct {
+		name string
+		pub  childResult
+		subs []childResult
+		want string
+	}{
+		{"all arrived", childResult{Sent: 100}, []childResult{{Received: 100}, {Received: 100}}, StatusOK},
+		{"capped", childResult{Sent: 60}, []childResult{{Received: 60}, {Received: 60}}, StatusPartial},
+		{"one subscriber lost some", childResult{Sent: 100}, []childResult{{Received: 100}, {Received: 97}}, StatusLost},
+		{"gap", childResult{Sent: 100}, []childResult{{Received: 100}, {Received: 100, Gaps: 1}}, StatusCorrupt},
+		{"bad check", childResult{Sent: 100}, []childResult{{Received: 100, Corrupt: 1}, {Received: 100}}, StatusCorrupt},
+		{"reordered", childResult{Sent: 100}, []childResult{{Received: 100, Reordered: 2}, {Received: 100}}, StatusCorrupt},
+		{"nothing sent", childResult{Err: "boom"}, []childResult{{}, {}}, StatusError},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Result{System: "x", Case: c}
+			for i := range tc.subs {
+				tc.subs[i].FirstSendNs, tc.subs[i].LastRecvNs = 1000, 1000+int64(time.Millisecond)
+			}
+			r.fill(tc.pub, tc.subs, [][]int64{{1, 2}, {3}}, 10, 0)
+			if r.Status != tc.want {
+				t.Errorf("status %q, want %q (note %q)", r.Status, tc.want, r.Note)
+			}
+			if r.Valid() != (tc.want == StatusOK || tc.want == StatusPartial) {
+				t.Errorf("Valid() = %v for %s", r.Valid(), r.Status)
+			}
+			if r.Latency.N != 3 {
+				t.Errorf("latency over %d samples, want 3", r.Latency.N)
+			}
+		})
+	}
+}
+
+// TestEndToEnd runs one tiny case per system, each client in a process of
+// its own (this test binary, re-executed), and checks that every message
+// arrived intact.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no child processes")
+	}
+	for _, sys := range systems {
+		t.Run(sys.name, func(t *testing.T) {
+			if sys.name == SysShimmyFiles {
+				t.Skip("needs a mounted agent: the data-file cases run through `shimmy bench` (test/ covers the mount)")
+			}
+			if sys.pkg != "" {
+				if _, err := findBinary(sys.pkg); err != nil {
+					t.Skipf("%s is not installed (apt-get install -y %s, or make bench-deps)", sys.pkg, sys.pkg)
+				}
+			}
+			for _, c := range []Case{
+				{Mode: "throughput", Size: 100, Count: 300, Subs: 2},
+				{Mode: "latency", Size: 16, Count: 50, Subs: 1, Rate: 2000},
+			} {
+				var lines []string
+				rs := runSystem(context.Background(), sys, []Case{c}, 30*time.Second, t.TempDir(), Options{},
+					func(f string, a ...any) { lines = append(lines, strings.TrimSpace(fmt.Sprintf(f, a...))) })
+				if len(rs) != 1 {
+					t.Fatalf("%d results: %v", len(rs), lines)
+				}
+				r := rs[0]
+				if r.Status != StatusOK || r.Received != c.Count || r.Sent != c.Count {
+					t.Fatalf("%s: %s, sent %d, received %d: %s", c, r.Status, r.Sent, r.Received, r.Note)
+				}
+				if r.Latency.N != c.Count*c.Subs || r.Latency.P50Ns <= 0 || r.MsgsPerSec <= 0 || r.CPUPubNs <= 0 {
+					t.Errorf("%s: implausible figures %+v", c, r)
+				}
+				if sys.broker && r.CPUServerNs <= 0 {
+					t.Errorf("%s: no server CPU time measured", c)
+				}
+				t.Log(r.progressLine())
+			}
+		})
+	}
+}
+
+// TestRunWritesOutputs runs Run on the kernel baselines with a tiny plan
+// and checks every output file is there.
+func TestReportOutputs(t *testing.T) {
+	dir := t.TempDir()
+	rep := &Report{Started: time.Now(), Finished: time.Now(), Machine: machineInfo(), CaseCap: "1s"}
+	c := Case{Mode: "throughput", Size: 16, Count: 10, Subs: 1}
+	for _, sys := range []string{SysShimmyZeroCopy, SysNATS} {
+		for _, size := range []int{16, 100_000} {
+			c.Size = size
+			r := Result{System: sys, Case: c}
+			r.fill(childResult{Sent: 10}, []childResult{{Received: 10, FirstSendNs: 1, LastRecvNs: 1 + 1e6}}, [][]int64{{1000, 2000}}, 5, 0)
+			rep.Results = append(rep.Results, r)
+			l := r
+			l.Mode, l.Rate = "latency", 1000
+			rep.Results = append(rep.Results, l)
+		}
+	}
+	rep.Results = append(rep.Results, Result{System: SysKafka, Status: StatusPaper, Note: "not packaged"})
+	if err := rep.write(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.plot(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"results.md", "results.csv", "results.json", "throughput-msgs-1sub.png", "latency-p50-1sub.png", "cpu-1sub.png"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "results.md"))
+	for _, want := range []string{"| shimmy-mmap-zerocopy | 16B |", "kafka", "Ratios"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("results.md lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,45 @@
+// Package channel is the Shimmy ring: the shared-memory ABI (layout.go)
+// and a Go client for it. Publishers, subscribers and stream readers in
+// any processes map the same ring and coordinate only through it.
+//
+// # Liveness
+//
+// A process may die at any instruction, holding a claim, a take or a
+// cursor that others wait on. Every member therefore holds a lease in its
+// member slot: a CLOCK_MONOTONIC timestamp that a goroutine of its process
+// refreshes every Lease/4 (Config.Lease, default DefaultLease = 2s). A
+// member whose lease is older than Lease is taken for dead; a live process
+// that stalls that long (SIGSTOP, swapping) is treated the same, and its
+// next operation fails with ErrEvicted. No one waits on a dead member for
+// much longer than the lease:
+//
+//   - Dead subscriber (block policy): publishers are held back by the
+//     slowest live subscriber. A publisher that finds no room recomputes
+//     that limit at each wake-up (at least every 50 ms while it waits) and
+//     evicts subscribers whose lease expired, so it goes on about Lease
+//     after the death. Ring.Reap (called by the agent, or by anyone)
+//     evicts them too. With the overwrite policy dead subscribers hold
+//     no one back; Reap frees their slots.
+//
+//   - Dead publisher holding a claim: readers cannot pass an uncommitted
+//     frame. A reader parked on one tries every Lease/4 to unblock it; once
+//     the owner's lease has expired the claim is committed as padding
+//     (counted in the queue's Reaped counter) and readers go on at the
+//     next message: the claimed message is gone, and its sequence number
+//     is skipped. Publishers never lap a claim of a live publisher still in
+//     flight (whatever the policy: its owner writes there), and ignore the
+//     claims of dead ones. Publisher.Close of a claim never committed pads
+//     it at once.
+//
+//   - Stream takes: a reader announces a take (Pending, PendingLen) before
+//     it moves Head past a record, and marks the record consumed after
+//     copying it out. Writers reuse space only behind Release, which stops
+//     at a record taken but not yet consumed. A writer that finds no room
+//     marks consumed the record at Release if every reader that announced
+//     taking it is dead; the message went with that reader. A reader that
+//     dies while waiting in Next holds nothing and is freed by Reap.
+//
+// Ring.Reap does all of the above at once and frees the slots of dead
+// members that no longer block anyone; Ring.Members shows every slot with
+// the age of its lease.
+package channel

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/shimmy-dev/shimmy/agent"
+	"github.com/shimmy-dev/shimmy/channel"
+)
+
+// agentConfig turns the agent's command line into an agent.Config.
+func agentConfig(e *env, args []string) (agent.Config, error) {
+	cfg := agent.DefaultConfig()
+	fl := newFlagSet("agent", "shimmy agent [flags]",
+		`Run the node agent: mount the channel filesystem at --mount, keep the
+channels' rings in --state-dir (a tmpfs, so that they survive an agent
+restart but not a reboot), serve /metrics and /healthz on --metrics, and
+serve until SIGINT or SIGTERM, then unmount. Needs root (or CAP_SYS_ADMIN)
+and /dev/fuse. The size, policy and lease flags are the defaults of channels
+created without their own configuration.`,
+		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug")
+	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
+	fl.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the rings' shared memory (a tmpfs)")
+	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, `address of the /metrics and /healthz HTTP server ("off" disables it)`)
+	logLevel := fl.String("log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
+	d := cfg.Defaults.WithDefaults()
+	capacity := &sizeFlag{n: d.Capacity}
+	fl.Var(capacity, "capacity", "default ring data bytes per direction, a power of two (K, M, G suffixes)")
+	maxMsg := &sizeFlag{n: uint64(d.MaxMessage)}
+	fl.Var(maxMsg, "max-message", "default largest message (K, M, G suffixes)")
+	policy := &choiceFlag{val: policyName(d.Policy), choices: []string{"block", "overwrite"}}
+	fl.Var(policy, "policy", "default overflow policy of pubsub channels: block or overwrite")
+	slots := fl.Uint("member-slots", uint(d.MemberSlots), "default member slots per channel")
+	fl.DurationVar(&d.Lease, "lease", d.Lease, "default member lease: a member silent this long is reaped")
+	fl.DurationVar(&cfg.ReapInterval, "reap-interval", cfg.ReapInterval, "how often the agent reaps dead members (0: the agent's default)")
+	fl.BoolVar(&cfg.AllowOther, "allow-other", cfg.AllowOther, "let users other than root use the mount (subject to each channel's mode)")
+	fl.BoolVar(&cfg.Debug, "debug", cfg.Debug, "log every FUSE request (very verbose)")
+	if _, err := parse(fl, e, args, 0, 0); err != nil {
+		return cfg, err
+	}
+	level, err := logrus.ParseLevel(*logLevel)
+	if err != nil {
+		return cfg, usagef("--log-level: %v", err)
+	}
+	d.Capacity = capacity.n
+	if maxMsg.n > 1<<32-1 {
+		return cfg, usagef("--max-message %s is too large", formatSize(maxMsg.n))
+	}
+	d.MaxMessage = uint32(maxMsg.n)
+	if !maxMsg.set {
+		// The default must fit a smaller ring: a quarter of it, less a frame header.
+		d.MaxMessage = uint32(min(uint64(channel.DefaultMaxMessage), fitMessage(d.Capacity)))
+	}
+	d.Policy = policyValue(policy.val)
+	d.MemberSlots = uint32(*slots)
+	d.Epoch = 0 // each channel takes its own creation epoch
+	if err := d.Validate(); err != nil {
+		return cfg, usageError{fmt.Errorf("channel defaults: %w", err)}
+	}
+	cfg.Defaults = d
+	if cfg.MetricsAddr == "off" {
+		cfg.MetricsAddr = ""
+	}
+	log := logrus.New()
+	log.SetOutput(e.stderr)
+	log.SetLevel(level)
+	cfg.Log = log
+	return cfg, nil
+}
+
+func runAgent(e *env, args []string) error {
+	cfg, err := agentConfig(e, args)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return a.Run(ctx)
+}
+
+func policyName(p uint32) string {
+	if p == channel.PolicyOverwrite {
+		return "overwrite"
+	}
+	return "block"
+}
+
+func policyValue(s string) uint32 {
+	if s == "overwrite" {
+		return channel.PolicyOverwrite
+	}
+	return channel.PolicyBlock
+}
+
+// fitMessage is the largest message a ring of this capacity takes.
+func fitMessage(capacity uint64) uint64 {
+	if capacity/4 <= channel.FrameHeaderLen {
+		return 0
+	}
+	return capacity/4 - channel.FrameHeaderLen
+}

@@ -1,0 +1,248 @@
+// Package fs is the FUSE tree of the node agent: namespaces and channels
+// as directories, and in each channel the mmap-able ring file, the data
+// files that publish and subscribe with read(2)/write(2), and the files
+// that describe and configure the channel. docs/filesystem.md describes
+// the layout for users; Registry keeps the state in StateDir.
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// xattrless answers every extended-attribute read with ENOSYS, which makes
+// the kernel stop asking for the whole mount (otherwise it looks up
+// security.capability before every write).
+type xattrless struct{}
+
+func (xattrless) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, syscall.ENOSYS
+}
+
+// Root is the mount's root directory: one subdirectory per namespace.
+type Root struct {
+	gofs.Inode
+	xattrless
+	reg *Registry
+}
+
+// NewRoot returns the root node serving reg.
+func NewRoot(reg *Registry) *Root { return &Root{reg: reg} }
+
+// Registry returns the registry the tree serves.
+func (r *Root) Registry() *Registry { return r.reg }
+
+var (
+	_ = (gofs.NodeGetxattrer)((*Root)(nil))
+	_ = (gofs.NodeLookuper)((*Root)(nil))
+	_ = (gofs.NodeReaddirer)((*Root)(nil))
+	_ = (gofs.NodeMkdirer)((*Root)(nil))
+	_ = (gofs.NodeRmdirer)((*Root)(nil))
+	_ = (gofs.NodeGetattrer)((*Root)(nil))
+)
+
+func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	return 0
+}
+
+func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ns := r.reg.Namespace(name)
+	if ns == nil {
+		return nil, syscall.ENOENT
+	}
+	return r.nsInode(ctx, name, ns, out), 0
+}
+
+func (r *Root) nsInode(ctx context.Context, name string, ns *Namespace, out *fuse.EntryOut) *gofs.Inode {
+	dirAttr(&out.Attr, ns.Meta())
+	if c := r.GetChild(name); c != nil {
+		if n, ok := c.Operations().(*nsNode); ok && n.ns == ns {
+			return c
+		}
+	}
+	return r.NewInode(ctx, &nsNode{ns: ns}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+}
+
+func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var es []fuse.DirEntry
+	for _, ns := range r.reg.Namespaces() {
+		es = append(es, fuse.DirEntry{Name: ns.Name, Mode: syscall.S_IFDIR})
+	}
+	return gofs.NewListDirStream(es), 0
+}
+
+func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	uid, gid := caller(ctx)
+	ns, err := r.reg.CreateNamespace(name, uid, gid, mode)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return r.nsInode(ctx, name, ns, out), 0
+}
+
+func (r *Root) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return toErrno(r.reg.RemoveNamespace(name))
+}
+
+// nsNode is a namespace directory: one subdirectory per channel.
+type nsNode struct {
+	gofs.Inode
+	xattrless
+	ns *Namespace
+}
+
+var (
+	_ = (gofs.NodeGetxattrer)((*nsNode)(nil))
+	_ = (gofs.NodeLookuper)((*nsNode)(nil))
+	_ = (gofs.NodeReaddirer)((*nsNode)(nil))
+	_ = (gofs.NodeMkdirer)((*nsNode)(nil))
+	_ = (gofs.NodeRmdirer)((*nsNode)(nil))
+	_ = (gofs.NodeGetattrer)((*nsNode)(nil))
+	_ = (gofs.NodeSetattrer)((*nsNode)(nil))
+)
+
+func (n *nsNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	dirAttr(&out.Attr, n.ns.Meta())
+	return 0
+}
+
+func (n *nsNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if err := n.ns.SetMeta(func(m *Meta) { applySetattr(m, in) }); err != nil {
+		return toErrno(err)
+	}
+	dirAttr(&out.Attr, n.ns.Meta())
+	return 0
+}
+
+func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := n.ns.Channel(name)
+	if ch == nil {
+		return nil, syscall.ENOENT
+	}
+	return n.chInode(ctx, name, ch, out), 0
+}
+
+func (n *nsNode) chInode(ctx context.Context, name string, ch *Channel, out *fuse.EntryOut) *gofs.Inode {
+	dirAttr(&out.Attr, ch.Meta())
+	if c := n.GetChild(name); c != nil {
+		if cn, ok := c.Operations().(*chanNode); ok && cn.ch == ch {
+			return c
+		}
+	}
+	return n.NewInode(ctx, &chanNode{ch: ch}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+}
+
+func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var es []fuse.DirEntry
+	for _, ch := range n.ns.Channels() {
+		es = append(es, fuse.DirEntry{Name: ch.Name, Mode: syscall.S_IFDIR})
+	}
+	return gofs.NewListDirStream(es), 0
+}
+
+func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	uid, gid := caller(ctx)
+	ch, err := n.ns.CreateChannel(name, uid, gid, mode)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return n.chInode(ctx, name, ch, out), 0
+}
+
+func (n *nsNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return toErrno(n.ns.RemoveChannel(name))
+}
+
+// chanNode is a channel directory: its files depend on the channel type.
+type chanNode struct {
+	gofs.Inode
+	xattrless
+	ch *Channel
+}
+
+var (
+	_ = (gofs.NodeGetxattrer)((*chanNode)(nil))
+	_ = (gofs.NodeLookuper)((*chanNode)(nil))
+	_ = (gofs.NodeReaddirer)((*chanNode)(nil))
+	_ = (gofs.NodeGetattrer)((*chanNode)(nil))
+	_ = (gofs.NodeSetattrer)((*chanNode)(nil))
+)
+
+func (n *chanNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	dirAttr(&out.Attr, n.ch.Meta())
+	return 0
+}
+
+func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if err := n.ch.SetMeta(func(m *Meta) { applySetattr(m, in) }); err != nil {
+		return toErrno(err)
+	}
+	dirAttr(&out.Attr, n.ch.Meta())
+	return 0
+}
+
+func (n *chanNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	spec, ok := lookupFile(n.ch.Config().Type, name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	fileAttr(&out.Attr, n.ch, spec)
+	if c := n.GetChild(name); c != nil {
+		if fn, ok := c.Operations().(*fileNode); ok && fn.spec == spec {
+			return c, 0
+		}
+	}
+	return n.NewInode(ctx, &fileNode{ch: n.ch, spec: spec}, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
+}
+
+func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var es []fuse.DirEntry
+	for _, s := range filesFor(n.ch.Config().Type) {
+		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
+	}
+	return gofs.NewListDirStream(es), 0
+}
+
+// caller returns the uid and gid of the process behind a FUSE request.
+func caller(ctx context.Context) (uint32, uint32) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Uid, c.Gid
+	}
+	return 0, 0
+}
+
+func dirAttr(a *fuse.Attr, m Meta) {
+	a.Mode = syscall.S_IFDIR | m.Mode&0o7777
+	a.Uid, a.Gid = m.UID, m.GID
+	a.Nlink = 2
+}
+
+// applySetattr takes mode and owner changes; the kernel has already
+// checked the caller's right to make them (default_permissions).
+func applySetattr(m *Meta, in *fuse.SetAttrIn) {
+	if mode, ok := in.GetMode(); ok {
+		m.Mode = mode & 0o7777
+	}
+	if uid, ok := in.GetUID(); ok {
+		m.UID = uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		m.GID = gid
+	}
+}
+
+// toErrno maps registry errors to errnos; anything unexpected is EIO.
+func toErrno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return e
+	}
+	return gofs.ToErrno(err)
+}
