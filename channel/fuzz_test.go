@@ -110,6 +110,8 @@ func fuzzDrive(t *testing.T, r *Ring, next []func([]byte) ([]byte, error), pub *
 		}
 		if i%16 == 0 {
 			r.Reap()
+			_ = r.Check()
+			_ = r.QueueStats(i % 3)
 			for _, m := range r.Members() {
 				if m.Slot >= slots {
 					t.Fatalf("member slot %d of %d", m.Slot, slots)

@@ -33,7 +33,7 @@ import "unsafe"
 //	+192  Release   packed position up to which stream records are consumed
 //	+256  DataFutex, DataWaiters   readers sleep on DataFutex
 //	+320  SpaceFutex, SpaceWaiters writers sleep on SpaceFutex
-//	+384  Reaped, Recovered        counters written by reapers (rare)
+//	+384  Reaped, Evicted          counters written by reapers (rare)
 //	+448  Index[64] packed position of the first record at or after each chunk boundary
 //
 // A packed position is seq<<32 | units: seq counts messages (not padding)
@@ -94,6 +94,7 @@ const (
 	QOffSpaceFutex   = 320 // u32 bumped by consumers when SpaceWaiters > 0
 	QOffSpaceWaiters = 324 // u32 writers asleep on SpaceFutex
 	QOffReaped       = 384 // u64 claims or takes of dead members that were unblocked
+	QOffEvicted      = 392 // u64 members of this queue evicted after their lease expired
 	QOffIndex        = 448 // [IndexChunks]u64 first record at or after each chunk boundary
 )
 
@@ -207,7 +208,8 @@ type queueHeader struct {
 	SpaceWaiters uint32
 	_            [56]byte
 	Reaped       uint64
-	_            [56]byte
+	Evicted      uint64
+	_            [48]byte
 	Index        [IndexChunks]uint64
 	_            [64]byte
 }

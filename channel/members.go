@@ -133,6 +133,9 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 	if !r.expired(s, now) || !atomic.CompareAndSwapUint32(&s.State, st, MemberDead) {
 		return false
 	}
+	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
+		atomic.AddUint64(&r.queues[q].Evicted, 1)
+	}
 	atomic.StoreUint64(&s.Lease, 0)
 	atomic.StoreUint64(&s.PendingLen, 0)
 	atomic.StoreUint32(&s.State, MemberFree)
@@ -142,17 +145,19 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 // MemberInfo is a snapshot of one member slot, for inspection tools and
 // the agent. Values come from shared memory and are reported as read.
 type MemberInfo struct {
-	Slot     uint32
-	State    uint32
-	Role     uint32
-	Queue    uint32
-	Pid      uint32
-	LeaseAge time.Duration
-	Cursor   uint64 // packed position
-	Lag      uint64 // messages between the cursor and the tail (subscribers)
-	Pending  uint64
-	Lost     uint64
-	Count    uint64
+	Slot       uint32
+	State      uint32
+	Role       uint32
+	Queue      uint32
+	Pid        uint32
+	LeaseAge   time.Duration
+	Cursor     uint64 // packed position
+	Lag        uint64 // messages between the cursor and the tail (subscribers)
+	Pending    uint64
+	PendingLen uint64 // bytes of the claim or take in flight; 0: none
+	Gen        uint32
+	Lost       uint64
+	Count      uint64
 }
 
 // Members returns the non-free member slots.
@@ -168,11 +173,13 @@ func (r *Ring) Members() []MemberInfo {
 		role := atomic.LoadUint32(&s.Role)
 		mi := MemberInfo{
 			Slot: i, State: st, Role: role & 0xff, Queue: (role >> 8) & 0xff,
-			Pid:     atomic.LoadUint32(&s.Pid),
-			Cursor:  atomic.LoadUint64(&s.Cursor),
-			Pending: atomic.LoadUint64(&s.Pending),
-			Lost:    atomic.LoadUint64(&s.Lost),
-			Count:   atomic.LoadUint64(&s.Count),
+			Pid:        atomic.LoadUint32(&s.Pid),
+			Cursor:     atomic.LoadUint64(&s.Cursor),
+			Pending:    atomic.LoadUint64(&s.Pending),
+			PendingLen: atomic.LoadUint64(&s.PendingLen),
+			Gen:        atomic.LoadUint32(&s.Gen),
+			Lost:       atomic.LoadUint64(&s.Lost),
+			Count:      atomic.LoadUint64(&s.Count),
 		}
 		if l := atomic.LoadUint64(&s.Lease); l != 0 {
 			mi.LeaseAge = time.Duration(now - int64(l))

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/sirupsen/logrus"
 
@@ -348,6 +347,11 @@ func (r *Registry) Reap() {
 	for _, ch := range r.Channels() {
 		ch.mu.Lock()
 		if ch.ring != nil && !ch.broken.Load() {
+			if err := ch.ring.Check(); err != nil {
+				ch.setBroken(err)
+				ch.mu.Unlock()
+				continue
+			}
 			if n := ch.ring.Reap(); n > 0 {
 				ch.reaped.Add(uint64(n))
 				r.log.WithFields(logrus.Fields{"ns": ch.NS, "channel": ch.Name, "op": "reap"}).Debugf("reaped %d dead members", n)
@@ -635,13 +639,6 @@ func (ch *Channel) Busy() bool {
 	return ch.busyLocked()
 }
 
-// queueWord reads a u64 of queue q's header. The offset is a constant
-// inside the header page, so no value from shared memory steers it.
-func queueWord(r *channel.Ring, q int, off int) uint64 {
-	mem := r.Bytes()
-	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&mem[channel.OffQueues+q*channel.QueueHeaderLen+off])))
-}
-
 // Stats is a snapshot of a channel's counters.
 type Stats struct {
 	NS, Name    string
@@ -660,7 +657,7 @@ type Stats struct {
 func (ch *Channel) Stats() Stats {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	st := Stats{NS: ch.NS, Name: ch.Name, Broken: ch.broken.Load(), Lost: ch.lost.Load(), Reaped: ch.reaped.Load()}
+	st := Stats{NS: ch.NS, Name: ch.Name, Broken: ch.broken.Load(), Lost: ch.lost.Load()}
 	r := ch.ring
 	if r == nil {
 		return st
@@ -673,10 +670,10 @@ func (ch *Channel) Stats() Stats {
 	}
 	capUnits := uint32(cfg.Capacity >> 4)
 	for q := 0; q < queues; q++ {
-		tail := queueWord(r, q, channel.QOffTail)
-		st.Messages += uint64(uint32(tail >> 32))
-		st.Bytes += uint64(uint32(tail)-capUnits) << 4
-		st.Reaped += queueWord(r, q, channel.QOffReaped)
+		qs := r.QueueStats(q)
+		st.Messages += uint64(uint32(qs.Tail >> 32))
+		st.Bytes += uint64(uint32(qs.Tail)-capUnits) << 4
+		st.Reaped += qs.Reaped + qs.Evicted
 	}
 	for _, m := range r.Members() {
 		if m.State != channel.MemberActive {
@@ -696,7 +693,8 @@ func (ch *Channel) Stats() Stats {
 	if cfg.Type == channel.TypeStream {
 		// Stream readers share Head: the lag is what waits in each queue.
 		for q := 0; q < queues; q++ {
-			lag := uint64(uint32(queueWord(r, q, channel.QOffTail)>>32) - uint32(queueWord(r, q, channel.QOffHead)>>32))
+			qs := r.QueueStats(q)
+			lag := uint64(uint32(qs.Tail>>32) - uint32(qs.Head>>32))
 			if lag > st.LagMax && lag < 1<<31 {
 				st.LagMax = lag
 			}
@@ -725,8 +723,7 @@ func (ch *Channel) Reconfigure(text string) syscall.Errno {
 		log.WithError(err).Warn("configuration rejected")
 		return syscall.EINVAL
 	}
-	if ch.busyLocked() || queueWord(ch.ring, 0, channel.QOffTail)>>32 != 0 ||
-		(ch.ring.Config().Type == channel.TypeStream && queueWord(ch.ring, 1, channel.QOffTail)>>32 != 0) {
+	if ch.busyLocked() || ch.ring.QueueStats(0).Tail>>32 != 0 || ch.ring.QueueStats(1).Tail>>32 != 0 {
 		ch.lastErr = "channel is in use or has carried messages: configuration can only change on a fresh, idle channel"
 		log.Warn(ch.lastErr)
 		return syscall.EBUSY
