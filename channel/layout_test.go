@@ -77,6 +77,7 @@ func TestLayoutQueueHeader(t *testing.T) {
 		{"SpaceFutex", unsafe.Offsetof(q.SpaceFutex), QOffSpaceFutex, unsafe.Sizeof(q.SpaceFutex), 4},
 		{"SpaceWaiters", unsafe.Offsetof(q.SpaceWaiters), QOffSpaceWaiters, unsafe.Sizeof(q.SpaceWaiters), 4},
 		{"Reaped", unsafe.Offsetof(q.Reaped), QOffReaped, unsafe.Sizeof(q.Reaped), 8},
+		{"Evicted", unsafe.Offsetof(q.Evicted), QOffEvicted, unsafe.Sizeof(q.Evicted), 8},
 		{"Index", unsafe.Offsetof(q.Index), QOffIndex, unsafe.Sizeof(q.Index), IndexChunks * 8},
 	})
 	if s := unsafe.Sizeof(q); s != QueueHeaderLen {
