@@ -111,7 +111,7 @@ const (
 	MOffPending    = 32 // u64 publisher: packed position of its in-flight claim; reader: of its take
 	MOffPendingLen = 40 // u64 publisher: bytes of the in-flight claim (0: none)
 	MOffLost       = 48 // u64 subscriber: messages lost to overwrite
-	MOffCount      = 56 // u64 messages published or consumed
+	MOffCount      = 56 // u64 messages published or consumed; stored at the first and every 256th
 )
 
 // Frame offsets, relative to the frame start.

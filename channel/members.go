@@ -15,6 +15,17 @@ type member struct {
 	s     *memberSlot
 	dead  atomic.Bool
 	close atomic.Bool
+	count uint64 // messages, owned by the member's goroutine
+}
+
+// counted adds one message to the member's count. The shared Count is an
+// observer's figure: it is stored at the first message and every 256th
+// after, which keeps a locked write off the per-message path.
+func (m *member) counted() {
+	m.count++
+	if m.count&255 == 1 {
+		atomic.StoreUint64(&m.s.Count, m.count)
+	}
 }
 
 // acquire takes a free slot for role on queue q. cursor is stored before

@@ -246,7 +246,7 @@ func (p *Publisher) Commit(c Claim) error {
 		p.m.dead.Store(true)
 		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, c.p.units())
 	}
-	atomic.AddUint64(&p.m.s.Count, 1)
+	p.m.counted()
 	return nil
 }
 

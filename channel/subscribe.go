@@ -142,7 +142,7 @@ func (s *Subscriber) Done() {
 	s.cur = mkpos(s.cur.seq()+1, s.cur.units()+uint32(s.viewed>>unitShift))
 	s.viewed = 0
 	atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
-	atomic.AddUint64(&s.m.s.Count, 1)
+	s.m.counted()
 	if s.r.cfg.Policy == PolicyBlock {
 		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 	}
