@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -106,6 +107,13 @@ func fileAttr(a *fuse.Attr, ch *Channel, s fileSpec) {
 	a.Mode = syscall.S_IFREG | filePerm(m.Mode, s.kind)
 	a.Uid, a.Gid = m.UID, m.GID
 	a.Nlink = 1
+	// Times: the channel's creation (its epoch is wall-clock ns); stats
+	// changes all the time, so it says now.
+	t := time.Unix(0, int64(ch.Config().Epoch))
+	if s.kind == kindStats {
+		t = time.Now()
+	}
+	a.SetTimes(&t, &t, &t)
 	if s.kind == kindRing {
 		a.Size = uint64(ch.Config().Size())
 		if ch.Config().Capacity == 0 {
