@@ -6,7 +6,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet bench fuzz clean
+.PHONY: build run test vet bench bench-deps bench-full fuzz clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/shimmy
@@ -23,8 +23,21 @@ vet:
 test: vet
 	$(GO) test $(TEST_FLAGS) ./...
 
+# Ring benchmarks against a bare SPSC ring, a Unix socket pair and a
+# futex wake-up, all measured in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./bench/ringbench/
+
+# Debian packages of the servers `shimmy bench` compares against (Kafka is
+# not packaged in Debian 12).
+bench-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto nats-server redis-server
+
+# The paper's evaluation against Mosquitto, NATS, Redis and kernel sockets:
+# writes bench/results/<date>/ (table, CSV, JSON, plots).
+bench-full: build
+	$(BIN) bench
 
 # Runs each fuzzer for a while; seeds in testdata/fuzz run in every `make test`.
 fuzz:
