@@ -286,12 +286,17 @@ func mdEscape(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ")
 }
 
-// ratios compares Shimmy through mmap (zero-copy) with every other system,
-// one subscriber: throughput at saturation (the valid case with the most
-// messages) and median latency at the fixed rate.
+// ratios compares Shimmy through mmap with every other system, one
+// subscriber: throughput at saturation (the valid case with the most
+// messages) and median latency at the fixed rate. One table per Shimmy
+// reference: the sleeping subscriber and the busy-polling one.
 func (rep *Report) ratios() string {
+	return rep.ratioTable(SysShimmyZeroCopy) + rep.ratioTable(SysShimmyBusy)
+}
+
+func (rep *Report) ratioTable(ref string) string {
 	var b strings.Builder
-	b.WriteString("\n## Ratios: " + SysShimmyZeroCopy + " against each system (1 subscriber)\n\n")
+	b.WriteString("\n## Ratios: " + ref + " against each system (1 subscriber)\n\n")
 	b.WriteString("Throughput ratio = Shimmy msgs/s ÷ system msgs/s; latency ratio = system median ÷ Shimmy median. Above 1: Shimmy is better. `n/a`: no valid figure.\n\n")
 	tf := figure{mode: "throughput", subs: 1, value: func(r Result) float64 { return r.MsgsPerSec }}
 	lf := figure{mode: "latency", subs: 1, value: func(r Result) float64 { return float64(r.Latency.P50Ns) }}
@@ -320,12 +325,12 @@ func (rep *Report) ratios() string {
 		return fmt.Sprintf("%.3g×", num/den)
 	}
 	for _, sys := range tsys {
-		if sys == SysShimmyZeroCopy {
+		if sys == ref {
 			continue
 		}
 		fmt.Fprintf(&b, "| %s |", sys)
 		for _, s := range sizes {
-			fmt.Fprintf(&b, " %s | %s |", ratio(tv[SysShimmyZeroCopy][s], tv[sys][s]), ratio(lv[sys][s], lv[SysShimmyZeroCopy][s]))
+			fmt.Fprintf(&b, " %s | %s |", ratio(tv[ref][s], tv[sys][s]), ratio(lv[sys][s], lv[ref][s]))
 		}
 		b.WriteString("\n")
 	}

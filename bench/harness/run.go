@@ -31,6 +31,7 @@ import (
 const (
 	SysShimmyZeroCopy = "shimmy-mmap-zerocopy"
 	SysShimmyCopy     = "shimmy-mmap-copy"
+	SysShimmyBusy     = "shimmy-mmap-busy" // zero-copy, busy-polling subscriber
 	SysShimmyFiles    = "shimmy-files"
 	SysUnix           = "unix-socket"
 	SysTCP            = "tcp-loopback"
@@ -80,7 +81,7 @@ Writes results.md, results.csv, results.json and PNG plots to DIR.`
 }
 
 func allSystems() []string {
-	return []string{SysShimmyZeroCopy, SysShimmyCopy, SysShimmyFiles, SysUnix, SysTCP, SysNATS, SysRedis, SysMosquitto, SysKafka}
+	return []string{SysShimmyZeroCopy, SysShimmyBusy, SysShimmyCopy, SysShimmyFiles, SysUnix, SysTCP, SysNATS, SysRedis, SysMosquitto, SysKafka}
 }
 
 // system is one row kind of the results.
@@ -94,6 +95,7 @@ type system struct {
 
 var systems = []system{
 	{name: SysShimmyZeroCopy},
+	{name: SysShimmyBusy},
 	{name: SysShimmyCopy},
 	{name: SysShimmyFiles},
 	{name: SysUnix},
@@ -305,7 +307,7 @@ func (e *sysEnv) prepare(c Case, id int) (addr, topic string, cleanup func(), er
 	topic = fmt.Sprintf("bench.%d.%d", os.Getpid(), id)
 	cleanup = func() {}
 	switch e.sys.name {
-	case SysShimmyZeroCopy, SysShimmyCopy:
+	case SysShimmyZeroCopy, SysShimmyBusy, SysShimmyCopy:
 		cfg := ringConfig().WithDefaults()
 		seg, err := shm.CreatePOSIX(name, shm.RoundUp(cfg.Size()), shm.Options{Exclusive: true})
 		if err != nil {

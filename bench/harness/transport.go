@@ -49,8 +49,9 @@ type dialer struct {
 }
 
 var dialers = map[string]dialer{
-	SysShimmyCopy:     {pub: ringPub(false), sub: ringSub(false)},
-	SysShimmyZeroCopy: {pub: ringPub(true), sub: ringSub(true)},
+	SysShimmyCopy:     {pub: ringPub(false), sub: ringSub(false, channel.IdleDefault)},
+	SysShimmyZeroCopy: {pub: ringPub(true), sub: ringSub(true, channel.IdleDefault)},
+	SysShimmyBusy:     {pub: ringPub(true), sub: ringSub(true, channel.IdleBusy)},
 	SysShimmyFiles:    {pub: filePub, sub: fileSub},
 	SysUnix:           {pub: sockPub("unix"), sub: sockSub("unix")},
 	SysTCP:            {pub: sockPub("tcp"), sub: sockSub("tcp")},
@@ -137,13 +138,13 @@ type ringSubConn struct {
 	buf    []byte
 }
 
-func ringSub(zc bool) func(context.Context, childSpec) (subConn, error) {
+func ringSub(zc bool, idle channel.Idle) func(context.Context, childSpec) (subConn, error) {
 	return func(ctx context.Context, s childSpec) (subConn, error) {
 		seg, r, err := openRing(s.Addr)
 		if err != nil {
 			return nil, err
 		}
-		sub, err := r.NewSubscriber(channel.SubscriberOptions{Idle: channel.IdleDefault})
+		sub, err := r.NewSubscriber(channel.SubscriberOptions{Idle: idle})
 		if err != nil {
 			r.Close()
 			seg.Close()
