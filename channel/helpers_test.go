@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/shm"
 	"golang.org/x/sys/unix"
 )
@@ -33,21 +34,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// eventually polls f until it returns nil, failing the test with f's last
-// error once timeout has passed.
+// eventually polls f until it returns nil, failing t after timeout.
 func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.Eventually(t, timeout, f)
 }
 
 // newRing formats a ring in anonymous shared memory (mmap, never Go heap:

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
 var (
@@ -80,35 +81,14 @@ func requireE2E(t testing.TB) {
 	}
 }
 
-// eventually polls f until it returns nil or timeout passes.
+// eventually polls f until it returns nil, failing t after timeout.
 func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %v: %v", timeout, err)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 50*time.Millisecond)
-	}
+	wait.Eventually(t, timeout, f)
 }
 
 // poll is eventually that returns the last error instead of failing.
-func poll(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+func poll(timeout time.Duration, f func() error) error { return wait.Until(timeout, f) }
 
 // syncBuffer is a bytes.Buffer safe for a writer process and a reading test.
 type syncBuffer struct {
