@@ -70,6 +70,9 @@ func (r *Ring) Check() error {
 		if r.cfg.Type == TypePubSub && udist(tail.units(), limit) > r.capUnits {
 			return fmt.Errorf("%w: queue %d limit %d is more than a lap behind tail %d", ErrCorrupt, q, limit, tail.units())
 		}
+		if x := atomic.LoadUint32(&qh.Exclusive); x > r.cfg.MemberSlots {
+			return fmt.Errorf("%w: queue %d exclusive publisher slot %d of %d", ErrCorrupt, q, x-1, r.cfg.MemberSlots)
+		}
 		if r.cfg.Type != TypeStream {
 			continue
 		}

@@ -28,6 +28,9 @@ var (
 	ErrClosed = errors.New("channel: member closed")
 	// ErrWrongType: the operation does not fit the channel type.
 	ErrWrongType = errors.New("channel: operation does not fit the channel type")
+	// ErrExclusive: an exclusive publisher holds the queue, or an exclusive
+	// publisher was asked for while other publishers write it.
+	ErrExclusive = errors.New("channel: queue is held by an exclusive publisher")
 	// ErrWouldBlock: a non-blocking operation found no message or no space.
 	ErrWouldBlock = errors.New("channel: operation would block")
 )

@@ -86,16 +86,17 @@ func newShmRing(t testing.TB, cfg Config) (*Ring, string) {
 
 // Environment of a child process.
 const (
-	envRole   = "SHIMMY_CHILD_ROLE"   // pub, claimer, sub, reader
-	envRing   = "SHIMMY_CHILD_RING"   // path of the ring file
-	envPub    = "SHIMMY_CHILD_PUB"    // publisher id (pub, claimer)
-	envCount  = "SHIMMY_CHILD_COUNT"  // messages to publish (pub, claimer)
-	envCounts = "SHIMMY_CHILD_COUNTS" // messages expected per publisher id, comma separated (sub)
-	envQueue  = "SHIMMY_CHILD_QUEUE"  // stream queue (pub, reader)
-	envIdle   = "SHIMMY_CHILD_IDLE"   // default, sleep
-	envPause  = "SHIMMY_CHILD_PAUSE"  // sub: after this many messages, wait for stdin to close
-	envStall  = "SHIMMY_CHILD_STALL"  // sub: after this many messages, Peek, print PEEKED and hang
-	envTake   = "SHIMMY_CHILD_TAKE"   // reader: die holding the first take (prints TAKEN and hangs)
+	envRole   = "SHIMMY_CHILD_ROLE"      // pub, claimer, sub, reader
+	envRing   = "SHIMMY_CHILD_RING"      // path of the ring file
+	envPub    = "SHIMMY_CHILD_PUB"       // publisher id (pub, claimer)
+	envCount  = "SHIMMY_CHILD_COUNT"     // messages to publish (pub, claimer)
+	envCounts = "SHIMMY_CHILD_COUNTS"    // messages expected per publisher id, comma separated (sub)
+	envQueue  = "SHIMMY_CHILD_QUEUE"     // stream queue (pub, reader)
+	envIdle   = "SHIMMY_CHILD_IDLE"      // default, sleep
+	envExcl   = "SHIMMY_CHILD_EXCLUSIVE" // "1": the publisher joins as the queue's exclusive publisher
+	envPause  = "SHIMMY_CHILD_PAUSE"     // sub: after this many messages, wait for stdin to close
+	envStall  = "SHIMMY_CHILD_STALL"     // sub: after this many messages, Peek, print PEEKED and hang
+	envTake   = "SHIMMY_CHILD_TAKE"      // reader: die holding the first take (prints TAKEN and hangs)
 )
 
 // childTimeout bounds every wait of a child, so that a protocol bug fails
@@ -450,7 +451,7 @@ func childMain(role string) error {
 // message, prints CLAIMED and hangs until it is killed.
 func childPublish(ctx context.Context, r *Ring, claimer bool, idle Idle, say func(string)) error {
 	pub, count, max := envInt(envPub), envInt(envCount), int(r.Config().MaxMessage)
-	p, err := r.NewPublisher(PublisherOptions{Idle: idle, Queue: envInt(envQueue)})
+	p, err := r.NewPublisher(PublisherOptions{Idle: idle, Queue: envInt(envQueue), Exclusive: os.Getenv(envExcl) == "1"})
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,7 @@ import "unsafe"
 //	+320  SpaceFutex, SpaceWaiters writers sleep on SpaceFutex
 //	+384  Reaped, Evicted          counters written by reapers (rare)
 //	+448  Index[64] packed position of the first record at or after each chunk boundary
+//	+960  Exclusive slot+1 of the queue's exclusive publisher (0: none)
 //
 // A packed position is seq<<32 | units: seq counts messages (not padding)
 // modulo 2^32 and units counts 16-byte units of the data stream modulo 2^32
@@ -96,6 +97,7 @@ const (
 	QOffReaped       = 384 // u64 claims or takes of dead members that were unblocked
 	QOffEvicted      = 392 // u64 members of this queue evicted after their lease expired
 	QOffIndex        = 448 // [IndexChunks]u64 first record at or after each chunk boundary
+	QOffExclusive    = 960 // u32 slot+1 of the exclusive publisher, which stores Tail without CAS; 0: none
 )
 
 // Member slot offsets, relative to the slot. Each slot is one cache line
@@ -211,7 +213,8 @@ type queueHeader struct {
 	Evicted      uint64
 	_            [48]byte
 	Index        [IndexChunks]uint64
-	_            [64]byte
+	Exclusive    uint32
+	_            [60]byte
 }
 
 // memberSlot is the Go rendering of a member slot.

@@ -79,6 +79,7 @@ func TestLayoutQueueHeader(t *testing.T) {
 		{"Reaped", unsafe.Offsetof(q.Reaped), QOffReaped, unsafe.Sizeof(q.Reaped), 8},
 		{"Evicted", unsafe.Offsetof(q.Evicted), QOffEvicted, unsafe.Sizeof(q.Evicted), 8},
 		{"Index", unsafe.Offsetof(q.Index), QOffIndex, unsafe.Sizeof(q.Index), IndexChunks * 8},
+		{"Exclusive", unsafe.Offsetof(q.Exclusive), QOffExclusive, unsafe.Sizeof(q.Exclusive), 4},
 	})
 	if s := unsafe.Sizeof(q); s != QueueHeaderLen {
 		t.Errorf("queueHeader is %d bytes, ABI says %d", s, QueueHeaderLen)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // member is one slot of the member table owned by this process.
@@ -146,11 +147,18 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 	}
 	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
 		atomic.AddUint64(&r.queues[q].Evicted, 1)
+		// A dead exclusive publisher gives the queue back.
+		atomic.CompareAndSwapUint32(&r.queues[q].Exclusive, r.slotIndex(s)+1, 0)
 	}
 	atomic.StoreUint64(&s.Lease, 0)
 	atomic.StoreUint64(&s.PendingLen, 0)
 	atomic.StoreUint32(&s.State, MemberFree)
 	return true
+}
+
+// slotIndex returns the index of slot s in the member table.
+func (r *Ring) slotIndex(s *memberSlot) uint32 {
+	return uint32((uintptr(unsafe.Pointer(s)) - uintptr(unsafe.Pointer(&r.mem[r.members]))) / MemberSlotLen)
 }
 
 // MemberInfo is a snapshot of one member slot, for inspection tools and

@@ -24,7 +24,10 @@ func TestProcessPubSub(t *testing.T) {
 		count  int      // messages per publisher
 		idle   []string // one subscriber per entry
 		pause  []int    // per subscriber: stop after this many messages until every publisher is done (0: never)
+		excl   bool     // the one publisher joins as exclusive
 	}{
+		{name: "block/exclusive-1pub-2sub", policy: PolicyBlock, pubs: 1, count: 5000, idle: []string{"default", "sleep"}, excl: true},
+		{name: "overwrite/exclusive-1pub-2sub", policy: PolicyOverwrite, pubs: 1, count: 5000, idle: []string{"default", "sleep"}, pause: []int{0, 10}, excl: true},
 		{name: "block/3pub-2sub", policy: PolicyBlock, pubs: 3, count: 2000, idle: []string{"sleep", "default"}},
 		{name: "block/1pub-1sub", policy: PolicyBlock, pubs: 1, count: 3000, idle: []string{"default"}},
 		{name: "overwrite/3pub-2sub", policy: PolicyOverwrite, pubs: 3, count: 2000, idle: []string{"default", "sleep"}, pause: []int{0, 10}},
@@ -51,8 +54,12 @@ func TestProcessPubSub(t *testing.T) {
 			}
 			var pubs []*child
 			for i := 0; i < tc.pubs; i++ {
+				excl := "0"
+				if tc.excl {
+					excl = "1"
+				}
 				pubs = append(pubs, startChild(t, fmt.Sprintf("publisher %d", i), "pub", envRing+"="+path,
-					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+tc.idle[i%len(tc.idle)]))
+					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+tc.idle[i%len(tc.idle)], envExcl+"="+excl))
 			}
 			for _, c := range pubs {
 				c.waitOK()

@@ -10,6 +10,12 @@ import (
 type PublisherOptions struct {
 	Idle  Idle // how to wait for space (block policy); zero value: IdleSleep
 	Queue int  // stream channels: the direction written, 0 or 1
+	// Exclusive makes this the queue's only publisher (as Aeron's
+	// ExclusivePublication): it stores the tail instead of claiming it with
+	// a CAS, which keeps every full barrier off the per-message path.
+	// Joining fails with ErrExclusive while other publishers write the
+	// queue, and they fail to join while it holds it.
+	Exclusive bool
 }
 
 // Publisher appends messages to one queue of a ring. Many publishers, in
@@ -25,15 +31,15 @@ type Publisher struct {
 	w   waiter
 	cl  Claim
 	out bool // a claim is outstanding
+	ex  bool // exclusive: Tail is ours to store
 }
 
 // Claim is a frame reserved for a message: fill Buf, then Commit it.
 type Claim struct {
-	Buf   []byte
-	p     pos    // frame position (after any padding)
-	off   uint64 // frame offset in the data region
-	stale uint64 // commit word before the claim, for the commit CAS
-	n     int
+	Buf []byte
+	p   pos    // frame position (after any padding)
+	off uint64 // frame offset in the data region
+	n   int
 }
 
 // NewPublisher joins the ring as a publisher.
@@ -45,15 +51,46 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m}
+	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive}
 	p.w = waiter{idle: o.Idle, lease: m}
+	// Announce first, then look (both sides do): with sequentially
+	// consistent atomics at least one of two racing joiners sees the other.
+	if o.Exclusive {
+		if !atomic.CompareAndSwapUint32(&p.qh.Exclusive, 0, m.idx+1) {
+			m.release()
+			return nil, fmt.Errorf("%w: queue %d", ErrExclusive, o.Queue)
+		}
+		if r.otherPublishers(o.Queue, m.idx) {
+			atomic.CompareAndSwapUint32(&p.qh.Exclusive, m.idx+1, 0)
+			m.release()
+			return nil, fmt.Errorf("%w: other publishers write queue %d", ErrExclusive, o.Queue)
+		}
+	} else if x := atomic.LoadUint32(&p.qh.Exclusive); x != 0 {
+		m.release()
+		return nil, fmt.Errorf("%w: queue %d (slot %d)", ErrExclusive, o.Queue, x-1)
+	}
 	return p, nil
+}
+
+// otherPublishers reports whether a live publisher other than slot self
+// writes queue q.
+func (r *Ring) otherPublishers(q int, self uint32) bool {
+	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
+		s := r.slot(i)
+		if i != self && atomic.LoadUint32(&s.State) != MemberFree && atomic.LoadUint32(&s.Role) == RolePublisher|uint32(q)<<8 {
+			return true
+		}
+	}
+	return false
 }
 
 // Close leaves the ring. An outstanding claim is committed as padding.
 func (p *Publisher) Close() error {
 	if p.out {
 		p.abort()
+	}
+	if p.ex {
+		atomic.CompareAndSwapUint32(&p.qh.Exclusive, p.m.idx+1, 0)
 	}
 	p.m.release()
 	return nil
@@ -120,9 +157,12 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 		}
 		// Record the claim before making it, so that a reaper can unblock
 		// it if this process dies before committing.
-		atomic.StoreUint64(&p.m.s.Pending, uint64(t))
-		atomic.StoreUint64(&p.m.s.PendingLen, total)
-		if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), uint64(mkpos(t.seq()+1, end))) {
+		storeRelease(&p.m.s.Pending, uint64(t))
+		storeRelease(&p.m.s.PendingLen, total) // ordered before the claim by the CAS
+		next := uint64(mkpos(t.seq()+1, end))
+		if p.ex {
+			storeRelease(&p.qh.Tail, next) // the only writer of Tail
+		} else if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), next) {
 			// Withdraw the record: others must not wait on a claim that
 			// was never made while this publisher waits for room.
 			atomic.StoreUint64(&p.m.s.PendingLen, 0)
@@ -137,11 +177,10 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 		r.index(p.q, t, fp, mkpos(t.seq()+1, end))
 		fo := r.data[p.q] + off
 		p.cl = Claim{
-			Buf:   r.mem[fo+FrameHeaderLen : fo+FrameHeaderLen+uint64(n) : fo+FrameHeaderLen+uint64(n)],
-			p:     fp,
-			off:   off,
-			stale: atomic.LoadUint64(r.commitWord(p.q, off)),
-			n:     n,
+			Buf: r.mem[fo+FrameHeaderLen : fo+FrameHeaderLen+uint64(n) : fo+FrameHeaderLen+uint64(n)],
+			p:   fp,
+			off: off,
+			n:   n,
 		}
 		p.out = true
 		return p.cl, nil
@@ -237,8 +276,13 @@ func (p *Publisher) Commit(c Claim) error {
 	fh.Seq = c.p.seq()
 	fh.Slot = uint16(p.m.idx)
 	word := commitWord(c.p.units(), uint32(c.n))
-	ok := atomic.CompareAndSwapUint64(r.commitWord(p.q, c.off), c.stale, word)
-	atomic.StoreUint64(&p.m.s.PendingLen, 0)
+	// A plain release store, not a CAS: a CAS would wait for the line the
+	// subscribers poll. A reaper pads a claim only after this publisher's
+	// lease ran out; if we were that slow, our commit replaces its padding
+	// with the same message either way, and we report the eviction.
+	storeRelease(r.commitWord(p.q, c.off), word)
+	storeRelease(&p.m.s.PendingLen, 0)
+	ok := p.m.alive() == nil
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	if !ok {
 		// A reaper took this claim for a dead publisher's: we stalled
@@ -255,7 +299,7 @@ func (p *Publisher) abort() {
 	p.out = false
 	c := p.cl
 	// The claim took a sequence number: the padding passes readers on to the next one.
-	p.r.padFrame(p.q, c.off, c.p, c.p.seq()+1, c.stale, align16(FrameHeaderLen+uint64(c.n)))
+	p.r.padFrame(p.q, c.off, c.p, c.p.seq()+1, atomic.LoadUint64(p.r.commitWord(p.q, c.off)), align16(FrameHeaderLen+uint64(c.n)))
 	atomic.StoreUint64(&p.m.s.PendingLen, 0)
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 }
@@ -294,13 +338,13 @@ func (r *Ring) padFrame(q int, off uint64, p pos, seq uint32, stale, n uint64) b
 func (r *Ring) index(q int, t, fp, next pos) {
 	cu := r.chunkUnits
 	qh := r.queues[q]
-	b := (t.units()/cu + 1) * cu
+	b := (t.units()>>r.chunkShift + 1) << r.chunkShift
 	for udist(next.units(), b) < 1<<31 && udist(b, t.units()) <= udist(next.units(), t.units()) {
 		e := next
 		if udist(fp.units(), b) < 1<<31 {
 			e = fp
 		}
-		atomic.StoreUint64(&qh.Index[(b/cu)%IndexChunks], uint64(e))
+		storeRelease(&qh.Index[(b>>r.chunkShift)%IndexChunks], uint64(e))
 		b += cu
 	}
 }

@@ -107,6 +107,7 @@ type Ring struct {
 	mask       uint64
 	capUnits   uint32
 	chunkUnits uint32
+	chunkShift uint32 // log2(chunkUnits): the index is on the per-claim path
 	members    uint64 // offset of member table
 	data       [2]uint64
 	queues     [2]*queueHeader
@@ -203,6 +204,7 @@ func Open(mem []byte) (*Ring, error) {
 		mask:       cfg.Capacity - 1,
 		capUnits:   uint32(cfg.Capacity >> unitShift),
 		chunkUnits: uint32(cfg.Capacity>>unitShift) / IndexChunks,
+		chunkShift: uint32(bits.TrailingZeros64(cfg.Capacity>>unitShift) - bits.TrailingZeros64(IndexChunks)),
 		members:    HeaderLen,
 		local:      map[uint32]*member{},
 	}

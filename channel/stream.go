@@ -66,8 +66,15 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 	r := rd.r
 	rd.w.reset()
 	stuck := int64(0)
-	for {
+	for polls := 0; ; polls++ {
 		h := pos(atomic.LoadUint64(&rd.qh.Head))
+		// While spinning, poll the commit word alone (see Subscriber.peek).
+		if block && polls&1023 != 1023 && rd.w.spinning() && !r.tagged(rd.q, h) {
+			if err := rd.w.pause(&rd.qh.DataFutex, &rd.qh.DataWaiters, nil); err != nil {
+				return buf, err
+			}
+			continue
+		}
 		msg, frame, st, err := r.read(rd.q, h)
 		switch st {
 		case readCorrupt:

@@ -141,7 +141,9 @@ func (s *Subscriber) Done() {
 	}
 	s.cur = mkpos(s.cur.seq()+1, s.cur.units()+uint32(s.viewed>>unitShift))
 	s.viewed = 0
-	atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
+	// A release store: the message was read before publishers may reuse
+	// its space, without the full barrier atomic.Store would add.
+	storeRelease(&s.m.s.Cursor, uint64(s.cur))
 	s.m.counted()
 	if s.r.cfg.Policy == PolicyBlock {
 		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
@@ -158,7 +160,16 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 	r := s.r
 	s.w.reset()
 	stuck := int64(0)
-	for {
+	for polls := 0; ; polls++ {
+		// While spinning, poll the commit word alone: loading Tail on every
+		// poll would take its cache line from the publishers each message.
+		// Once spinning ends, every poll is a full read again.
+		if block && polls&1023 != 1023 && s.w.spinning() && !r.tagged(s.q, s.cur) {
+			if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, nil); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		msg, frame, st, err := r.read(s.q, s.cur)
 		switch st {
 		case readOK:
@@ -177,9 +188,10 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 		if !block {
 			return nil, ErrWouldBlock
 		}
-		if st == readClaimed {
+		if st == readClaimed && polls&63 == 0 {
 			// A publisher claimed this frame and has not committed it.
-			// If it died, unblock it once its lease has run out.
+			// If it died, unblock it once its lease has run out (the clock
+			// is read now and then: a live publisher commits in far less).
 			now := monotonic()
 			if stuck == 0 {
 				stuck = now
@@ -196,6 +208,12 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// tagged reports whether the commit word at p carries p's tag: a frame is
+// committed there (it still needs read's checks).
+func (r *Ring) tagged(q int, p pos) bool {
+	return uint32(atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))) == p.units()
 }
 
 // resync moves a lapped subscriber to the oldest intact record and counts

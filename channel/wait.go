@@ -12,12 +12,12 @@ import (
 
 // monotonic returns CLOCK_MONOTONIC in nanoseconds: the clock leases use,
 // shared by every process on the host (and by containers without a time
-// namespace).
-func monotonic() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
-}
+// namespace). It is the runtime's vDSO read: unix.ClockGettime is a real
+// system call, which cost a busy subscriber most of its time.
+func monotonic() int64 { return nanotime() }
+
+//go:linkname nanotime runtime.nanotime
+func nanotime() int64
 
 // Idle says how a member waits for data or space: spin, then yield the
 // processor, then sleep on the futex word in the shared header, woken by
@@ -52,6 +52,9 @@ type waiter struct {
 
 func (w *waiter) reset() { w.n = 0 }
 
+// spinning reports whether the next pause is a busy poll.
+func (w *waiter) spinning() bool { return w.n < w.idle.Spins }
+
 // pause waits a little. ready is re-checked after announcing a sleep, so a
 // wake-up between the check and the sleep is never lost.
 func (w *waiter) pause(word, waiters *uint32, ready func() bool) error {
@@ -71,7 +74,7 @@ func (w *waiter) pause(word, waiters *uint32, ready func() bool) error {
 	}
 	atomic.AddUint32(waiters, 1)
 	v := atomic.LoadUint32(word)
-	if !ready() {
+	if ready == nil || !ready() {
 		futexWait(word, v, maxSleep)
 	}
 	atomic.AddUint32(waiters, ^uint32(0))

@@ -288,6 +288,8 @@ func (ch *Channel) errno(err error) syscall.Errno {
 		return syscall.EMSGSIZE
 	case errors.Is(err, channel.ErrNoSlot):
 		return syscall.EUSERS
+	case errors.Is(err, channel.ErrExclusive):
+		return syscall.EBUSY
 	case errors.Is(err, channel.ErrEvicted):
 		return syscall.ENOTCONN
 	case errors.Is(err, channel.ErrClosed):

@@ -37,10 +37,11 @@ const (
 
 // Implementations and modes.
 const (
-	implCopy = "shimmy-copy"     // Publish / Next: copy in, copy out
-	implZero = "shimmy-zerocopy" // Claim+Commit / Peek+Done: filled and read in place
-	implBare = "bare-spsc"       // the physical limit: fixed slots, two counters
-	implSock = "unixsock"        // socketpair(AF_UNIX, SOCK_SEQPACKET)
+	implCopy = "shimmy-copy"      // Publish / Next: copy in, copy out (shared publisher: CAS claims)
+	implExcl = "shimmy-exclusive" // as shimmy-copy, with an exclusive publisher (no CAS per message)
+	implZero = "shimmy-zerocopy"  // Claim+Commit / Peek+Done, filled and read in place, exclusive publisher
+	implBare = "bare-spsc"        // the physical limit: fixed slots, two counters
+	implSock = "unixsock"         // socketpair(AF_UNIX, SOCK_SEQPACKET)
 
 	modeThroughput = "throughput"
 	modeLatency    = "latency"
@@ -192,7 +193,7 @@ func start(sp spec) (s *session, err error) {
 		if s.seg, err = shm.CreatePOSIX(name, shm.PageSize(), shm.Options{Exclusive: true}); err != nil {
 			return nil, err
 		}
-	case sp.Impl == implCopy || sp.Impl == implZero:
+	case sp.Impl == implCopy || sp.Impl == implExcl || sp.Impl == implZero:
 		cfg := ringConfig(sp).WithDefaults()
 		if s.seg, err = shm.CreatePOSIX(name, cfg.Size(), shm.Options{Exclusive: true}); err != nil {
 			return nil, err
@@ -200,7 +201,7 @@ func start(sp spec) (s *session, err error) {
 		if s.ring, err = channel.Format(s.seg.Bytes(), cfg); err != nil {
 			return nil, err
 		}
-		if s.pub, err = s.ring.NewPublisher(channel.PublisherOptions{Idle: idleOf(sp.Idle)}); err != nil {
+		if s.pub, err = s.ring.NewPublisher(channel.PublisherOptions{Idle: idleOf(sp.Idle), Exclusive: sp.Impl != implCopy}); err != nil {
 			return nil, err
 		}
 		s.send = s.sendShimmy
@@ -273,6 +274,11 @@ func start(sp spec) (s *session, err error) {
 	if !res.Ready {
 		return nil, fmt.Errorf("child: %s", res.Err)
 	}
+	if s.seg != nil {
+		// Both sides have it mapped: unlink the name now, so that a
+		// benchmark killed by a timeout leaves nothing in /dev/shm.
+		_ = s.seg.Remove()
+	}
 	return s, nil
 }
 
@@ -332,7 +338,7 @@ func (s *session) fill(buf []byte, seq uint64, lat bool) {
 // frame in place (Claim/Commit). The stamp is taken when the message is
 // ready to go: before Publish, which copies it; after filling a claim.
 func (s *session) sendShimmy(seq uint64, lat bool) error {
-	if s.sp.Impl == implCopy {
+	if s.sp.Impl != implZero {
 		s.fill(s.src, seq, lat)
 		return s.pub.Publish(s.ctx, s.src)
 	}
@@ -455,7 +461,7 @@ func (s *session) close() {
 	}
 	if s.seg != nil {
 		s.seg.Close()
-		s.seg.Remove()
+		_ = s.seg.Remove() // already gone once the child joined
 	}
 	if s.sock >= 0 {
 		unix.Close(s.sock)
@@ -565,7 +571,7 @@ func child(sp spec, ready func() error) (result, error) {
 	var c consumer
 	ctx := context.Background()
 	switch sp.Impl {
-	case implCopy, implZero:
+	case implCopy, implExcl, implZero:
 		seg, err := shm.OpenPOSIX(sp.Path, 0)
 		if err != nil {
 			return result{}, err
@@ -581,7 +587,7 @@ func child(sp spec, ready func() error) (result, error) {
 			return result{}, err
 		}
 		defer sub.Close()
-		if sp.Impl == implCopy {
+		if sp.Impl != implZero {
 			buf := make([]byte, 0, sp.Size)
 			c.next = func() ([]byte, error) {
 				var err error

@@ -1,0 +1,58 @@
+package channel
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestExclusivePublisher(t *testing.T) {
+	r := newRing(t, Config{Capacity: 4096, Lease: 50 * time.Millisecond})
+	shared, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NewPublisher(PublisherOptions{Exclusive: true}); !errors.Is(err, ErrExclusive) {
+		t.Fatalf("exclusive join beside a shared publisher: %v, want ErrExclusive", err)
+	}
+	shared.Close()
+	ex, err := r.NewPublisher(PublisherOptions{Exclusive: true})
+	if err != nil {
+		t.Fatalf("exclusive join on a free queue: %v", err)
+	}
+	if _, err := r.NewPublisher(PublisherOptions{}); !errors.Is(err, ErrExclusive) {
+		t.Fatalf("shared join beside an exclusive publisher: %v, want ErrExclusive", err)
+	}
+	if _, err := r.NewPublisher(PublisherOptions{Exclusive: true}); !errors.Is(err, ErrExclusive) {
+		t.Fatalf("second exclusive join: %v, want ErrExclusive", err)
+	}
+	sub, err := r.NewSubscriber(SubscriberOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 0; i < 1000; i++ { // many laps of a 4 KiB ring
+		msg := []byte{byte(i), byte(i >> 8), 1, 2, 3}
+		if err := ex.Publish(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		got, err := sub.Next(ctx, nil)
+		if err != nil || string(got) != string(msg) {
+			t.Fatalf("message %d: %q, %v; want %q", i, got, err, msg)
+		}
+	}
+	if err := r.Check(); err != nil {
+		t.Fatal(err)
+	}
+	// A dead exclusive publisher (its lease runs out: simulate by stopping
+	// its heartbeat) gives the queue back when it is reaped.
+	ex.m.dead.Store(true) // heartbeats skip it from now on
+	eventually(t, 10*time.Second, func() error {
+		r.Reap()
+		if _, err := r.NewPublisher(PublisherOptions{}); err != nil {
+			return err
+		}
+		return nil
+	})
+}
