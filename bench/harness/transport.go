@@ -91,7 +91,8 @@ func ringPub(zc bool) func(context.Context, childSpec) (pubConn, string, error) 
 		if err != nil {
 			return nil, "", err
 		}
-		p, err := r.NewPublisher(channel.PublisherOptions{Idle: channel.IdleDefault})
+		// One publisher per case: the exclusive path (no CAS per message).
+		p, err := r.NewPublisher(channel.PublisherOptions{Idle: channel.IdleDefault, Exclusive: true})
 		if err != nil {
 			r.Close()
 			seg.Close()
