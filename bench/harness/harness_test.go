@@ -160,8 +160,12 @@ func TestEndToEnd(t *testing.T) {
 	}
 	for _, sys := range systems {
 		t.Run(sys.name, func(t *testing.T) {
+			opts := Options{}
 			if sys.name == SysShimmyFiles {
-				t.Skip("needs a mounted agent: the data-file cases run through `shimmy bench` (test/ covers the mount)")
+				if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+					t.Skipf("the data-file case mounts an agent: needs root and /dev/fuse (%v, euid %d)", err, os.Geteuid())
+				}
+				opts.Agent = InProcessAgent
 			}
 			if sys.pkg != "" {
 				if _, err := findBinary(sys.pkg); err != nil {
@@ -173,7 +177,7 @@ func TestEndToEnd(t *testing.T) {
 				{Mode: "latency", Size: 16, Count: 50, Subs: 1, Rate: 2000},
 			} {
 				var lines []string
-				rs := runSystem(context.Background(), sys, []Case{c}, 30*time.Second, t.TempDir(), Options{},
+				rs := runSystem(context.Background(), sys, []Case{c}, 30*time.Second, t.TempDir(), opts,
 					func(f string, a ...any) { lines = append(lines, strings.TrimSpace(fmt.Sprintf(f, a...))) })
 				if len(rs) != 1 {
 					t.Fatalf("%d results: %v", len(rs), lines)

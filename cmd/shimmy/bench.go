@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
-	"github.com/sirupsen/logrus"
-
-	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/bench/harness"
 )
 
@@ -35,54 +31,7 @@ Install the peers first: make bench-deps.`,
 		opts.Systems = strings.Split(*systems, ",")
 	}
 	if !*noAgent {
-		opts.Agent = benchAgent
+		opts.Agent = harness.InProcessAgent
 	}
 	return harness.Run(ctx, opts)
-}
-
-// benchAgent runs an agent in this process on a temporary mount, with its
-// rings in a temporary state directory, for the data-file cases.
-func benchAgent(ctx context.Context) (string, func(), error) {
-	mnt, err := os.MkdirTemp("", "shimmy-bench-mnt-")
-	if err != nil {
-		return "", nil, err
-	}
-	state, err := os.MkdirTemp("/dev/shm", "shimmy-bench-state-")
-	if err != nil {
-		os.Remove(mnt)
-		return "", nil, err
-	}
-	cleanup := func() { os.Remove(mnt); os.RemoveAll(state) }
-	cfg := agent.DefaultConfig()
-	cfg.MountPoint, cfg.StateDir, cfg.MetricsAddr = mnt, state, ""
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	cfg.Log = log
-	a, err := agent.New(cfg)
-	if err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	actx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		cancel()
-		cleanup()
-		return "", nil, fmt.Errorf("bench agent: %w", err)
-	case <-ctx.Done():
-		cancel()
-		<-done
-		cleanup()
-		return "", nil, ctx.Err()
-	}
-	return mnt, func() {
-		cancel()
-		if err := <-done; err != nil {
-			log.WithError(err).Warn("bench agent stopped with an error")
-		}
-		cleanup()
-	}, nil
 }
