@@ -238,6 +238,21 @@ func TestRingPassthrough(t *testing.T) {
 	})
 
 	t.Run("agent-not-asked", func(t *testing.T) {
+		// The FUSE log reaches a.log through a pipe, late: lines of earlier
+		// requests (reading config, say) can arrive after a mark taken now.
+		// So first write once to pub and wait for that WRITE: everything
+		// logged before it has arrived, and the mark is taken after it.
+		pub := filepath.Join(dir, "pub")
+		before := len(rxWrite.FindAllString(a.log.String(), -1))
+		if err := writeOnce(pub, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, func() error {
+			if n := len(rxWrite.FindAllString(a.log.String(), -1)); n <= before {
+				return fmt.Errorf("sentinel WRITE not logged yet (%d WRITEs)", n)
+			}
+			return nil
+		})
 		mark := len(a.log.String())
 		const ops, pubs = 200, 20
 		buf := make([]byte, 4096)
@@ -261,7 +276,6 @@ func TestRingPassthrough(t *testing.T) {
 			}
 		}
 		// Writes the agent does serve, so the log is known to show them.
-		pub := filepath.Join(dir, "pub")
 		for i := 0; i < pubs; i++ {
 			if err := writeOnce(pub, []byte("x")); err != nil {
 				t.Fatal(err)
