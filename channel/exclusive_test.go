@@ -3,6 +3,7 @@ package channel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -52,6 +53,39 @@ func TestExclusivePublisher(t *testing.T) {
 		r.Reap()
 		if _, err := r.NewPublisher(PublisherOptions{}); err != nil {
 			return err
+		}
+		return nil
+	})
+
+	// A dead exclusive publisher that died holding a claim, with no
+	// subscriber to find it: Reap pads the claim and frees the queue.
+	r2 := newRing(t, Config{Capacity: 4096, Lease: 50 * time.Millisecond})
+	ex2, err := r2.NewPublisher(PublisherOptions{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ex2.Claim(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	ex2.m.dead.Store(true)
+	eventually(t, 10*time.Second, func() error {
+		r2.Reap()
+		p, err := r2.NewPublisher(PublisherOptions{Exclusive: true})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		sub, err := r2.NewSubscriber(SubscriberOptions{From: StartOldest})
+		if err != nil {
+			return err
+		}
+		defer sub.Close()
+		if err := p.Publish(ctx, []byte("after")); err != nil {
+			return err
+		}
+		got, err := sub.Next(ctx, nil)
+		if err != nil || string(got) != "after" {
+			return fmt.Errorf("after the dead claim: %q, %v", got, err)
 		}
 		return nil
 	})

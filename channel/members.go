@@ -239,7 +239,16 @@ func (r *Ring) Reap() int {
 	}
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
-		if r.expired(s, now) && r.settled(s) && r.evict(s, now) {
+		if !r.expired(s, now) {
+			continue
+		}
+		// A dead publisher's claim that no reader has reached yet (none
+		// may be there at all) is padded from its own start, so that its
+		// slot, and the queue if it held it exclusively, are freed.
+		if role := atomic.LoadUint32(&s.Role); role&0xff == RolePublisher && uint64(role>>8) < r.cfg.queues() && atomic.LoadUint64(&s.PendingLen) != 0 {
+			r.unblockClaim(int(role>>8), pos(atomic.LoadUint64(&s.Pending)), now)
+		}
+		if r.settled(s) && r.evict(s, now) {
 			n++
 		}
 	}
