@@ -188,7 +188,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 		if !block {
 			return nil, ErrWouldBlock
 		}
-		if st == readClaimed && polls&63 == 0 {
+		if st == readClaimed && (polls&63 == 0 || !s.w.spinning()) {
 			// A publisher claimed this frame and has not committed it.
 			// If it died, unblock it once its lease has run out (the clock
 			// is read now and then: a live publisher commits in far less).
