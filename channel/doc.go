@@ -39,7 +39,12 @@
 //     taking it is dead; the message went with that reader. A reader that
 //     dies while waiting in Next holds nothing and is freed by Reap.
 //
-// Ring.Reap does all of the above at once and frees the slots of dead
-// members that no longer block anyone; Ring.Members shows every slot with
-// the age of its lease.
+//   - Dead exclusive publisher (PublisherOptions.Exclusive): the same as
+//     any publisher; when its slot is evicted the queue is free for other
+//     publishers again.
+//
+// Ring.Reap does all of the above at once, pads a dead publisher's claim
+// that no reader has reached yet (there may be no reader at all), and
+// frees the slots of dead members that no longer block anyone;
+// Ring.Members shows every slot with the age of its lease.
 package channel
