@@ -19,6 +19,7 @@ import (
 var palette = []color.RGBA{
 	{31, 119, 180, 255}, {174, 199, 232, 255}, {44, 160, 44, 255}, {255, 127, 14, 255},
 	{255, 187, 120, 255}, {148, 103, 189, 255}, {214, 39, 40, 255}, {140, 86, 75, 255},
+	{23, 190, 207, 255}, {127, 127, 127, 255}, // one colour a system: there are nine
 }
 
 // logBars draws bars from a floor up to each value, so that they fit a log

@@ -21,8 +21,12 @@ Install the peers first: make bench-deps.`,
 	out := fl.String("out", "", "results directory (default bench/results/<date>)")
 	systems := fl.String("systems", "", "comma-separated systems to run (names or substrings); empty: all")
 	noAgent := fl.Bool("no-agent", false, "skip the data-file cases (no FUSE mount)")
+	replot := fl.String("replot", "", "redraw the plots of this results directory from its results.json, and run nothing")
 	if _, err := parse(fl, e, args, 0, 0); err != nil {
 		return err
+	}
+	if *replot != "" {
+		return harness.Replot(*replot)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
