@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/mountpoint"
 )
@@ -28,21 +29,9 @@ func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	wait.Eventually(t, timeout, f)
 }
 
-func quietLog() *logrus.Logger {
-	l := logrus.New()
-	l.SetLevel(logrus.WarnLevel)
-	return l
-}
+func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
-func stateDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "shimmy-agent-test-")
-	if err != nil {
-		t.Skipf("no /dev/shm here: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+func stateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-agent-test-") }
 
 type running struct {
 	a    *Agent

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
@@ -31,22 +32,9 @@ type testFS struct {
 	reg   *Registry
 }
 
-func quietLog() *logrus.Logger {
-	l := logrus.New()
-	l.SetLevel(logrus.WarnLevel)
-	return l
-}
+func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
-// newStateDir makes a fresh tmpfs directory removed at cleanup.
-func newStateDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "shimmy-fs-test-")
-	if err != nil {
-		t.Skipf("no /dev/shm here: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+func newStateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-fs-test-") }
 
 // mountAt mounts a tree over state into a fresh t.TempDir and unmounts
 // at cleanup.
