@@ -279,7 +279,8 @@ func (r *Ring) settled(s *memberSlot) bool {
 }
 
 // Close releases every member this process holds on the ring and stops
-// their heartbeats. Call it before unmapping the memory.
+// their heartbeats; a ring from MapFile is unmapped too. Call it before
+// unmapping memory of your own.
 func (r *Ring) Close() error {
 	r.mu.Lock()
 	ms := make([]*member, 0, len(r.local))
@@ -289,6 +290,13 @@ func (r *Ring) Close() error {
 	r.mu.Unlock()
 	for _, m := range ms {
 		m.release()
+	}
+	r.mu.Lock()
+	unmap := r.unmap
+	r.unmap = nil
+	r.mu.Unlock()
+	if unmap != nil {
+		return unmap()
 	}
 	return nil
 }

@@ -115,6 +115,7 @@ type Ring struct {
 	mu    sync.Mutex
 	local map[uint32]*member // members owned by this process, for heartbeats
 	beat  chan struct{}
+	unmap func() error // set by MapFile: Close unmaps what it mapped
 }
 
 // Format writes a fresh header for cfg into mem (which must be zeroed or

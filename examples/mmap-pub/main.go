@@ -26,8 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shimmy-dev/shimmy/channel"
 )
 
@@ -50,12 +48,11 @@ func main() {
 }
 
 func run(ctx context.Context, dir string, n, size int) error {
-	ring, unmap, err := mapRing(filepath.Join(dir, "ring"))
+	ring, err := channel.MapFile(filepath.Join(dir, "ring"))
 	if err != nil {
 		return err
 	}
-	defer unmap()
-	defer ring.Close() // before the unmap: it stops the heartbeats that write into the ring
+	defer ring.Close() // releases this process's members and unmaps
 
 	pub, err := ring.NewPublisher(channel.PublisherOptions{Idle: channel.IdleDefault})
 	if err != nil {
@@ -89,30 +86,4 @@ func fill(b []byte, i int) {
 	for ; k < len(b); k++ {
 		b[k] = '.'
 	}
-}
-
-// mapRing maps a ring file with MAP_SHARED and validates its header. Through
-// a mount with FUSE passthrough (its config says "passthrough 1") this is the
-// channel's shared memory itself; without it, map the file named by
-// "backing" in config instead.
-func mapRing(path string) (*channel.Ring, func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close() // the mapping outlives the descriptor
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, nil, fmt.Errorf("mmap %s: %w", path, err)
-	}
-	ring, err := channel.Open(mem)
-	if err != nil {
-		unix.Munmap(mem)
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return ring, func() { unix.Munmap(mem) }, nil
 }

@@ -38,8 +38,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shimmy-dev/shimmy/channel"
 )
 
@@ -75,12 +73,11 @@ func main() {
 }
 
 func run(ctx context.Context, dir string, n uint64, opts channel.SubscriberOptions, countOnly bool) error {
-	ring, unmap, err := mapRing(filepath.Join(dir, "ring"))
+	ring, err := channel.MapFile(filepath.Join(dir, "ring"))
 	if err != nil {
 		return err
 	}
-	defer unmap()
-	defer ring.Close() // before the unmap
+	defer ring.Close() // releases this process's members and unmaps
 
 	sub, err := ring.NewSubscriber(opts)
 	if err != nil {
@@ -137,30 +134,4 @@ func run(ctx context.Context, dir string, n uint64, opts channel.SubscriberOptio
 	}
 	fmt.Fprintln(os.Stderr)
 	return nil
-}
-
-// mapRing maps a ring file with MAP_SHARED and validates its header. Through
-// a mount with FUSE passthrough (its config says "passthrough 1") this is the
-// channel's shared memory itself; without it, map the file named by
-// "backing" in config instead.
-func mapRing(path string) (*channel.Ring, func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close() // the mapping outlives the descriptor
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, nil, fmt.Errorf("mmap %s: %w", path, err)
-	}
-	ring, err := channel.Open(mem)
-	if err != nil {
-		unix.Munmap(mem)
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return ring, func() { unix.Munmap(mem) }, nil
 }

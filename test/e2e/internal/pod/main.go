@@ -154,28 +154,6 @@ func becomePod(res *Result) error {
 	return nil
 }
 
-func mapRing(path string) (*channel.Ring, func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, nil, fmt.Errorf("mmap %s: %w", path, err)
-	}
-	r, err := channel.Open(mem)
-	if err != nil {
-		unix.Munmap(mem)
-		return nil, nil, err
-	}
-	return r, func() { r.Close(); unix.Munmap(mem) }, nil
-}
-
 type checker struct {
 	res  *Result
 	h    uint64
@@ -215,11 +193,11 @@ func pace(i int, t0 time.Time) {
 }
 
 func mmapMode(ctx context.Context, res *Result) error {
-	r, done, err := mapRing(filepath.Join(*dir, "ring"))
+	r, err := channel.MapFile(filepath.Join(*dir, "ring"))
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer r.Close()
 	c := newChecker(res)
 	switch *mode {
 	case "mmap-pub", "claim-hang":
