@@ -40,7 +40,10 @@ func TestCrashPublisherMidClaim(t *testing.T) {
 		survivor  int // messages publisher 1 publishes
 		idle      []string
 		killFirst bool // kill before publisher 1 starts (else while it is blocked)
+		batch     bool // publisher 0 publishes in batches and dies holding a batch
 	}{
+		{name: "batch/claim-first/survivor-blocked", pre: 0, survivor: 500, idle: []string{"sleep", "default"}, batch: true},
+		{name: "batch/after-wraps/killed-first", pre: 300, survivor: 300, idle: []string{"default"}, killFirst: true, batch: true},
 		{name: "claim-first/survivor-blocked", pre: 0, survivor: 500, idle: []string{"sleep", "default"}},
 		{name: "after-wraps/survivor-blocked", pre: 300, survivor: 500, idle: []string{"default"}},
 		{name: "after-wraps/killed-first", pre: 123, survivor: 300, idle: []string{"sleep"}, killFirst: true},
@@ -55,7 +58,11 @@ func TestCrashPublisherMidClaim(t *testing.T) {
 				c.waitLine("READY")
 				subs = append(subs, c)
 			}
-			claimer := startChild(t, "claimer", "claimer", envRing+"="+path, envPub+"=0", envCount+"="+strconv.Itoa(tc.pre))
+			batch := "0"
+			if tc.batch {
+				batch = "1"
+			}
+			claimer := startChild(t, "claimer", "claimer", envRing+"="+path, envPub+"=0", envCount+"="+strconv.Itoa(tc.pre), envBatch+"="+batch)
 			claimer.waitLine("CLAIMED")
 			if tc.killFirst {
 				claimer.kill()
@@ -91,6 +98,100 @@ func TestCrashPublisherMidClaim(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestCrashPublisherClaimAtWrap: a publisher dies holding a claim that
+// starts with padding at the end of the ring (committed at once) while the
+// only subscriber is parked far behind it. A reaper must not take the
+// dead publisher's slot for settled because the padding is committed: it
+// would forget who owns the data frame after it, and the subscriber would
+// wait at that frame forever. The subscriber must get past the claim once
+// it reaches it, and receive every other message intact and in order.
+func TestCrashPublisherClaimAtWrap(t *testing.T) {
+	cfg := Config{Capacity: procCapacity, Lease: crashLease}
+	// Publisher 2 (this test) fills the ring until the next frame of the
+	// largest size would not fit before the end; found on a scratch ring
+	// of the same geometry, as sizes and positions are deterministic.
+	scratch := newRing(t, cfg)
+	max := int(scratch.Config().MaxMessage)
+	fill, half := publishUntilWrap(t, scratch, max, 0)
+
+	r, path := newShmRing(t, cfg)
+	const survivor = 200
+	counts := []int{0, survivor, fill}
+	// The subscriber parks half a ring behind the claim: past the space
+	// the claim takes after the wrap, behind the padding before it.
+	sub := startChild(t, "subscriber", "sub", envRing+"="+path, countsEnv(counts), envIdle+"=default", envPause+"="+strconv.Itoa(half))
+	sub.waitLine("READY")
+	if n, _ := publishUntilWrap(t, r, max, fill); n != fill {
+		t.Fatalf("published %d filler messages, the scratch ring took %d", n, fill)
+	}
+	eventually(t, childTimeout, func() error {
+		if m := r.Members(); len(m) != 1 || m[0].Count < uint64(half)&^255 {
+			return fmt.Errorf("the subscriber has not read %d messages: %+v", half, m)
+		}
+		return nil
+	})
+	claimer := startChild(t, "claimer", "claimer", envRing+"="+path, envPub+"=0", envCount+"=0")
+	claimer.waitLine("CLAIMED")
+	if off := r.offset(pos(atomic.LoadUint64(&r.queues[0].Tail)).units()); off >= r.capacity/2 {
+		t.Fatalf("the claim did not wrap: tail at offset %d", off)
+	}
+	claimer.kill()
+	claimer.waitKilled()
+	// Reap past the dead publisher's lease while the subscriber is parked.
+	eventually(t, childTimeout, func() error {
+		r.Reap()
+		for _, m := range r.Members() {
+			if m.Pid == uint32(claimer.pid()) && m.LeaseAge <= crashLease {
+				return fmt.Errorf("the dead publisher's lease has not expired: %+v", m)
+			}
+		}
+		return nil
+	})
+	r.Reap()
+	sub.release()
+	pub := startChild(t, "publisher 1", "pub", envRing+"="+path, envPub+"=1", envCount+"="+strconv.Itoa(survivor))
+	pub.waitOK()
+	sub.waitOK()
+	if res := resultLine(t, sub); res[0] != fill+survivor || res[1] != 0 {
+		t.Errorf("received %d, lost %d; want %d, 0", res[0], res[1], fill+survivor)
+	}
+	if n := atomic.LoadUint64(&r.queues[0].Reaped); n != 1 {
+		t.Errorf("%d claims reaped, want the dead publisher's one", n)
+	}
+	eventually(t, childTimeout, func() error {
+		r.Reap()
+		return deadMemberGone(r, claimer.pid())
+	})
+}
+
+// publishUntilWrap publishes messages of publisher 2 until a frame of max
+// bytes no longer fits before the end of the ring, and returns how many,
+// and how many it had published when the tail passed half the ring. want,
+// if not 0, is the count to stop at.
+func publishUntilWrap(t *testing.T, r *Ring, max, want int) (n, half int) {
+	t.Helper()
+	p, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	buf := make([]byte, max)
+	frame := align16(FrameHeaderLen + uint64(max))
+	for ; want == 0 || n < want; n++ {
+		off := r.offset(pos(atomic.LoadUint64(&r.queues[0].Tail)).units())
+		if half == 0 && off >= r.capacity/2 {
+			half = n
+		}
+		if want == 0 && n > 0 && off+frame > r.capacity && off > r.capacity/2 {
+			break
+		}
+		if err := p.TryPublish(encodeMsg(buf, 2, n, msgSize(2, n, max))); err != nil {
+			t.Fatalf("filler message %d: %v", n, err)
+		}
+	}
+	return n, half
 }
 
 // TestCrashSubscriberMidRead: with the block policy a subscriber holds

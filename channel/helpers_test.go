@@ -97,6 +97,7 @@ const (
 	envPause  = "SHIMMY_CHILD_PAUSE"     // sub: after this many messages, wait for stdin to close
 	envStall  = "SHIMMY_CHILD_STALL"     // sub: after this many messages, Peek, print PEEKED and hang
 	envTake   = "SHIMMY_CHILD_TAKE"      // reader: die holding the first take (prints TAKEN and hangs)
+	envBatch  = "SHIMMY_CHILD_BATCH"     // "1": the publisher publishes in batches (PublishBatch, ClaimBatch); the claimer claims a batch
 )
 
 // childTimeout bounds every wait of a child, so that a protocol bug fails
@@ -457,7 +458,13 @@ func childPublish(ctx context.Context, r *Ring, claimer bool, idle Idle, say fun
 	}
 	defer p.Close()
 	buf := make([]byte, max)
-	for seq := 0; seq < count; seq++ {
+	batch := os.Getenv(envBatch) == "1"
+	if batch {
+		if err := publishBatches(ctx, p, pub, count, max); err != nil {
+			return err
+		}
+	}
+	for seq := 0; seq < count && !batch; seq++ {
 		n := msgSize(pub, seq, max)
 		if seq%2 == 0 {
 			if err := p.Publish(ctx, encodeMsg(buf, pub, seq, n)); err != nil {
@@ -475,6 +482,28 @@ func childPublish(ctx context.Context, r *Ring, claimer bool, idle Idle, say fun
 		}
 	}
 	if claimer {
+		if batch {
+			// A batch of several frames, half of them filled.
+			// Near the end of the ring a batch may get one frame: give
+			// it up (it becomes padding) and claim again after the wrap.
+			var b Batch
+			for try := 0; b.Len() < 2; try++ {
+				if b.Len() != 0 {
+					p.abort()
+				}
+				if b, err = p.ClaimBatch(ctx, []int{max / 4, 0, 17, max / 4, 1}); err != nil {
+					return err
+				}
+				if try > 2 {
+					return fmt.Errorf("claimed a batch of %d frames, want several", b.Len())
+				}
+			}
+			for i := 0; i < b.Len()/2; i++ {
+				fillRandom(b.Buf(i), uint64(i))
+			}
+			say("CLAIMED")
+			time.Sleep(time.Hour)
+		}
 		if _, err := p.Claim(ctx, max); err != nil {
 			return err
 		}
@@ -482,6 +511,45 @@ func childPublish(ctx context.Context, r *Ring, claimer bool, idle Idle, say fun
 		time.Sleep(time.Hour)
 	}
 	say("DONE")
+	return nil
+}
+
+// publishBatches publishes count messages of publisher pub in batches of
+// 1 to 9, alternately copied (PublishBatch) and filled in place
+// (ClaimBatch, which may claim fewer than asked).
+func publishBatches(ctx context.Context, p *Publisher, pub, count, max int) error {
+	var msgs [][]byte
+	var sizes []int
+	for seq, round := 0, 0; seq < count; round++ {
+		g := min(count-seq, 1+round%9)
+		sizes = sizes[:0]
+		for i := 0; i < g; i++ {
+			sizes = append(sizes, msgSize(pub, seq+i, max))
+		}
+		if round%2 == 0 {
+			msgs = msgs[:0]
+			for i, n := range sizes {
+				msgs = append(msgs, encodeMsg(make([]byte, n), pub, seq+i, n))
+			}
+			n, err := p.PublishBatch(ctx, msgs)
+			if err != nil {
+				return fmt.Errorf("publish batch at seq %d: %d of %d published: %w", seq, n, g, err)
+			}
+			seq += n
+			continue
+		}
+		b, err := p.ClaimBatch(ctx, sizes)
+		if err != nil {
+			return fmt.Errorf("claim batch at seq %d: %w", seq, err)
+		}
+		for i := 0; i < b.Len(); i++ {
+			encodeMsg(b.Buf(i), pub, seq+i, sizes[i])
+		}
+		if err := p.CommitBatch(b); err != nil {
+			return fmt.Errorf("commit batch at seq %d: %w", seq, err)
+		}
+		seq += b.Len()
+	}
 	return nil
 }
 

@@ -19,12 +19,14 @@ type member struct {
 	count uint64 // messages, owned by the member's goroutine
 }
 
-// counted adds one message to the member's count. The shared Count is an
-// observer's figure: it is stored at the first message and every 256th
-// after, which keeps a locked write off the per-message path.
-func (m *member) counted() {
-	m.count++
-	if m.count&255 == 1 {
+// counted adds n messages to the member's count. The shared Count is an
+// observer's figure: it is stored at the first message and then whenever
+// the count crosses a multiple of 256, which keeps a locked write off the
+// per-message path.
+func (m *member) counted(n uint64) {
+	old := m.count
+	m.count += n
+	if old == 0 || old>>8 != m.count>>8 {
 		atomic.StoreUint64(&m.s.Count, m.count)
 	}
 }
@@ -271,10 +273,17 @@ func (r *Ring) settled(s *memberSlot) bool {
 	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) > r.capUnits {
 		return true // lapped long ago
 	}
-	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
 	if role&0xff == RolePublisher {
-		return uint32(w) == p.units()
+		// The claim is committed when its first data frame is: a claim
+		// that starts with padding at the wrap committed the padding at
+		// once, and a claim of several frames commits the first one last.
+		off := r.offset(p.units())
+		if n := atomic.LoadUint64(&s.PendingLen); n <= r.capacity && off+n > r.capacity {
+			p = mkpos(p.seq(), p.units()+uint32((r.capacity-off)>>unitShift))
+		}
+		return r.tagged(q, p)
 	}
+	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
 	return uint32(w) == p.units() && uint32(w>>32)&(FlagConsumed|FlagPadding) != 0
 }
 

@@ -25,7 +25,11 @@ func TestProcessPubSub(t *testing.T) {
 		idle   []string // one subscriber per entry
 		pause  []int    // per subscriber: stop after this many messages until every publisher is done (0: never)
 		excl   bool     // the one publisher joins as exclusive
+		batch  []bool   // per publisher: publishes in batches
 	}{
+		{name: "block/batches/exclusive-1pub-2sub", policy: PolicyBlock, pubs: 1, count: 5000, idle: []string{"default", "sleep"}, excl: true, batch: []bool{true}},
+		{name: "block/batches/3pub-2sub", policy: PolicyBlock, pubs: 3, count: 2000, idle: []string{"sleep", "default"}, batch: []bool{true, false, true}},
+		{name: "overwrite/batches/2pub-2sub", policy: PolicyOverwrite, pubs: 2, count: 3000, idle: []string{"default", "sleep"}, pause: []int{0, 10}, batch: []bool{true, true}},
 		{name: "block/exclusive-1pub-2sub", policy: PolicyBlock, pubs: 1, count: 5000, idle: []string{"default", "sleep"}, excl: true},
 		{name: "overwrite/exclusive-1pub-2sub", policy: PolicyOverwrite, pubs: 1, count: 5000, idle: []string{"default", "sleep"}, pause: []int{0, 10}, excl: true},
 		{name: "block/3pub-2sub", policy: PolicyBlock, pubs: 3, count: 2000, idle: []string{"sleep", "default"}},
@@ -58,8 +62,12 @@ func TestProcessPubSub(t *testing.T) {
 				if tc.excl {
 					excl = "1"
 				}
+				batch := "0"
+				if tc.batch != nil && tc.batch[i] {
+					batch = "1"
+				}
 				pubs = append(pubs, startChild(t, fmt.Sprintf("publisher %d", i), "pub", envRing+"="+path,
-					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+tc.idle[i%len(tc.idle)], envExcl+"="+excl))
+					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+tc.idle[i%len(tc.idle)], envExcl+"="+excl, envBatch+"="+batch))
 			}
 			for _, c := range pubs {
 				c.waitOK()
@@ -102,7 +110,9 @@ func TestProcessStream(t *testing.T) {
 		readers int
 		count   int // messages per writer
 		queue   int
+		batch   bool // writers publish in batches
 	}{
+		{name: "batches/2writers-2readers", writers: 2, readers: 2, count: 2000, batch: true},
 		{name: "2writers-3readers", writers: 2, readers: 3, count: 2000},
 		{name: "1writer-2readers/queue1", writers: 1, readers: 2, count: 3000, queue: 1},
 		{name: "3writers-1reader", writers: 3, readers: 1, count: 1000},
@@ -125,8 +135,12 @@ func TestProcessStream(t *testing.T) {
 			}
 			var writers []*child
 			for i := 0; i < tc.writers; i++ {
+				batch := "0"
+				if tc.batch {
+					batch = "1"
+				}
 				writers = append(writers, startChild(t, fmt.Sprintf("writer %d", i), "pub", envRing+"="+path, q,
-					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+idles[(i+1)%2]))
+					envPub+"="+strconv.Itoa(i), envCount+"="+strconv.Itoa(tc.count), envIdle+"="+idles[(i+1)%2], envBatch+"="+batch))
 			}
 			for _, c := range writers {
 				c.waitOK()

@@ -24,14 +24,17 @@ type PublisherOptions struct {
 // frame's commit word last. A Publisher is not safe for concurrent use by
 // several goroutines; open one per goroutine.
 type Publisher struct {
-	r   *Ring
-	q   int
-	qh  *queueHeader
-	m   *member
-	w   waiter
-	cl  Claim
-	out bool // a claim is outstanding
-	ex  bool // exclusive: Tail is ours to store
+	r     *Ring
+	q     int
+	qh    *queueHeader
+	m     *member
+	w     waiter
+	run   run
+	one   [1]int // sizes of a one-frame claim
+	sizes []int  // PublishBatch's, reused
+	out   bool   // a claim is outstanding
+	batch bool   // ... and it came from ClaimBatch
+	ex    bool   // exclusive: Tail is ours to store
 }
 
 // Claim is a frame reserved for a message: fill Buf, then Commit it.
@@ -125,66 +128,137 @@ func (p *Publisher) Claim(ctx context.Context, n int) (Claim, error) {
 }
 
 func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error) {
-	if p.out {
-		return Claim{}, fmt.Errorf("%w: previous claim not committed", ErrConfig)
-	}
-	if n < 0 || uint64(n) > uint64(p.r.cfg.MaxMessage) {
-		return Claim{}, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, p.r.cfg.MaxMessage)
-	}
-	if err := p.m.alive(); err != nil {
+	p.one[0] = n
+	k, err := p.claimRun(ctx, p.one[:], block)
+	if err != nil {
 		return Claim{}, err
 	}
+	p.batch = k > 1 // never: one size
+	return Claim{Buf: p.buf(0), p: p.run.fp, off: p.run.off[0], n: n}, nil
+}
+
+// run is the publisher's claim in flight: its first data frame and the
+// offset and payload length of each of its frames.
+type run struct {
+	fp   pos      // first data frame (after any padding at the wrap)
+	off  []uint64 // frame offsets in the data region
+	lens []int    // payload bytes
+}
+
+// buf returns frame i's payload in the ring.
+func (p *Publisher) buf(i int) []byte {
+	fo := p.r.data[p.q] + p.run.off[i] + FrameHeaderLen
+	n := uint64(p.run.lens[i])
+	return p.r.mem[fo : fo+n : fo+n]
+}
+
+// claimRun claims frames for a prefix of sizes, at least the first, in
+// one claim: as many as fit before the end of the ring, in the room free
+// now (it waits, if block, only for the first) and in one largest frame's
+// bytes (the index, section 7 of the ABI, points at claim boundaries,
+// and a reader that looks for the oldest record trusts an entry only that
+// close to its boundary). It returns the number of frames claimed.
+func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int, error) {
+	if p.out {
+		return 0, fmt.Errorf("%w: previous claim not committed", ErrConfig)
+	}
+	if len(sizes) == 0 {
+		return 0, fmt.Errorf("%w: a claim of no frames", ErrConfig)
+	}
+	max := uint64(p.r.cfg.MaxMessage)
+	if n := sizes[0]; n < 0 || uint64(n) > max {
+		return 0, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, max)
+	}
+	if err := p.m.alive(); err != nil {
+		return 0, err
+	}
 	r := p.r
-	frame := align16(FrameHeaderLen + uint64(n))
+	first := align16(FrameHeaderLen + uint64(sizes[0]))
+	limit := align16(FrameHeaderLen + max) // bytes of data frames in one claim
 	p.w.ctx = ctx
 	p.w.reset()
 	for {
 		t := pos(atomic.LoadUint64(&p.qh.Tail))
 		off := r.offset(t.units())
-		total := frame
-		if off+frame > r.capacity {
-			total += r.capacity - off // padding to the end of the ring
+		var pad uint64
+		if off+first > r.capacity {
+			pad, off = r.capacity-off, 0 // padding to the end of the ring
 		}
+		avail := uint64(p.avail(t)) << unitShift
+		if pad+first > avail {
+			end := t.units() + uint32((pad+first)>>unitShift)
+			if !p.room(end) {
+				if !block {
+					return 0, ErrWouldBlock
+				}
+				if err := p.w.pause(&p.qh.SpaceFutex, &p.qh.SpaceWaiters, func() bool { return p.room(end) }); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			avail = pad + first // room found space for the first frame, maybe no more
+		}
+		// Extend the claim over the next frames while they fit.
+		data, k := first, 1
+		for ; k < len(sizes); k++ {
+			n := sizes[k]
+			if n < 0 || uint64(n) > max {
+				break // the caller's next claim reports it
+			}
+			f := align16(FrameHeaderLen + uint64(n))
+			if data+f > limit || off+data+f > r.capacity || pad+data+f > avail {
+				break
+			}
+			data += f
+		}
+		total := pad + data
 		end := t.units() + uint32(total>>unitShift)
-		if !p.room(end) {
-			if !block {
-				return Claim{}, ErrWouldBlock
-			}
-			if err := p.w.pause(&p.qh.SpaceFutex, &p.qh.SpaceWaiters, func() bool { return p.room(end) }); err != nil {
-				return Claim{}, err
-			}
-			continue
-		}
 		// Record the claim before making it, so that a reaper can unblock
-		// it if this process dies before committing.
+		// it if this process dies before committing: where it starts, how
+		// long it is, and (in the publisher's Cursor) the position after
+		// it, whose sequence tells a reaper how many messages to pass.
+		next := mkpos(t.seq()+uint32(k), end)
 		storeRelease(&p.m.s.Pending, uint64(t))
+		storeRelease(&p.m.s.Cursor, uint64(next))
 		storeRelease(&p.m.s.PendingLen, total) // ordered before the claim by the CAS
-		next := uint64(mkpos(t.seq()+1, end))
 		if p.ex {
-			storeRelease(&p.qh.Tail, next) // the only writer of Tail
-		} else if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), next) {
+			storeRelease(&p.qh.Tail, uint64(next)) // the only writer of Tail
+		} else if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), uint64(next)) {
 			// Withdraw the record: others must not wait on a claim that
 			// was never made while this publisher waits for room.
 			atomic.StoreUint64(&p.m.s.PendingLen, 0)
 			continue
 		}
 		fp := t
-		if total != frame {
-			r.pad(p.q, t, t.seq(), total-frame)
-			fp = mkpos(t.seq(), t.units()+uint32((total-frame)>>unitShift))
-			off = 0
+		if pad != 0 {
+			r.pad(p.q, t, t.seq(), pad)
+			fp = mkpos(t.seq(), t.units()+uint32(pad>>unitShift))
 		}
-		r.index(p.q, t, fp, mkpos(t.seq()+1, end))
-		fo := r.data[p.q] + off
-		p.cl = Claim{
-			Buf: r.mem[fo+FrameHeaderLen : fo+FrameHeaderLen+uint64(n) : fo+FrameHeaderLen+uint64(n)],
-			p:   fp,
-			off: off,
-			n:   n,
+		r.index(p.q, t, fp, next)
+		p.run.fp = fp
+		p.run.off = p.run.off[:0]
+		p.run.lens = append(p.run.lens[:0], sizes[:k]...)
+		for _, n := range p.run.lens {
+			p.run.off = append(p.run.off, off)
+			off += align16(FrameHeaderLen + uint64(n))
 		}
 		p.out = true
-		return p.cl, nil
+		return k, nil
 	}
+}
+
+// avail returns the units free for a claim at t without recomputing the
+// limit: what Limit (pubsub) or Release (stream) leaves of one lap.
+func (p *Publisher) avail(t pos) uint32 {
+	v := &p.qh.Limit
+	if p.r.cfg.Type == TypeStream {
+		v = &p.qh.Release
+	}
+	d := udist(t.units(), uint32(atomic.LoadUint64(v)))
+	if d > p.r.capUnits {
+		return 0
+	}
+	return p.r.capUnits - d
 }
 
 // room reports whether a claim ending at units end fits: it may not reach
@@ -267,20 +341,37 @@ func (r *Ring) raiseLimit(q int) uint32 {
 // Commit publishes a claimed frame: the commit word is stored last, with
 // release semantics, and sleeping readers are woken.
 func (p *Publisher) Commit(c Claim) error {
-	if !p.out || c.p != p.cl.p {
+	if !p.out || p.batch || c.p != p.run.fp {
 		return fmt.Errorf("%w: commit without a matching claim", ErrConfig)
 	}
+	return p.commit()
+}
+
+// commit publishes the frames of the claim in flight. Their commit words
+// are stored after everything else, the first frame's last: readers cannot
+// pass an uncommitted frame, so no reader sees any message of a claim until
+// it sees them all, and a reaper that pads over the claim of a dead
+// publisher (from the first frame on) never hides a message a reader
+// already took.
+func (p *Publisher) commit() error {
 	p.out = false
 	r := p.r
-	fh := r.frame(p.q, c.off)
-	fh.Seq = c.p.seq()
-	fh.Slot = uint16(p.m.idx)
-	word := commitWord(c.p.units(), uint32(c.n))
+	seq := p.run.fp.seq()
+	units := p.run.fp.units()
+	for i := range p.run.lens {
+		fh := r.frame(p.q, p.run.off[i])
+		fh.Seq = seq + uint32(i)
+		fh.Slot = uint16(p.m.idx)
+	}
+	for i := 1; i < len(p.run.lens); i++ {
+		u := units + uint32((p.run.off[i]-p.run.off[0])>>unitShift)
+		storeRelease(r.commitWord(p.q, p.run.off[i]), commitWord(u, uint32(p.run.lens[i])))
+	}
 	// A plain release store, not a CAS: a CAS would wait for the line the
 	// subscribers poll. A reaper pads a claim only after this publisher's
 	// lease ran out; if we were that slow, our commit replaces its padding
-	// with the same message either way, and we report the eviction.
-	storeRelease(r.commitWord(p.q, c.off), word)
+	// with the same messages either way, and we report the eviction.
+	storeRelease(r.commitWord(p.q, p.run.off[0]), commitWord(units, uint32(p.run.lens[0])))
 	storeRelease(&p.m.s.PendingLen, 0)
 	ok := p.m.alive() == nil
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
@@ -288,18 +379,22 @@ func (p *Publisher) Commit(c Claim) error {
 		// A reaper took this claim for a dead publisher's: we stalled
 		// past our lease.
 		p.m.dead.Store(true)
-		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, c.p.units())
+		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, units)
 	}
-	p.m.counted()
+	p.m.counted(uint64(len(p.run.lens)))
 	return nil
 }
 
 // abort turns an outstanding claim into padding.
 func (p *Publisher) abort() {
 	p.out = false
-	c := p.cl
-	// The claim took a sequence number: the padding passes readers on to the next one.
-	p.r.padFrame(p.q, c.off, c.p, c.p.seq()+1, atomic.LoadUint64(p.r.commitWord(p.q, c.off)), align16(FrameHeaderLen+uint64(c.n)))
+	// The frames took sequence numbers: the padding passes readers on to
+	// the sequence after them. One padding frame covers them all (frames
+	// of one claim never straddle the end of the ring).
+	last := len(p.run.lens) - 1
+	n := p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - p.run.off[0]
+	end := mkpos(p.run.fp.seq()+uint32(last+1), p.run.fp.units()+uint32(n>>unitShift))
+	p.r.padClaim(p.q, p.run.fp, end, atomic.LoadUint64(p.r.commitWord(p.q, p.run.off[0])))
 	atomic.StoreUint64(&p.m.s.PendingLen, 0)
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 }
@@ -320,6 +415,37 @@ func (r *Ring) pad(q int, at pos, seq uint32, n uint64) {
 		at = mkpos(seq, at.units()+uint32(k>>unitShift))
 		n -= k
 	}
+}
+
+// padClaim commits padding over [p, end) for the messages p.seq() up to
+// end.seq() of a claim that will never be committed (abandoned, or its
+// publisher died), unless the frame at p no longer holds stale: one
+// 16-byte padding frame per message but the last, then one over the rest,
+// each standing in for one message (section 5 of the ABI), so readers go
+// on at end's sequence. It reports whether it padded.
+func (r *Ring) padClaim(q int, p, end pos, stale uint64) bool {
+	units := udist(end.units(), p.units())
+	k := end.seq() - p.seq() // messages; from shared memory when reaping:
+	if k == 0 || k > units {
+		k = 1 // one message in a claim of unknown count; at most one per unit
+	}
+	off := r.offset(p.units())
+	for i := uint32(0); i < k-1; i++ {
+		if !r.padFrame(q, off, p, p.seq()+1, stale, FrameHeaderLen) && i == 0 {
+			return false // another reaper got here first
+		}
+		p = mkpos(p.seq()+1, p.units()+1)
+		off = r.offset(p.units())
+		stale = atomic.LoadUint64(r.commitWord(q, off))
+		units--
+	}
+	n := uint64(units) << unitShift
+	first := min(n, r.capacity-off)
+	if !r.padFrame(q, off, p, p.seq()+1, stale, first) && k == 1 {
+		return false
+	}
+	r.pad(q, mkpos(p.seq(), p.units()+uint32(first>>unitShift)), p.seq()+1, n-first)
+	return true
 }
 
 // padFrame commits a padding frame of n bytes (header included) at off,

@@ -102,7 +102,7 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			w := atomic.LoadUint64(cw)
 			atomic.CompareAndSwapUint64(cw, w, w|uint64(FlagConsumed)<<32)
 			atomic.StoreUint64(&rd.m.s.PendingLen, 0)
-			rd.m.counted()
+			rd.m.counted(1)
 			r.advanceRelease(rd.q)
 			wake(&rd.qh.SpaceFutex, &rd.qh.SpaceWaiters)
 			return buf, nil

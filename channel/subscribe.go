@@ -37,7 +37,17 @@ type Subscriber struct {
 	cur    pos
 	lost   uint64
 	viewed uint64 // frame bytes of the message handed out by Peek; 0: none
+	// Messages and frame bytes read since Cursor was last stored: the
+	// shared cursor is stored every cursorEvery messages or bytes, before
+	// every wait and whenever a writer waits for space (see flush).
+	dirtyN, dirtyB uint64
 }
+
+// cursorEvery bounds how far the shared Cursor of a pubsub subscriber may
+// lag its reads: cursorEveryMsgs messages, or a sixteenth of the ring.
+// Storing it once per message would cost little on its own line, but a
+// blocked publisher reading that line makes every store a cache miss.
+const cursorEveryMsgs = 64
 
 // NewSubscriber joins a pubsub ring as a subscriber.
 func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
@@ -140,11 +150,27 @@ func (s *Subscriber) Done() {
 		return
 	}
 	s.cur = mkpos(s.cur.seq()+1, s.cur.units()+uint32(s.viewed>>unitShift))
+	s.dirtyN++
+	s.dirtyB += s.viewed
 	s.viewed = 0
-	// A release store: the message was read before publishers may reuse
-	// its space, without the full barrier atomic.Store would add.
+	s.m.counted(1)
+	if s.dirtyN >= cursorEveryMsgs || s.dirtyB >= s.r.capacity/16 || atomic.LoadUint32(&s.qh.SpaceWaiters) != 0 {
+		s.flush()
+	}
+}
+
+// flush stores the cursor for publishers (block policy: the space behind
+// it is theirs again) and observers, and wakes writers waiting for space.
+// It runs before every wait, so a subscriber with nothing to read never
+// holds back space it has consumed.
+func (s *Subscriber) flush() {
+	if s.dirtyN == 0 && s.dirtyB == 0 {
+		return
+	}
+	s.dirtyN, s.dirtyB = 0, 0
+	// A release store: the messages were read before publishers may reuse
+	// their space, without the full barrier atomic.Store would add.
 	storeRelease(&s.m.s.Cursor, uint64(s.cur))
-	s.m.counted()
 	if s.r.cfg.Policy == PolicyBlock {
 		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 	}
@@ -165,6 +191,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 		// poll would take its cache line from the publishers each message.
 		// Once spinning ends, every poll is a full read again.
 		if block && polls&1023 != 1023 && s.w.spinning() && !r.tagged(s.q, s.cur) {
+			s.flush()
 			if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, nil); err != nil {
 				return nil, err
 			}
@@ -177,7 +204,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			return msg, nil
 		case readPadding:
 			s.cur = mkpos(r.padSeq(s.q, s.cur), s.cur.units()+uint32(frame>>unitShift))
-			atomic.StoreUint64(&s.m.s.Cursor, uint64(s.cur))
+			s.dirtyB += frame
 			continue
 		case readLapped:
 			s.resync()
@@ -186,6 +213,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			return nil, err
 		}
 		if !block {
+			s.flush() // the caller may wait by its own means now
 			return nil, ErrWouldBlock
 		}
 		if st == readClaimed && (polls&63 == 0 || !s.w.spinning()) {
@@ -200,6 +228,7 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 				stuck = now
 			}
 		}
+		s.flush()
 		cur := s.cur
 		if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, func() bool {
 			_, _, st, _ := r.read(s.q, cur)
@@ -224,6 +253,7 @@ func (s *Subscriber) resync() {
 	s.lost += n
 	atomic.AddUint64(&s.m.s.Lost, n)
 	s.cur = c
+	s.dirtyN, s.dirtyB = 0, 0
 	atomic.StoreUint64(&s.m.s.Cursor, uint64(c))
 }
 
@@ -333,7 +363,7 @@ func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
 	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) == 0 {
 		return false // not claimed
 	}
-	var end uint32
+	var end pos
 	var owner *memberSlot
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
@@ -348,20 +378,24 @@ func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
 		if !r.expired(s, now) {
 			return false // a live publisher is still filling it
 		}
-		end, owner = start+uint32(n>>unitShift), s
+		// A publisher's Cursor is the position after its claim; one that
+		// does not match the claim's end (a client that does not record
+		// it) means a claim of one message.
+		end = pos(atomic.LoadUint64(&s.Cursor))
+		if e := start + uint32(n>>unitShift); end.units() != e {
+			end = mkpos(p.seq()+1, e)
+		}
+		owner = s
 	}
 	if owner == nil {
 		return false
 	}
-	// The claim took sequence p.seq(): readers go on at the next one.
-	// Several readers may get here at once: the one whose CAS turns the
-	// first frame into padding does the rest.
-	n := uint64(udist(end, p.units())) << unitShift
-	k := min(n, r.capacity-off)
-	if !r.padFrame(q, off, p, p.seq()+1, w, k) {
+	// The claim took sequences p.seq() up to end's: readers go on at
+	// end's. Several readers may get here at once: the one whose CAS
+	// turns the first frame into padding does the rest.
+	if !r.padClaim(q, p, end, w) {
 		return false
 	}
-	r.pad(q, mkpos(p.seq(), p.units()+uint32(k>>unitShift)), p.seq()+1, n-k)
 	atomic.StoreUint64(&owner.PendingLen, 0)
 	atomic.AddUint64(&qh.Reaped, 1)
 	wake(&qh.DataFutex, &qh.DataWaiters)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,14 +39,23 @@ func TestDump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 3; i++ {
-		if err := pub.Publish(context.Background(), []byte("hello")); err != nil {
-			t.Fatal(err)
+	publish := func(n int) {
+		for i := 0; i < n; i++ {
+			if err := pub.Publish(context.Background(), []byte("hello")); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	publish(1)
+	// The subscriber reads what there is; its cursor is stored for
+	// observers when it finds nothing more (it may lag while it reads).
 	if _, err := sub.TryNext(nil); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := sub.TryNext(nil); !errors.Is(err, channel.ErrWouldBlock) {
+		t.Fatalf("second read: %v, want ErrWouldBlock", err)
+	}
+	publish(2)
 
 	var out bytes.Buffer
 	if err := run(&out, filepath.Join(shm.DefaultDir, name), 0); err != nil {
