@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shimmy-dev/shimmy/internal/shmword"
 )
 
 // Every publisher and subscriber runs in a process of its own: the harness
@@ -51,6 +55,7 @@ type childSpec struct {
 	Index    int           `json:"index"`   // subscriber number
 	Ctl      string        `json:"ctl"`     // control file: progress counters
 	Samples  string        `json:"samples"` // subscriber: where to write latency samples
+	Every    int           `json:"every"`   // read the clock for every Every-th message (seq % Every == 0)
 }
 
 // childResult is what a child reports.
@@ -61,7 +66,8 @@ type childResult struct {
 	Gaps        int    `json:"gaps,omitempty"`      // messages skipped in the sequence
 	Reordered   int    `json:"reordered,omitempty"` // duplicates or messages out of order
 	FirstSendNs int64  `json:"first_send_ns,omitempty"`
-	LastRecvNs  int64  `json:"last_recv_ns,omitempty"`
+	LastRecvNs  int64  `json:"last_recv_ns,omitempty"` // arrival of the last timed message
+	TimedN      int    `json:"timed_n,omitempty"`      // messages received up to LastRecvNs
 	StartNs     int64  `json:"start_ns,omitempty"`
 	EndNs       int64  `json:"end_ns,omitempty"`
 	CPUNs       int64  `json:"cpu_ns"`
@@ -69,9 +75,12 @@ type childResult struct {
 	FirstErr    string `json:"first_err,omitempty"` // the first bad payload
 }
 
-// ctlFile holds one progress counter per cache line: [0] messages sent,
-// [1+i] messages subscriber i received. Shared memory, so the harness and
-// the publisher (for flow control) read it while the subscribers run.
+// ctlFile holds one cache line per party: [0] messages sent; for
+// subscriber i, line 1+i: messages received, the arrival time of the last
+// timed one and how many had arrived then. Shared memory, so the harness
+// and the publisher (for flow control) read it while the subscribers run,
+// and a subscriber blocked in a receive that never returns has its tally
+// read all the same.
 type ctlFile struct {
 	mem []byte
 }
@@ -101,8 +110,13 @@ func openCtl(path string, subs int, create bool) (*ctlFile, error) {
 	return &ctlFile{mem: mem}, nil
 }
 
-func (c *ctlFile) word(i int) *uint64 { return (*uint64)(unsafe.Pointer(&c.mem[i*ctlSlot])) }
-func (c *ctlFile) sent() uint64       { return atomic.LoadUint64(c.word(0)) }
+func (c *ctlFile) word(i int) *uint64 { return c.field(i, 0) }
+
+// field returns word k of cache line i.
+func (c *ctlFile) field(i, k int) *uint64 {
+	return (*uint64)(unsafe.Pointer(&c.mem[i*ctlSlot+k*8]))
+}
+func (c *ctlFile) sent() uint64 { return atomic.LoadUint64(c.word(0)) }
 func (c *ctlFile) received(i int) uint64 {
 	return atomic.LoadUint64(c.word(1 + i))
 }
@@ -121,11 +135,21 @@ func cpuSelf() int64 {
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
+// envProfile names a directory where every child writes a CPU profile
+// (<role>-<system>-<pid>.prof): where a system's time goes, per process.
+const envProfile = "SHIMMY_BENCH_CPUPROFILE"
+
 func childMain(raw string) int {
 	var s childSpec
 	if err := json.Unmarshal([]byte(raw), &s); err != nil {
 		fmt.Fprintf(os.Stderr, "bench child: bad spec: %v\n", err)
 		return 2
+	}
+	if dir := os.Getenv(envProfile); dir != "" {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%s-%d.prof", s.Role, s.System, os.Getpid())))
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -166,11 +190,11 @@ func childMain(raw string) int {
 		return 1
 	}
 	fmt.Println("READY")
-	st := &subState{lat: make([]int64, s.Count), cpu0: cpuSelf()}
+	st := &subState{lat: make([]int64, s.Count/max(1, s.Every)+2), line: 1 + s.Index, ctl: ctl, cpu0: cpuSelf()}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		st.run(ctx, s, codec, sc, ctl)
+		st.run(ctx, s, codec, sc)
 	}()
 	stop := make(chan struct{})
 	go func() {
@@ -194,7 +218,9 @@ func childMain(raw string) int {
 		}
 	}
 	res := st.result()
-	n := int(st.n.Load())
+	// The receiving goroutine may still run (blocked in a read that
+	// ignores cancellation): take the samples it had published.
+	n := int(st.timed.Load())
 	if err := writeSamples(s.Samples, st.lat[:n]); err != nil && res.Err == "" {
 		res.Err = err.Error()
 	}
@@ -221,6 +247,8 @@ func publish(ctx context.Context, s childSpec, codec *Codec, pc pubConn, ctl *ct
 		interval = 1e9 / s.Rate
 	}
 	i := 0
+	every := max(1, s.Every)
+	var ts int64
 	var filled *byte // the reused buffer whose filler is in place
 	fail := func(err error) {
 		if res.Err == "" {
@@ -256,7 +284,14 @@ loop:
 				time.Sleep(20 * time.Microsecond)
 			}
 		}
-		buf, fresh, err := pc.Buf(ctx)
+		// Messages this one included that go out before the next flush
+		// or wait: up to the count, the window, and the next deadline
+		// check (every 256th message); one at a fixed rate.
+		ahead := 1
+		if interval == 0 {
+			ahead = min(s.Count-i, s.Window-int(uint64(i)-low), 256-i&255)
+		}
+		buf, fresh, err := pc.Buf(ctx, ahead)
 		if err != nil {
 			fail(err)
 			break
@@ -272,7 +307,9 @@ loop:
 				filled = &buf[0]
 			}
 		}
-		ts := nanotime()
+		if i%every == 0 {
+			ts = nanotime()
+		}
 		codec.Stamp(buf, uint32(i), ts)
 		if err := pc.Send(ctx); err != nil {
 			fail(err)
@@ -297,25 +334,39 @@ loop:
 	return res
 }
 
-// subState is a subscriber's running tally: atomics, so that the result
-// can be read while a blocked Recv never returns.
+// subState is a subscriber's running tally. What the harness reads
+// while a Recv may block forever (messages received, the last timed
+// arrival) is in the subscriber's line of the control file, stored with
+// release stores: no locked instruction on the per-message path.
 type subState struct {
-	lat       []int64
-	n         atomic.Int64
+	lat       []int64 // one-way latency of each timed message
+	nlat      int
+	timed     atomic.Int64 // nlat, published for the result
+	line      int          // the subscriber's line in ctl
+	ctl       *ctlFile
 	corrupt   atomic.Int64
 	gaps      atomic.Int64
 	reordered atomic.Int64
 	first     atomic.Int64
-	last      atomic.Int64
 	cpu0      int64
 	errMsg    atomic.Pointer[string]
 	firstBad  atomic.Pointer[string]
 }
 
-func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subConn, ctl *ctlFile) {
+// Fields of a subscriber's control line.
+const (
+	ctlReceived = 0 // messages received
+	ctlLastRecv = 1 // arrival (ns) of the last timed message
+	ctlTimedN   = 2 // messages received up to then
+)
+
+func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subConn) {
 	defer sc.Close()
 	next := uint32(0)
-	word := ctl.word(1 + s.Index)
+	every := uint32(max(1, s.Every))
+	received := st.ctl.field(st.line, ctlReceived)
+	lastRecv := st.ctl.field(st.line, ctlLastRecv)
+	timedN := st.ctl.field(st.line, ctlTimedN)
 	for n := 0; n < s.Count; n++ {
 		msg, err := sc.Recv(ctx)
 		if err != nil {
@@ -326,8 +377,22 @@ func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subCo
 			}
 			return
 		}
-		now := nanotime()
 		seq, ts, err := codec.Verify(msg)
+		// Timed: every Every-th message by its sequence (the publisher
+		// read the clock for those), and the last one expected.
+		if err == nil && (seq%every == 0 || n == s.Count-1) {
+			now := nanotime()
+			if n == 0 {
+				st.first.Store(ts)
+			}
+			if st.nlat < len(st.lat) {
+				st.lat[st.nlat] = now - ts
+				st.nlat++
+				st.timed.Store(int64(st.nlat))
+			}
+			shmword.StoreRelease(lastRecv, uint64(now))
+			shmword.StoreRelease(timedN, uint64(n+1))
+		}
 		switch {
 		case err != nil:
 			st.corrupt.Add(1)
@@ -341,24 +406,19 @@ func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subCo
 		default:
 			next = seq + 1
 		}
-		if n == 0 {
-			st.first.Store(ts)
-		}
-		st.lat[n] = now - ts
-		st.last.Store(now)
-		st.n.Store(int64(n + 1))
-		atomic.StoreUint64(word, uint64(n+1))
+		shmword.StoreRelease(received, uint64(n+1))
 	}
 }
 
 func (st *subState) result() childResult {
 	r := childResult{
-		Received:    int(st.n.Load()),
+		Received:    int(atomic.LoadUint64(st.ctl.field(st.line, ctlReceived))),
 		Corrupt:     int(st.corrupt.Load()),
 		Gaps:        int(st.gaps.Load()),
 		Reordered:   int(st.reordered.Load()),
 		FirstSendNs: st.first.Load(),
-		LastRecvNs:  st.last.Load(),
+		LastRecvNs:  int64(atomic.LoadUint64(st.ctl.field(st.line, ctlLastRecv))),
+		TimedN:      int(atomic.LoadUint64(st.ctl.field(st.line, ctlTimedN))),
 		CPUNs:       cpuSelf() - st.cpu0,
 	}
 	if e := st.errMsg.Load(); e != nil {

@@ -37,11 +37,15 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Codec encodes and verifies payloads of one size.
+// Codec encodes and verifies payloads of one size. It is not safe for
+// concurrent use: each publisher and subscriber has its own.
 type Codec struct {
 	size      int
 	template  []byte // filler in place, header and tail zero
 	fillerCRC uint32
+	// scratch holds the hashed header fields: a stack array escapes
+	// through crc32's dispatch and costs an allocation per message.
+	scratch [20]byte
 }
 
 // NewCodec returns the codec for size-byte payloads.
@@ -83,7 +87,7 @@ func (c *Codec) Encode(buf []byte, seq uint32, ts int64) {
 func (c *Codec) Stamp(buf []byte, seq uint32, ts int64) {
 	binary.LittleEndian.PutUint32(buf[0:4], seq)
 	binary.LittleEndian.PutUint64(buf[8:16], uint64(ts))
-	var tail [20]byte
+	tail := &c.scratch
 	binary.LittleEndian.PutUint32(tail[0:4], seq)
 	binary.LittleEndian.PutUint64(tail[4:12], uint64(ts))
 	n := 12
@@ -104,7 +108,7 @@ func (c *Codec) Verify(buf []byte) (seq uint32, ts int64, err error) {
 	ts = int64(binary.LittleEndian.Uint64(buf[8:16]))
 	crc := crc32.Update(0, castagnoli, buf[hdrLen:c.fillerEnd()])
 	// The header fields are hashed in the order Stamp hashes them.
-	var tail [20]byte
+	tail := &c.scratch
 	binary.LittleEndian.PutUint32(tail[0:4], seq)
 	binary.LittleEndian.PutUint64(tail[4:12], uint64(ts))
 	n := 12

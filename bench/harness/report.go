@@ -66,6 +66,7 @@ func (r *Result) fill(pub childResult, subs []childResult, samples [][]int64, se
 		errs = append(errs, "publisher: "+pub.Err)
 	}
 	r.Received = -1
+	timed := -1 // the slowest subscriber's messages up to its last timed one
 	var first, last int64
 	for i, s := range subs {
 		if r.Received < 0 || s.Received < r.Received {
@@ -74,6 +75,9 @@ func (r *Result) fill(pub childResult, subs []childResult, samples [][]int64, se
 		r.Lost += max(0, pub.Sent-s.Received)
 		r.Corrupt += s.Corrupt + s.Gaps + s.Reordered
 		r.CPUSubsNs += s.CPUNs
+		if timed < 0 || s.TimedN < timed {
+			timed = s.TimedN
+		}
 		if s.Received > 0 {
 			if first == 0 || s.FirstSendNs < first {
 				first = s.FirstSendNs
@@ -94,9 +98,9 @@ func (r *Result) fill(pub childResult, subs []childResult, samples [][]int64, se
 	if r.Sent > 0 {
 		r.CPUPerMsgNs = float64(r.CPUTotalNs) / float64(r.Sent)
 	}
-	if last > first && r.Received > 0 {
+	if last > first && timed > 0 {
 		r.Elapsed = float64(last-first) / 1e9
-		r.MsgsPerSec = float64(r.Received) / r.Elapsed
+		r.MsgsPerSec = float64(timed) / r.Elapsed
 		r.MBPerSec = r.MsgsPerSec * float64(r.Size) / 1e6
 	}
 	if r.Rate > 0 && pub.EndNs > pub.StartNs && r.Sent > 1 {

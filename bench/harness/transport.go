@@ -23,8 +23,11 @@ import (
 type pubConn interface {
 	// Buf returns the buffer to fill for the next message (Size bytes).
 	// fresh says its contents are arbitrary (a claimed ring frame), so the
-	// whole payload must be encoded, not only stamped.
-	Buf(ctx context.Context) (buf []byte, fresh bool, err error)
+	// whole payload must be encoded, not only stamped. ahead (at least 1)
+	// is how many messages the publisher will send, this one included,
+	// before it flushes or waits: a client that batches may reserve room
+	// for that many at once, as long as each message goes out with Send.
+	Buf(ctx context.Context, ahead int) (buf []byte, fresh bool, err error)
 	// Send publishes the buffer Buf returned.
 	Send(ctx context.Context) error
 	// Flush pushes out messages the client batches (sockets, pipelines);
@@ -63,14 +66,21 @@ var dialers = map[string]dialer{
 // --- Shimmy through mmap: the ring in a POSIX shm object ---
 
 type ringPubConn struct {
-	seg  *shm.Segment
-	ring *channel.Ring
-	p    *channel.Publisher
-	zc   bool
-	n    int
-	buf  []byte // the copying path's message
-	cl   channel.Claim
+	seg   *shm.Segment
+	ring  *channel.Ring
+	p     *channel.Publisher
+	zc    bool
+	n     int
+	buf   []byte // the copying path's message
+	batch channel.Batch
+	next  int   // frame of batch to fill next
+	sizes []int // of a batch: n, n, ...
 }
+
+// maxBatch bounds a zero-copy publisher's batch: enough to amortise a
+// claim over many small messages, few enough that the first of them does
+// not wait long for the last.
+const maxBatch = 64
 
 func openRing(path string) (*shm.Segment, *channel.Ring, error) {
 	seg, err := shm.OpenPOSIX(path, 0)
@@ -106,20 +116,39 @@ func ringPub(zc bool) func(context.Context, childSpec) (pubConn, string, error) 
 	}
 }
 
-func (c *ringPubConn) Buf(ctx context.Context) ([]byte, bool, error) {
+// Buf: the zero-copy publisher claims frames for up to ahead messages at
+// once (ClaimBatch) and hands them out one by one; the copying publisher
+// reuses one buffer and publishes each message on its own.
+func (c *ringPubConn) Buf(ctx context.Context, ahead int) ([]byte, bool, error) {
 	if !c.zc {
 		return c.buf, false, nil
 	}
-	cl, err := c.p.Claim(ctx, c.n)
-	c.cl = cl
-	return cl.Buf, true, err
+	if c.next == c.batch.Len() {
+		c.sizes = c.sizes[:0]
+		for range min(max(ahead, 1), maxBatch) {
+			c.sizes = append(c.sizes, c.n)
+		}
+		b, err := c.p.ClaimBatch(ctx, c.sizes)
+		if err != nil {
+			return nil, false, err
+		}
+		c.batch, c.next = b, 0
+	}
+	return c.batch.Buf(c.next), true, nil
 }
 
+// Send commits the batch once its last frame is filled: the publisher
+// never asks for more messages ahead than it sends, so none waits for a
+// Flush.
 func (c *ringPubConn) Send(ctx context.Context) error {
-	if c.zc {
-		return c.p.Commit(c.cl)
+	if !c.zc {
+		return c.p.Publish(ctx, c.buf)
 	}
-	return c.p.Publish(ctx, c.buf)
+	c.next++
+	if c.next < c.batch.Len() {
+		return nil
+	}
+	return c.p.CommitBatch(c.batch)
 }
 
 func (c *ringPubConn) Flush(context.Context) error { return nil }
@@ -194,7 +223,7 @@ func filePub(ctx context.Context, s childSpec) (pubConn, string, error) {
 	return &filePubConn{f: f, buf: make([]byte, s.Size)}, "", nil
 }
 
-func (c *filePubConn) Buf(context.Context) ([]byte, bool, error) { return c.buf, false, nil }
+func (c *filePubConn) Buf(context.Context, int) ([]byte, bool, error) { return c.buf, false, nil }
 
 func (c *filePubConn) Send(context.Context) error {
 	n, err := c.f.Write(c.buf)
@@ -275,7 +304,7 @@ func (c *sockPubConn) accept() error {
 	return nil
 }
 
-func (c *sockPubConn) Buf(context.Context) ([]byte, bool, error) {
+func (c *sockPubConn) Buf(context.Context, int) ([]byte, bool, error) {
 	return c.buf, false, c.accept()
 }
 
@@ -374,7 +403,7 @@ func mqttPub(ctx context.Context, s childSpec) (pubConn, string, error) {
 	return &mqttPubConn{c: c, topic: s.Topic, buf: make([]byte, s.Size)}, "", nil
 }
 
-func (c *mqttPubConn) Buf(context.Context) ([]byte, bool, error) { return c.buf, false, nil }
+func (c *mqttPubConn) Buf(context.Context, int) ([]byte, bool, error) { return c.buf, false, nil }
 
 func (c *mqttPubConn) Send(context.Context) error {
 	// Paho keeps the slice until the packet is written: hand it a copy.
@@ -449,7 +478,7 @@ func natsPub(ctx context.Context, s childSpec) (pubConn, string, error) {
 	return &natsPubConn{nc: nc, topic: s.Topic, buf: make([]byte, s.Size)}, "", nil
 }
 
-func (c *natsPubConn) Buf(context.Context) ([]byte, bool, error) { return c.buf, false, nil }
+func (c *natsPubConn) Buf(context.Context, int) ([]byte, bool, error) { return c.buf, false, nil }
 
 // Send: nats.go copies the message into its write buffer at once.
 func (c *natsPubConn) Send(context.Context) error { return c.nc.Publish(c.topic, c.buf) }
@@ -525,7 +554,7 @@ func redisPub(ctx context.Context, s childSpec) (pubConn, string, error) {
 	return &redisPubConn{rdb: rdb, pipe: rdb.Pipeline(), batch: max(1, s.Batch), topic: s.Topic, buf: make([]byte, s.Size)}, "", nil
 }
 
-func (c *redisPubConn) Buf(context.Context) ([]byte, bool, error) { return c.buf, false, nil }
+func (c *redisPubConn) Buf(context.Context, int) ([]byte, bool, error) { return c.buf, false, nil }
 
 // Send queues PUBLISH in a pipeline; a full pipeline goes out in one
 // round trip (the way to make Redis pub/sub fast).
