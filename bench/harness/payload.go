@@ -106,7 +106,10 @@ func (c *Codec) Verify(buf []byte) (seq uint32, ts int64, err error) {
 	}
 	seq = binary.LittleEndian.Uint32(buf[0:4])
 	ts = int64(binary.LittleEndian.Uint64(buf[8:16]))
-	crc := crc32.Update(0, castagnoli, buf[hdrLen:c.fillerEnd()])
+	var crc uint32
+	if f := buf[hdrLen:c.fillerEnd()]; len(f) > 0 { // 16-byte payloads have none
+		crc = crc32.Update(0, castagnoli, f)
+	}
 	// The header fields are hashed in the order Stamp hashes them.
 	tail := &c.scratch
 	binary.LittleEndian.PutUint32(tail[0:4], seq)
