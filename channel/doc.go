@@ -2,6 +2,17 @@
 // and a Go client for it. Publishers, subscribers and stream readers in
 // any processes map the same ring and coordinate only through it.
 //
+// # Batches
+//
+// Small messages are cheapest in batches: Publisher.ClaimBatch reserves
+// frames for several messages in one claim (one tail update, one claim
+// record, one wake-up check), to be filled in place and published with
+// CommitBatch; PublishBatch copies a slice of messages the same way.
+// Subscribers see all of a batch or none of it, in order, one message at a
+// time. A subscriber stores its shared cursor every 64 messages (or a
+// sixteenth of the ring) and before it waits, not after every message;
+// observers (Members, the agent's stats) see its lag that much later.
+//
 // # Liveness
 //
 // A process may die at any instruction, holding a claim, a take or a
@@ -25,8 +36,8 @@
 //     frame. A reader parked on one tries every Lease/4 to unblock it; once
 //     the owner's lease has expired the claim is committed as padding
 //     (counted in the queue's Reaped counter) and readers go on at the
-//     next message: the claimed message is gone, and its sequence number
-//     is skipped. Publishers never lap a claim of a live publisher still in
+//     next message: the claimed messages (all of a batch) are gone, and
+//     their sequence numbers are skipped. Publishers never lap a claim of a live publisher still in
 //     flight (whatever the policy: its owner writes there), and ignore the
 //     claims of dead ones. Publisher.Close of a claim never committed pads
 //     it at once.
