@@ -12,7 +12,7 @@ import (
 //	go test -run XXX -bench . -benchtime 2s ./bench/ringbench/
 
 var (
-	impls = []string{implCopy, implExcl, implZero, implBare, implSock}
+	impls = []string{implCopy, implExcl, implZero, implBatch, implBare, implSock}
 	sizes = []int{16, 4 << 10, 100 << 10}
 	idles = []string{"busy", "sleep"}
 )

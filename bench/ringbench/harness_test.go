@@ -40,8 +40,11 @@ const (
 	implCopy = "shimmy-copy"      // Publish / Next: copy in, copy out (shared publisher: CAS claims)
 	implExcl = "shimmy-exclusive" // as shimmy-copy, with an exclusive publisher (no CAS per message)
 	implZero = "shimmy-zerocopy"  // Claim+Commit / Peek+Done, filled and read in place, exclusive publisher
-	implBare = "bare-spsc"        // the physical limit: fixed slots, two counters
-	implSock = "unixsock"         // socketpair(AF_UNIX, SOCK_SEQPACKET)
+	// As shimmy-zerocopy, with ClaimBatch/CommitBatch: frames for up to 64
+	// messages a claim at saturation (one in latency runs).
+	implBatch = "shimmy-batch"
+	implBare  = "bare-spsc" // the physical limit: fixed slots, two counters
+	implSock  = "unixsock"  // socketpair(AF_UNIX, SOCK_SEQPACKET)
 
 	modeThroughput = "throughput"
 	modeLatency    = "latency"
@@ -159,6 +162,9 @@ type session struct {
 	seg    *shm.Segment
 	ring   *channel.Ring
 	pub    *channel.Publisher
+	bt     channel.Batch // sendBatch: the open batch and its next frame
+	bi     int
+	sizes  []int
 	bare   *Bare
 	sock   int
 	cmd    *exec.Cmd
@@ -193,7 +199,7 @@ func start(sp spec) (s *session, err error) {
 		if s.seg, err = shm.CreatePOSIX(name, shm.PageSize(), shm.Options{Exclusive: true}); err != nil {
 			return nil, err
 		}
-	case sp.Impl == implCopy || sp.Impl == implExcl || sp.Impl == implZero:
+	case sp.Impl == implCopy || sp.Impl == implExcl || sp.Impl == implZero || sp.Impl == implBatch:
 		cfg := ringConfig(sp).WithDefaults()
 		if s.seg, err = shm.CreatePOSIX(name, cfg.Size(), shm.Options{Exclusive: true}); err != nil {
 			return nil, err
@@ -205,6 +211,9 @@ func start(sp spec) (s *session, err error) {
 			return nil, err
 		}
 		s.send = s.sendShimmy
+		if sp.Impl == implBatch {
+			s.send = s.sendBatch
+		}
 	case sp.Impl == implBare:
 		if s.seg, err = shm.CreatePOSIX(name, BareSize(sp.Cap), shm.Options{Exclusive: true}); err != nil {
 			return nil, err
@@ -349,6 +358,35 @@ func (s *session) sendShimmy(seq uint64, lat bool) error {
 	copy(c.Buf, s.src)
 	s.fill(c.Buf, seq, lat)
 	return s.pub.Commit(c)
+}
+
+// sendBatch fills the next frame of the open batch, claiming frames for
+// up to 64 of the messages still to send (one when paced), and commits
+// the batch with its last frame.
+func (s *session) sendBatch(seq uint64, lat bool) error {
+	if s.bi == s.bt.Len() {
+		n := 1
+		if !lat {
+			n = min(64, s.sp.N-int(seq))
+		}
+		s.sizes = s.sizes[:0]
+		for range n {
+			s.sizes = append(s.sizes, s.sp.Size)
+		}
+		bt, err := s.pub.ClaimBatch(s.ctx, s.sizes)
+		if err != nil {
+			return err
+		}
+		s.bt, s.bi = bt, 0
+	}
+	buf := s.bt.Buf(s.bi)
+	copy(buf, s.src)
+	s.fill(buf, seq, lat)
+	s.bi++
+	if s.bi < s.bt.Len() {
+		return nil
+	}
+	return s.pub.CommitBatch(s.bt)
 }
 
 func (s *session) sendBare(seq uint64, lat bool) error {
@@ -571,7 +609,7 @@ func child(sp spec, ready func() error) (result, error) {
 	var c consumer
 	ctx := context.Background()
 	switch sp.Impl {
-	case implCopy, implExcl, implZero:
+	case implCopy, implExcl, implZero, implBatch:
 		seg, err := shm.OpenPOSIX(sp.Path, 0)
 		if err != nil {
 			return result{}, err
@@ -587,7 +625,7 @@ func child(sp spec, ready func() error) (result, error) {
 			return result{}, err
 		}
 		defer sub.Close()
-		if sp.Impl != implZero {
+		if sp.Impl != implZero && sp.Impl != implBatch {
 			buf := make([]byte, 0, sp.Size)
 			c.next = func() ([]byte, error) {
 				var err error
