@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -192,6 +193,13 @@ func TestEndToEnd(t *testing.T) {
 				timed := (c.Count+every-1)/every + min(1, (c.Count-1)%every)
 				if r.Latency.N != timed*c.Subs || r.Latency.P50Ns <= 0 || r.MsgsPerSec <= 0 || r.CPUPubNs <= 0 {
 					t.Errorf("%s: implausible figures %+v", c, r)
+				}
+				// A short throughput case is run three times and its
+				// median run reported.
+				if c.Mode == "throughput" && r.Elapsed < repeatBelow.Seconds() {
+					if len(r.Runs) != repeats || !sort.Float64sAreSorted(r.Runs) || r.MsgsPerSec != r.Runs[repeats/2] {
+						t.Errorf("%s: runs %v, reported %v: want %d sorted runs and their median", c, r.Runs, r.MsgsPerSec, repeats)
+					}
 				}
 				if sys.broker && r.CPUServerNs <= 0 {
 					t.Errorf("%s: no server CPU time measured", c)

@@ -42,6 +42,9 @@ type Result struct {
 	// slowest subscriber.
 	MsgsPerSec float64 `json:"msgs_per_s"`
 	MBPerSec   float64 `json:"mb_per_s"`
+	// Runs holds every run's msgs/s of a case that was repeated (the
+	// figures above are the median run's).
+	Runs []float64 `json:"runs_msgs_per_s,omitempty"`
 	// Offered rate achieved by the publisher (fixed-rate cases).
 	AchievedRate float64 `json:"achieved_rate,omitempty"`
 	Latency      Latency `json:"latency"`

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -306,11 +307,51 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 		if ctx.Err() != nil {
 			break
 		}
-		r := env.runCase(ctx, c, capDur, i)
+		r := env.repeated(ctx, c, capDur, i, env.runCase(ctx, c, capDur, i))
 		rs = append(rs, r)
 		logf("%s", r.progressLine())
 	}
 	return rs
+}
+
+// Short throughput runs are the noisiest on a shared machine (a run of a
+// million 16-byte messages through the ring lasts a few tens of
+// milliseconds, one hiccup of the host long): a throughput case that
+// completed in under repeatBelow is run repeats times in all and its
+// median run (by msgs/s) reported, with every run's rate in the note and
+// in Runs. A run that lost or corrupted messages, or failed, is reported
+// instead of the median: no better run hides it.
+const (
+	repeats     = 3
+	repeatBelow = time.Second
+)
+
+func (e *sysEnv) repeated(ctx context.Context, c Case, capDur time.Duration, id int, first Result) Result {
+	if c.Mode != "throughput" || first.Status != StatusOK || first.Elapsed >= repeatBelow.Seconds() {
+		return first
+	}
+	runs := []Result{first}
+	for len(runs) < repeats && ctx.Err() == nil {
+		r := e.runCase(ctx, c, capDur, id)
+		if r.Status != StatusOK && r.Status != StatusPartial {
+			r.Note = strings.TrimSpace(fmt.Sprintf("run %d of %d: %s", len(runs)+1, repeats, r.Note))
+			return r
+		}
+		runs = append(runs, r)
+	}
+	sort.Slice(runs, func(i, j int) bool { return runs[i].MsgsPerSec < runs[j].MsgsPerSec })
+	m := runs[len(runs)/2]
+	var rates []string
+	for _, r := range runs {
+		m.Runs = append(m.Runs, r.MsgsPerSec)
+		rates = append(rates, siFmt(r.MsgsPerSec))
+	}
+	note := fmt.Sprintf("median of %d runs (msgs/s: %s)", len(runs), strings.Join(rates, ", "))
+	if m.Note != "" {
+		note += "; " + m.Note
+	}
+	m.Note = note
+	return m
 }
 
 // sysEnv is what the cases of one system share.
