@@ -41,6 +41,7 @@ func (r *Ring) NewReader(o ReaderOptions) (*Reader, error) {
 	// (pubsub only) and Members can tell.
 	rd := &Reader{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m}
 	rd.w = waiter{idle: o.Idle, lease: m}
+	rd.w.reset()
 	return rd, nil
 }
 

@@ -61,6 +61,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	}
 	s := &Subscriber{r: r, qh: qh, m: m}
 	s.w = waiter{idle: o.Idle, lease: m}
+	s.w.reset()
 	// Settle on a start position that publishers have not passed: they
 	// may have raised Limit before they saw this slot.
 	for {
