@@ -248,13 +248,26 @@ func (r *Ring) Reap() int {
 		// may be there at all) is padded from its own start, so that its
 		// slot, and the queue if it held it exclusively, are freed.
 		if role := atomic.LoadUint32(&s.Role); role&0xff == RolePublisher && uint64(role>>8) < r.cfg.queues() && atomic.LoadUint64(&s.PendingLen) != 0 {
-			r.unblockClaim(int(role>>8), pos(atomic.LoadUint64(&s.Pending)), now)
+			r.unblockClaim(int(role>>8), r.claimData(s), now)
 		}
 		if r.settled(s) && r.evict(s, now) {
 			n++
 		}
 	}
 	return n
+}
+
+// claimData returns the position of the first data frame of the claim
+// recorded in publisher slot s: Pending, or just past the padding when
+// the claim starts with padding to the end of the ring (its frames never
+// straddle the end, so a claim that does is one).
+func (r *Ring) claimData(s *memberSlot) pos {
+	p := pos(atomic.LoadUint64(&s.Pending))
+	off := r.offset(p.units())
+	if n := atomic.LoadUint64(&s.PendingLen); n <= r.capacity && off+n > r.capacity {
+		p = mkpos(p.seq(), p.units()+uint32((r.capacity-off)>>unitShift))
+	}
+	return p
 }
 
 // settled reports whether slot s holds no claim or take that still blocks
@@ -277,11 +290,7 @@ func (r *Ring) settled(s *memberSlot) bool {
 		// The claim is committed when its first data frame is: a claim
 		// that starts with padding at the wrap committed the padding at
 		// once, and a claim of several frames commits the first one last.
-		off := r.offset(p.units())
-		if n := atomic.LoadUint64(&s.PendingLen); n <= r.capacity && off+n > r.capacity {
-			p = mkpos(p.seq(), p.units()+uint32((r.capacity-off)>>unitShift))
-		}
-		return r.tagged(q, p)
+		return r.tagged(q, r.claimData(s))
 	}
 	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
 	return uint32(w) == p.units() && uint32(w>>32)&(FlagConsumed|FlagPadding) != 0

@@ -130,11 +130,10 @@ func (p *Publisher) Claim(ctx context.Context, n int) (Claim, error) {
 
 func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error) {
 	p.one[0] = n
-	k, err := p.claimRun(ctx, p.one[:], block)
-	if err != nil {
+	if _, err := p.claimRun(ctx, p.one[:], block); err != nil {
 		return Claim{}, err
 	}
-	p.batch = k > 1 // never: one size
+	p.batch = false
 	return Claim{Buf: p.buf(0), p: p.run.fp, off: p.run.off[0], n: n}, nil
 }
 
@@ -166,16 +165,16 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 	if len(sizes) == 0 {
 		return 0, fmt.Errorf("%w: a claim of no frames", ErrConfig)
 	}
-	max := uint64(p.r.cfg.MaxMessage)
-	if n := sizes[0]; n < 0 || uint64(n) > max {
-		return 0, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, max)
+	largest := uint64(p.r.cfg.MaxMessage)
+	if n := sizes[0]; n < 0 || uint64(n) > largest {
+		return 0, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, largest)
 	}
 	if err := p.m.alive(); err != nil {
 		return 0, err
 	}
 	r := p.r
 	first := align16(FrameHeaderLen + uint64(sizes[0]))
-	limit := align16(FrameHeaderLen + max) // bytes of data frames in one claim
+	limit := align16(FrameHeaderLen + largest) // bytes of data frames in one claim
 	p.w.ctx = ctx
 	p.w.reset()
 	for {
@@ -197,13 +196,15 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 				}
 				continue
 			}
-			avail = pad + first // room found space for the first frame, maybe no more
+			// room made space for the first frame (raising the limit,
+			// which may leave room for more).
+			avail = max(pad+first, uint64(p.avail(t))<<unitShift)
 		}
 		// Extend the claim over the next frames while they fit.
 		data, k := first, 1
 		for ; k < len(sizes); k++ {
 			n := sizes[k]
-			if n < 0 || uint64(n) > max {
+			if n < 0 || uint64(n) > largest {
 				break // the caller's next claim reports it
 			}
 			f := align16(FrameHeaderLen + uint64(n))
@@ -389,9 +390,9 @@ func (p *Publisher) commit() error {
 // abort turns an outstanding claim into padding.
 func (p *Publisher) abort() {
 	p.out = false
-	// The frames took sequence numbers: the padding passes readers on to
-	// the sequence after them. One padding frame covers them all (frames
-	// of one claim never straddle the end of the ring).
+	// The frames took sequence numbers: the padding (one frame per
+	// message, section 8 of the ABI) passes readers on to the sequence
+	// after them.
 	last := len(p.run.lens) - 1
 	n := p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - p.run.off[0]
 	end := mkpos(p.run.fp.seq()+uint32(last+1), p.run.fp.units()+uint32(n>>unitShift))
