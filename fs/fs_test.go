@@ -634,3 +634,29 @@ func TestPassthroughMmap(t *testing.T) {
 		t.Errorf("stats with two of each: %v", stats)
 	}
 }
+
+// TestPassthroughKnownBeforeMountReturns: the kernel serves requests as
+// soon as the mount exists, before Mount has recorded whether passthrough
+// was negotiated; a config read in that window must wait for the answer,
+// not report passthrough 0 (the e2e tests saw it flip to 1 between reads).
+func TestPassthroughKnownBeforeMountReturns(t *testing.T) {
+	reg, err := NewRegistry(RegistryOptions{StateDir: newStateDir(t), Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan bool)
+	go func() { got <- reg.Passthrough() }()
+	select {
+	case v := <-got:
+		t.Fatalf("Passthrough answered %v before it was known", v)
+	case <-time.After(50 * time.Millisecond):
+	}
+	reg.SetPassthrough(true)
+	if v := <-got; !v {
+		t.Error("Passthrough = false after SetPassthrough(true)")
+	}
+	reg.SetPassthrough(false) // later calls still record
+	if reg.Passthrough() {
+		t.Error("Passthrough = true after SetPassthrough(false)")
+	}
+}

@@ -110,14 +110,31 @@ type Registry struct {
 	nss map[string]*Namespace
 
 	passthrough atomic.Bool
+	ptOnce      sync.Once
+	ptKnown     chan struct{} // closed by the first SetPassthrough
 }
 
 // SetPassthrough records whether the kernel serves the ring files by FUSE
 // passthrough (shown as "passthrough 1" in each channel's config).
-func (r *Registry) SetPassthrough(on bool) { r.passthrough.Store(on) }
+func (r *Registry) SetPassthrough(on bool) {
+	r.passthrough.Store(on)
+	r.ptOnce.Do(func() { close(r.ptKnown) })
+}
 
-// Passthrough reports what SetPassthrough recorded.
-func (r *Registry) Passthrough() bool { return r.passthrough.Load() }
+// ptWait bounds how long Passthrough waits for Mount to have negotiated.
+const ptWait = 5 * time.Second
+
+// Passthrough reports what SetPassthrough recorded. The kernel may send
+// requests (a client reading config) as soon as the mount exists, before
+// Mount has seen the negotiated flags and called SetPassthrough: such a
+// caller waits for it, briefly (Mount's own requests never ask).
+func (r *Registry) Passthrough() bool {
+	select {
+	case <-r.ptKnown:
+	case <-time.After(ptWait):
+	}
+	return r.passthrough.Load()
+}
 
 // Namespace is a directory of channels.
 type Namespace struct {
@@ -147,7 +164,7 @@ func NewRegistry(o RegistryOptions) (*Registry, error) {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Registry{dir: o.StateDir, defaults: def, log: log, nss: map[string]*Namespace{}}, nil
+	return &Registry{dir: o.StateDir, defaults: def, log: log, nss: map[string]*Namespace{}, ptKnown: make(chan struct{})}, nil
 }
 
 // StateDir returns the state directory.
