@@ -9,6 +9,18 @@ import (
 // Single-goroutine benchmarks: the cost of each side's own work, without
 // the cross-core traffic that bench/ringbench measures between processes.
 
+// benchPublisher joins a fresh 1 MiB ring as its only publisher, closed
+// at cleanup.
+func benchPublisher(b *testing.B, exclusive bool) *Publisher {
+	r := newRing(b, Config{Capacity: 1 << 20})
+	p, err := r.NewPublisher(PublisherOptions{Exclusive: exclusive})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
+}
+
 // BenchmarkClaimCommit: a publisher alone (no subscriber holds it back).
 func BenchmarkClaimCommit(b *testing.B) {
 	for _, ex := range []bool{false, true} {
@@ -17,12 +29,7 @@ func BenchmarkClaimCommit(b *testing.B) {
 			name = "exclusive"
 		}
 		b.Run(name, func(b *testing.B) {
-			r := newRing(b, Config{Capacity: 1 << 20})
-			p, err := r.NewPublisher(PublisherOptions{Exclusive: ex})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close()
+			p := benchPublisher(b, ex)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
@@ -86,12 +93,7 @@ func BenchmarkPeekDone(b *testing.B) {
 func BenchmarkClaimBatch(b *testing.B) {
 	for _, k := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("batch=%d", k), func(b *testing.B) {
-			r := newRing(b, Config{Capacity: 1 << 20})
-			p, err := r.NewPublisher(PublisherOptions{Exclusive: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close()
+			p := benchPublisher(b, true)
 			ctx := context.Background()
 			sizes := make([]int, k)
 			for i := range sizes {

@@ -55,8 +55,7 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 		return nil, err
 	}
 	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive}
-	p.w = waiter{idle: o.Idle, lease: m}
-	p.w.reset()
+	p.w = newWaiter(o.Idle, m)
 	// Announce first, then look (both sides do): with sequentially
 	// consistent atomics at least one of two racing joiners sees the other.
 	if o.Exclusive {

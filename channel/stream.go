@@ -40,8 +40,7 @@ func (r *Ring) NewReader(o ReaderOptions) (*Reader, error) {
 	// Readers have no cursor of their own: mark the slot so raiseLimit
 	// (pubsub only) and Members can tell.
 	rd := &Reader{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m}
-	rd.w = waiter{idle: o.Idle, lease: m}
-	rd.w.reset()
+	rd.w = newWaiter(o.Idle, m)
 	return rd, nil
 }
 

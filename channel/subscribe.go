@@ -38,12 +38,13 @@ type Subscriber struct {
 	lost   uint64
 	viewed uint64 // frame bytes of the message handed out by Peek; 0: none
 	// Messages and frame bytes read since Cursor was last stored: the
-	// shared cursor is stored every cursorEvery messages or bytes, before
-	// every wait and whenever a writer waits for space (see flush).
+	// shared cursor is stored every cursorEveryMsgs messages or 1/16 of
+	// the ring, before every wait and whenever a writer waits for space
+	// (see flush).
 	dirtyN, dirtyB uint64
 }
 
-// cursorEvery bounds how far the shared Cursor of a pubsub subscriber may
+// cursorEveryMsgs bounds how far the shared Cursor of a pubsub subscriber may
 // lag its reads: cursorEveryMsgs messages, or a sixteenth of the ring.
 // Storing it once per message would cost little on its own line, but a
 // blocked publisher reading that line makes every store a cache miss.
@@ -60,8 +61,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		return nil, err
 	}
 	s := &Subscriber{r: r, qh: qh, m: m}
-	s.w = waiter{idle: o.Idle, lease: m}
-	s.w.reset()
+	s.w = newWaiter(o.Idle, m)
 	// Settle on a start position that publishers have not passed: they
 	// may have raised Limit before they saw this slot.
 	for {

@@ -24,8 +24,7 @@ func nanotime() int64
 // the other side only when someone sleeps.
 type Idle struct {
 	Spins int // busy polls before yielding
-	// SpinFor keeps busy-polling, past Spins, until this long has passed
-	// since the wait began. A sleeper costs its waker a futex system call
+	// SpinFor keeps busy-polling after the Spins polls, for this long. A sleeper costs its waker a futex system call
 	// and itself a wake-up (about 25 µs across cores here, more when the
 	// vCPU was idle): a reader that sleeps between two batches of a fast
 	// publisher costs it that per batch. Spinning about as long as a
@@ -59,6 +58,13 @@ type waiter struct {
 	spinDone bool
 	ctx      context.Context
 	lease    *member
+}
+
+// newWaiter returns a waiter for idle, ready to wait.
+func newWaiter(idle Idle, lease *member) waiter {
+	w := waiter{idle: idle, lease: lease}
+	w.reset()
+	return w
 }
 
 func (w *waiter) reset() {

@@ -131,7 +131,13 @@ const ptWait = 5 * time.Second
 func (r *Registry) Passthrough() bool {
 	select {
 	case <-r.ptKnown:
-	case <-time.After(ptWait):
+	default: // only before Mount has returned: no timer otherwise
+		t := time.NewTimer(ptWait)
+		defer t.Stop()
+		select {
+		case <-r.ptKnown:
+		case <-t.C:
+		}
 	}
 	return r.passthrough.Load()
 }

@@ -340,9 +340,8 @@ loop:
 // arrival) is in the subscriber's line of the control file, stored with
 // release stores: no locked instruction on the per-message path.
 type subState struct {
-	lat       []int64 // one-way latency of each timed message
-	nlat      int
-	timed     atomic.Int64 // nlat, published for the result
+	lat       []int64      // one-way latency of each timed message
+	timed     atomic.Int64 // how many of lat are filled, published for the result
 	line      int          // the subscriber's line in ctl
 	ctl       *ctlFile
 	corrupt   atomic.Int64
@@ -368,6 +367,7 @@ func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subCo
 	received := st.ctl.field(st.line, ctlReceived)
 	lastRecv := st.ctl.field(st.line, ctlLastRecv)
 	timedN := st.ctl.field(st.line, ctlTimedN)
+	nlat := 0
 	for n := 0; n < s.Count; n++ {
 		msg, err := sc.Recv(ctx)
 		if err != nil {
@@ -393,10 +393,10 @@ func (st *subState) run(ctx context.Context, s childSpec, codec *Codec, sc subCo
 			if n == 0 {
 				st.first.Store(ts)
 			}
-			if st.nlat < len(st.lat) {
-				st.lat[st.nlat] = now - ts
-				st.nlat++
-				st.timed.Store(int64(st.nlat))
+			if nlat < len(st.lat) {
+				st.lat[nlat] = now - ts
+				nlat++
+				st.timed.Store(int64(nlat))
 			}
 			shmword.StoreRelease(lastRecv, uint64(now))
 			shmword.StoreRelease(timedN, uint64(n+1))

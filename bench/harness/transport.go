@@ -74,7 +74,7 @@ type ringPubConn struct {
 	buf   []byte // the copying path's message
 	batch channel.Batch
 	next  int   // frame of batch to fill next
-	sizes []int // of a batch: n, n, ...
+	sizes []int // maxBatch times n: a batch's sizes are a prefix
 }
 
 // maxBatch bounds a zero-copy publisher's batch: enough to amortise a
@@ -112,6 +112,9 @@ func ringPub(zc bool) func(context.Context, childSpec) (pubConn, string, error) 
 		if !zc {
 			c.buf = make([]byte, s.Size)
 		}
+		for range maxBatch {
+			c.sizes = append(c.sizes, s.Size)
+		}
 		return c, "", nil
 	}
 }
@@ -124,11 +127,7 @@ func (c *ringPubConn) Buf(ctx context.Context, ahead int) ([]byte, bool, error) 
 		return c.buf, false, nil
 	}
 	if c.next == c.batch.Len() {
-		c.sizes = c.sizes[:0]
-		for range min(max(ahead, 1), maxBatch) {
-			c.sizes = append(c.sizes, c.n)
-		}
-		b, err := c.p.ClaimBatch(ctx, c.sizes)
+		b, err := c.p.ClaimBatch(ctx, c.sizes[:min(max(ahead, 1), maxBatch)])
 		if err != nil {
 			return nil, false, err
 		}
