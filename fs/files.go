@@ -68,14 +68,14 @@ var streamFiles = []fileSpec{
 	{name: "error", kind: kindError},
 }
 
-func filesFor(typ uint32) []fileSpec {
+func filesFor(typ channel.Type) []fileSpec {
 	if typ == channel.TypeStream {
 		return streamFiles
 	}
 	return pubsubFiles
 }
 
-func lookupFile(typ uint32, name string) (fileSpec, bool) {
+func lookupFile(typ channel.Type, name string) (fileSpec, bool) {
 	for _, s := range filesFor(typ) {
 		if s.name == name {
 			return s, true
@@ -237,7 +237,7 @@ func (n *fileNode) text() []byte {
 		c, m := ch.Config(), ch.Meta()
 		if c.Capacity != 0 {
 			fmt.Fprintf(&b, "type %s\npolicy %s\ncapacity %d\nmax_message %d\nmember_slots %d\nlease %s\n",
-				typeName(c.Type), policyName(c.Policy), c.Capacity, c.MaxMessage, c.MemberSlots, leaseString(c.Lease))
+				c.Type, c.Policy, c.Capacity, c.MaxMessage, c.MemberSlots, leaseString(c.Lease))
 		}
 		fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\nepoch %d\nsize %d\nbacking %s\npassthrough %d\n",
 			m.Mode, m.UID, m.GID, c.Epoch, c.Size(), ch.BackingPath(), b2i(ch.reg.Passthrough()))

@@ -72,23 +72,9 @@ type ConfigMeta struct {
 
 func configMeta(c channel.Config) *ConfigMeta {
 	return &ConfigMeta{
-		Type: typeName(c.Type), Policy: policyName(c.Policy), Capacity: c.Capacity,
+		Type: c.Type.String(), Policy: c.Policy.String(), Capacity: c.Capacity,
 		MaxMessage: c.MaxMessage, MemberSlots: c.MemberSlots, Lease: c.Lease.String(), Epoch: c.Epoch,
 	}
-}
-
-func typeName(t uint32) string {
-	if t == channel.TypeStream {
-		return "stream"
-	}
-	return "pubsub"
-}
-
-func policyName(p uint32) string {
-	if p == channel.PolicyOverwrite {
-		return "overwrite"
-	}
-	return "block"
 }
 
 // RegistryOptions configure a Registry.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+
+	"github.com/shimmy-dev/shimmy/channel"
 )
 
 // clientFlags are the flags every client command takes.
@@ -102,10 +104,10 @@ agent's defaults. The channel is created even if a flag is refused; the
 refusal and the reason are reported and the channel keeps its defaults.`,
 		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660")
 	mount := clientFlags(fl, e)
-	typ := &choiceFlag{val: "pubsub", choices: []string{"pubsub", "stream"}}
-	fl.Var(typ, "type", "channel type: pubsub (every subscriber sees every message) or stream (competing readers per direction)")
-	policy := &choiceFlag{val: "block", choices: []string{"block", "overwrite"}}
-	fl.Var(policy, "policy", "overflow policy of a pubsub channel: block (lossless) or overwrite (publishers never wait)")
+	typ, policy := channel.TypePubSub, channel.PolicyBlock
+	typF, policyF := &textFlag{v: &typ}, &textFlag{v: &policy}
+	fl.Var(typF, "type", "channel type: pubsub (every subscriber sees every message) or stream (competing readers per direction)")
+	fl.Var(policyF, "policy", "overflow policy of a pubsub channel: block (lossless) or overwrite (publishers never wait)")
 	var capacity, maxMsg sizeFlag
 	fl.Var(&capacity, "capacity", "ring data bytes per direction, a power of two (K, M, G suffixes; default: the agent's)")
 	fl.Var(&maxMsg, "max-message", "largest message in bytes (K, M, G suffixes; default: the agent's)")
@@ -131,11 +133,11 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 		return explain(err)
 	}
 	var ctl bytes.Buffer
-	if typ.set {
-		fmt.Fprintf(&ctl, "type %s\n", typ.val)
+	if typF.set {
+		fmt.Fprintf(&ctl, "type %s\n", typ)
 	}
-	if policy.set {
-		fmt.Fprintf(&ctl, "policy %s\n", policy.val)
+	if policyF.set {
+		fmt.Fprintf(&ctl, "policy %s\n", policy)
 	}
 	if capacity.set {
 		fmt.Fprintf(&ctl, "capacity %d\n", capacity.n)
@@ -408,7 +410,7 @@ the other readers of that direction: each message goes to one of them.`,
 func maxMessage(dir string) int {
 	cfg, _, err := readKV(filepath.Join(dir, "config"))
 	if err == nil {
-		if n, err := parseSize(cfg["max_message"]); err == nil && n > 0 && n <= 1<<30 {
+		if n, err := channel.ParseSize(cfg["max_message"]); err == nil && n > 0 && n <= 1<<30 {
 			return int(n)
 		}
 	}
