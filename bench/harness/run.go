@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/shm"
 )
 
@@ -435,7 +436,7 @@ type child struct {
 	cmd   *exec.Cmd
 	in    io.WriteCloser
 	lines chan string
-	errb  *lockedBuffer
+	errb  *syncbuf.Buffer
 	done  chan struct{}
 }
 
@@ -456,7 +457,7 @@ func startChild(ctx context.Context, name string, spec childSpec) (*child, error
 	if err != nil {
 		return nil, err
 	}
-	c := &child{name: name, cmd: cmd, in: in, lines: make(chan string, 16), errb: &lockedBuffer{}, done: make(chan struct{})}
+	c := &child{name: name, cmd: cmd, in: in, lines: make(chan string, 16), errb: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.errb
 	if err := cmd.Start(); err != nil {
 		return nil, err
