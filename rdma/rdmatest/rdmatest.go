@@ -66,7 +66,6 @@ type pki struct {
 func newPKI(t *testing.T) *pki {
 	t.Helper()
 	p := &pki{nodes: map[string]*certs.Pair{}}
-	var err error
 	must := func(pair *certs.Pair, e error) *certs.Pair {
 		if e != nil {
 			t.Fatal(e)
@@ -79,7 +78,6 @@ func newPKI(t *testing.T) *pki {
 		p.nodes[n] = must(p.ca.Issue(certs.Options{Name: n}))
 	}
 	p.imposter = must(p.otherCA.Issue(certs.Options{Name: "node-a"}))
-	_ = err
 	return p
 }
 
@@ -130,8 +128,8 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// pair links node-a (dialer, through addr if set, else straight) to node-b
-// (listener). setA and setB adjust the options.
+// pairOpts adjust a pair: a and b change node-a's (the dialer's) and
+// node-b's (the listener's) options; proxy puts a proxy between them.
 type pairOpts struct {
 	a, b  func(*rdma.Options)
 	proxy bool
@@ -142,6 +140,7 @@ type pair struct {
 	proxy *proxy
 }
 
+// pair links node-a to node-b.
 func (s *suite) pair(t *testing.T, po pairOpts) pair {
 	t.Helper()
 	oa, ob := s.options("node-a"), s.options("node-b")
@@ -256,6 +255,24 @@ func waitImms(t *testing.T, c rdma.Conn, n int) []rdma.Completion {
 		}
 	}
 	return got
+}
+
+// waitInOrder waits for n OpImm completions carrying immediates 0..n-1.
+func waitInOrder(t *testing.T, c rdma.Conn, n int) {
+	t.Helper()
+	for i, c := range waitImms(t, c, n) {
+		if c.Imm != uint32(i) {
+			t.Fatalf("imm %d in place %d", c.Imm, i)
+		}
+	}
+}
+
+// same fails the test if the target region differs from the source.
+func (tg target) same(t *testing.T, what string) {
+	t.Helper()
+	if sum(tg.dst) != sum(tg.src) {
+		t.Fatal(what)
+	}
 }
 
 func fill(b []byte, seed uint64) {
@@ -528,9 +545,7 @@ func (s *suite) testLarge(t *testing.T) {
 	if c := waitImms(t, p.b, 1)[0]; c.Imm != 99 || c.Len != 1<<20 {
 		t.Fatalf("completion %+v", c)
 	}
-	if sum(tg.dst) != sum(tg.src) {
-		t.Fatal("8 MiB arrived corrupted")
-	}
+	tg.same(t, "8 MiB arrived corrupted")
 }
 
 // testSmallBatched: many 16-byte writes in batches, counted and
@@ -554,14 +569,8 @@ func (s *suite) testSmallBatched(t *testing.T) {
 			}
 		}
 	}()
-	for i, c := range waitImms(t, p.b, batches) {
-		if c.Imm != uint32(i) {
-			t.Fatalf("imm %d in place %d", c.Imm, i)
-		}
-	}
-	if sum(tg.dst) != sum(tg.src) {
-		t.Fatal("small writes arrived corrupted")
-	}
+	waitInOrder(t, p.b, batches)
+	tg.same(t, "small writes arrived corrupted")
 }
 
 // testConcurrent: writers on several goroutines share a link; each one's
@@ -594,9 +603,7 @@ func (s *suite) testConcurrent(t *testing.T) {
 		next[w]++
 	}
 	wg.Wait()
-	if sum(tg.dst) != sum(tg.src) {
-		t.Fatal("concurrent writes arrived corrupted")
-	}
+	tg.same(t, "concurrent writes arrived corrupted")
 }
 
 // testControl: control messages of every size arrive once, in order;
@@ -661,14 +668,8 @@ func (s *suite) testBackpressure(t *testing.T) {
 		return nil
 	})
 	time.Sleep(time.Second)
-	for i, c := range waitImms(t, p.b, n) {
-		if c.Imm != uint32(i) {
-			t.Fatalf("imm %d in place %d", c.Imm, i)
-		}
-	}
-	if sum(tg.dst) != sum(tg.src) {
-		t.Fatal("data corrupted")
-	}
+	waitInOrder(t, p.b, n)
+	tg.same(t, "data corrupted")
 	if err := p.a.Err(); err != nil {
 		t.Fatalf("link failed under backpressure: %v", err)
 	}

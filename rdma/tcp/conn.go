@@ -341,8 +341,11 @@ func (c *conn) fail(cause error) error {
 			c.sayClose(code, reason)
 		}
 		c.err = rdma.Closed(cause)
-		if cause != nil {
-			c.log.WithError(cause).Info("rdma: link closed")
+		switch {
+		case cause == nil, errors.Is(cause, rdma.ErrClosed) && !errors.Is(cause, rdma.ErrRegion) && !errors.Is(cause, rdma.ErrProtocol):
+			c.log.WithError(cause).Debug("rdma: link closed")
+		default:
+			c.log.WithError(cause).Warn("rdma: link failed")
 		}
 		close(c.done)
 		c.cq.Close(c.err)
