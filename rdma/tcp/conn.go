@@ -370,3 +370,15 @@ func (c *conn) sayClose(code uint32, reason string) {
 	c.batch = append(c.batch, reason...)
 	c.flush()
 }
+
+// Abort closes a link of this backend for cause, telling the peer why: a
+// cause matching rdma.ErrRegion or rdma.ErrProtocol goes out as the close
+// code. The verbs backend fails its control connection with it.
+func Abort(c rdma.Conn, cause error) error {
+	tc, ok := c.(*conn)
+	if !ok {
+		c.Close()
+		return rdma.Closed(cause)
+	}
+	return tc.fail(cause)
+}
