@@ -37,8 +37,8 @@ type conn struct {
 	wsem     chan struct{} // write turn
 	batch    []byte        // plaintext being gathered, under wsem
 	lastSend atomic.Int64  // ns since epoch
-	lastRecv atomic.Int64
-	stalled  atomic.Bool // the reader waits for the local user to poll
+	frames   atomic.Uint64 // frames received: the heartbeat watches it move
+	stalled  atomic.Bool   // the reader waits for the local user to poll
 	epoch    time.Time
 
 	regions regionTable
@@ -197,10 +197,7 @@ func (c *conn) checkLocal(w *rdma.Write) error {
 	if !ok || r.c != c {
 		return fmt.Errorf("%w: local region not registered on this link", rdma.ErrRegion)
 	}
-	r.mu.RLock()
-	closed := r.closed
-	r.mu.RUnlock()
-	if closed {
+	if r.closed.Load() {
 		return fmt.Errorf("%w: local region closed", rdma.ErrRegion)
 	}
 	return w.Check()
@@ -254,16 +251,22 @@ func (c *conn) Close() error {
 
 func (c *conn) readLoop(br *bufio.Reader) {
 	rx := &receiver{br: br, regions: &c.regions, onImm: c.pushImm, onCtrl: c.pushCtrl}
-	for {
+	defer rx.release()
+	for n := uint64(1); ; n++ {
 		if err := rx.next(); err != nil {
 			c.fail(err)
 			return
 		}
-		c.lastRecv.Store(c.now())
+		if rx.idle() {
+			c.frames.Store(n) // once per buffer, not per frame
+		}
 	}
 }
 
 func (c *conn) pushImm(comp rdma.Completion) bool {
+	if c.cq.TryPush(comp) {
+		return true
+	}
 	c.stalled.Store(true)
 	ok := c.cq.Push(comp)
 	c.stalled.Store(false)
@@ -287,6 +290,8 @@ func (c *conn) pushCtrl(m []byte) bool {
 func (c *conn) heartbeat() {
 	t := time.NewTicker(c.o.Heartbeat / 2)
 	defer t.Stop()
+	var seen uint64     // frames counted at lastHeard
+	var lastHeard int64 // when the count last moved (or the reader stalled)
 	for {
 		select {
 		case <-c.done:
@@ -294,9 +299,9 @@ func (c *conn) heartbeat() {
 		case <-t.C:
 		}
 		now := c.now()
-		if c.stalled.Load() {
-			c.lastRecv.Store(now)
-		} else if silent := time.Duration(now - c.lastRecv.Load()); silent > c.o.Timeout {
+		if n := c.frames.Load(); n != seen || c.stalled.Load() {
+			seen, lastHeard = n, now
+		} else if silent := time.Duration(now - lastHeard); silent > c.o.Timeout {
 			c.fail(fmt.Errorf("%w: nothing heard for %v", rdma.ErrTimeout, silent.Round(time.Millisecond)))
 			return
 		}

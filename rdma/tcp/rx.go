@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/shimmy-dev/shimmy/rdma"
 )
@@ -18,7 +20,7 @@ type region struct {
 	// mu is held (read) while the peer's data is copied in, so that Close
 	// waits for a write in flight and nothing lands after it.
 	mu     sync.RWMutex
-	closed bool
+	closed atomic.Bool // set under mu; read alone by this side's Post
 }
 
 func (r *region) Key() rdma.RemoteKey { return rdma.RemoteKey{Key: r.key, Len: uint64(len(r.mem))} }
@@ -27,40 +29,51 @@ func (r *region) Bytes() []byte       { return r.mem }
 func (r *region) Close() error {
 	r.c.regions.remove(r.key)
 	r.mu.Lock()
-	r.closed = true
+	r.closed.Store(true)
 	r.mu.Unlock()
 	return nil
 }
 
-// regionTable maps the keys handed to the peer to regions.
+// regionTable maps the keys handed to the peer to regions. The map is
+// copied on every change (rare) so that the receiver looks keys up
+// without a lock.
 type regionTable struct {
-	mu   sync.RWMutex
+	mu   sync.Mutex // writers
 	next uint32
-	m    map[uint32]*region
+	m    atomic.Pointer[map[uint32]*region]
+}
+
+func (t *regionTable) update(f func(m map[uint32]*region)) {
+	m := make(map[uint32]*region)
+	if old := t.m.Load(); old != nil {
+		maps.Copy(m, *old)
+	}
+	f(m)
+	t.m.Store(&m)
 }
 
 func (t *regionTable) add(r *region) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.m == nil {
-		t.m = make(map[uint32]*region)
-	}
-	for t.next++; t.next == 0 || t.m[t.next] != nil; t.next++ {
-	}
-	r.key = t.next
-	t.m[r.key] = r
+	t.update(func(m map[uint32]*region) {
+		for t.next++; t.next == 0 || m[t.next] != nil; t.next++ {
+		}
+		r.key = t.next
+		m[r.key] = r
+	})
 }
 
 func (t *regionTable) get(key uint32) *region {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.m[key]
+	if m := t.m.Load(); m != nil {
+		return (*m)[key]
+	}
+	return nil
 }
 
 func (t *regionTable) remove(key uint32) {
 	t.mu.Lock()
-	delete(t.m, key)
-	t.mu.Unlock()
+	defer t.mu.Unlock()
+	t.update(func(m map[uint32]*region) { delete(m, key) })
 }
 
 // receiver decodes the peer's frames and carries them out. It trusts
@@ -72,6 +85,29 @@ type receiver struct {
 	hdr     [HeaderLen]byte
 	onImm   func(rdma.Completion) bool // false: the link is closing
 	onCtrl  func([]byte) bool
+
+	// held is the region whose read lock the receiver keeps across the
+	// frames already buffered (a batch of writes into one ring), so as not
+	// to pay a lock per frame; released before a read that may wait.
+	held *region
+}
+
+// release drops the held region's lock.
+func (rx *receiver) release() {
+	if rx.held != nil {
+		rx.held.mu.RUnlock()
+		rx.held = nil
+	}
+}
+
+// idle releases what the receiver holds if its next read may wait, and
+// says so.
+func (rx *receiver) idle() bool {
+	if rx.br.Buffered() >= HeaderLen {
+		return false
+	}
+	rx.release()
+	return true
 }
 
 // peerClosed is the error of a link the peer closed with a Close frame.
@@ -115,10 +151,14 @@ func (rx *receiver) next() error {
 		if err := rx.write(h); err != nil {
 			return err
 		}
+		if h.Type == TypeWriteImm {
+			rx.release() // onImm may wait for the user, who may close a region
+		}
 		if h.Type == TypeWriteImm && !rx.onImm(rdma.Completion{Op: rdma.OpImm, Imm: h.Imm, Len: h.Length}) {
 			return rdma.ErrClosed
 		}
 	case TypeControl:
+		rx.release()
 		msg := make([]byte, h.Length)
 		if _, err := io.ReadFull(rx.br, msg); err != nil {
 			return err
@@ -146,10 +186,13 @@ func (rx *receiver) write(h Header) error {
 	if r == nil {
 		return fmt.Errorf("%w: peer wrote to unknown key %#x", rdma.ErrRegion, h.Key)
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
+	if r != rx.held {
+		rx.release()
+		r.mu.RLock()
+		rx.held = r
+	}
 	size := uint64(len(r.mem))
-	if r.closed || h.Offset > size || uint64(h.Length) > size-h.Offset {
+	if r.closed.Load() || h.Offset > size || uint64(h.Length) > size-h.Offset {
 		return fmt.Errorf("%w: peer wrote %d+%d into key %#x of %d bytes", rdma.ErrRegion, h.Offset, h.Length, h.Key, size)
 	}
 	_, err := io.ReadFull(rx.br, r.mem[h.Offset:h.Offset+uint64(h.Length)])

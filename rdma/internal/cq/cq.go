@@ -38,24 +38,34 @@ func signal(c chan struct{}) {
 	}
 }
 
-// Push appends a completion of the peer (OpImm), waiting while the queue
-// holds depth of them: the receiver's backpressure. It returns false once
-// the queue is closed.
+// TryPush appends a completion of the peer (OpImm) if the queue holds
+// fewer than depth of them and is open.
+func (q *Queue) TryPush(c rdma.Completion) bool {
+	q.mu.Lock()
+	if q.err != nil || q.imms >= q.depth {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, c)
+	q.imms++
+	q.mu.Unlock()
+	signal(q.ready)
+	return true
+}
+
+// Push is TryPush that waits while the queue is full: the receiver's
+// backpressure. It returns false once the queue is closed.
 func (q *Queue) Push(c rdma.Completion) bool {
 	for {
-		q.mu.Lock()
-		if q.err != nil {
-			q.mu.Unlock()
-			return false
-		}
-		if q.imms < q.depth {
-			q.items = append(q.items, c)
-			q.imms++
-			q.mu.Unlock()
-			signal(q.ready)
+		if q.TryPush(c) {
 			return true
 		}
+		q.mu.Lock()
+		closed := q.err != nil
 		q.mu.Unlock()
+		if closed {
+			return false
+		}
 		select {
 		case <-q.space:
 		case <-q.closed:
