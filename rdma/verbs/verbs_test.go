@@ -3,6 +3,7 @@ package verbs
 import (
 	"errors"
 	"os"
+	"strconv"
 	"testing"
 
 	"github.com/shimmy-dev/shimmy/rdma"
@@ -10,9 +11,12 @@ import (
 	"github.com/shimmy-dev/shimmy/rdma/rdmatest"
 )
 
-// DeviceEnv names the RDMA device the conformance suite runs on (empty:
-// the first device found).
-const DeviceEnv = "SHIMMY_RDMA_DEVICE"
+// The environment of the conformance suite on a host with a device:
+// the device name (empty: the first found) and the GID index (RoCE).
+const (
+	DeviceEnv   = "SHIMMY_RDMA_DEVICE"
+	GIDIndexEnv = "SHIMMY_RDMA_GID_INDEX"
+)
 
 // A device that does not exist (or none at all, or a build without the
 // tag) is reported as rdma.ErrNoDevice, never a crash.
@@ -29,7 +33,14 @@ func TestNoDevice(t *testing.T) {
 }
 
 func TestConformance(t *testing.T) {
+	gid := 0
+	if v := os.Getenv(GIDIndexEnv); v != "" {
+		var err error
+		if gid, err = strconv.Atoi(v); err != nil {
+			t.Fatalf("%s=%q: %v", GIDIndexEnv, v, err)
+		}
+	}
 	rdmatest.Run(t, func(o rdma.Options) (rdma.Transport, error) {
-		return New(Options{Options: o, Device: os.Getenv(DeviceEnv)})
+		return New(Options{Options: o, Device: os.Getenv(DeviceEnv), GIDIndex: gid})
 	})
 }
