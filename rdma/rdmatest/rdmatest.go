@@ -133,6 +133,7 @@ func ctxT(t *testing.T) context.Context {
 type pairOpts struct {
 	a, b  func(*rdma.Options)
 	proxy bool
+	ln    rdma.Listener // node-b's listener, if the test made it
 }
 
 type pair struct {
@@ -150,7 +151,10 @@ func (s *suite) pair(t *testing.T, po pairOpts) pair {
 	if po.b != nil {
 		po.b(&ob)
 	}
-	ln := s.listen(t, ob)
+	ln := po.ln
+	if ln == nil {
+		ln = s.listen(t, ob)
+	}
 	addr := ln.Addr().String()
 	var p pair
 	if po.proxy {
@@ -297,17 +301,6 @@ func (s *suite) testAuth(t *testing.T) {
 // listener's existing link and region are untouched.
 func (s *suite) testRefused(t *testing.T) {
 	rejects := make(chan error, 16)
-	p := s.pair(t, pairOpts{b: func(o *rdma.Options) {
-		o.OnReject = func(_ string, err error) { rejects <- err }
-		o.Authorize = func(peer string) error {
-			if peer == "node-c" {
-				return errors.New("not a configured peer")
-			}
-			return nil
-		}
-	}})
-	tg := s.target(t, p, 4096)
-	// The pair's listener is gone with its Accept; make one for strangers.
 	ob := s.options("node-b")
 	ob.OnReject = func(_ string, err error) { rejects <- err }
 	ob.Authorize = func(peer string) error {
@@ -317,6 +310,9 @@ func (s *suite) testRefused(t *testing.T) {
 		return nil
 	}
 	ln := s.listen(t, ob)
+	// A link of the listener with a region, which no refused peer may reach.
+	p := s.pair(t, pairOpts{ln: ln})
+	tg := s.target(t, p, 4096)
 	noCert := s.options("node-a")
 	noCert.Certificate.Certificate = nil
 	noCert.Certificate.PrivateKey = nil

@@ -367,13 +367,18 @@ func (c *conn) sayClose(code uint32, reason string) {
 		return
 	}
 	defer c.unlockWrite()
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	c.batch = closeFrame(c.batch[:0], code, reason)
+	c.flush()
+}
+
+// closeFrame appends a Close frame with code and reason (cut to MaxReason).
+func closeFrame(b []byte, code uint32, reason string) []byte {
 	if len(reason) > MaxReason {
 		reason = reason[:MaxReason]
 	}
-	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	c.batch = Header{Type: TypeClose, Length: uint32(len(reason)), Key: code}.Append(c.batch[:0])
-	c.batch = append(c.batch, reason...)
-	c.flush()
+	b = Header{Type: TypeClose, Length: uint32(len(reason)), Key: code}.Append(b)
+	return append(b, reason...)
 }
 
 // Abort closes a link of this backend for cause, telling the peer why: a

@@ -85,57 +85,71 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, server bool, wan
 		return nil, authError(err)
 	}
 	peer := identity(tc.ConnectionState())
-	refuse := func(err error) (*conn, error) {
-		reason := err.Error()
-		if len(reason) > MaxReason {
-			reason = reason[:MaxReason]
-		}
-		b := Header{Type: TypeClose, Length: uint32(len(reason)), Key: CodeAuth}.Append(nil)
-		tc.Write(append(b, reason...))
-		return nil, err
-	}
-	if want != "" && peer != want {
-		return refuse(fmt.Errorf("%w: peer is %q, want %q", rdma.ErrAuth, peer, want))
-	}
-	if t.o.Authorize != nil {
+	var refusal error
+	switch {
+	case want != "" && peer != want:
+		refusal = fmt.Errorf("%w: peer is %q, want %q", rdma.ErrAuth, peer, want)
+	case t.o.Authorize != nil:
 		if err := t.o.Authorize(peer); err != nil {
-			return refuse(fmt.Errorf("%w: peer %q: %w", rdma.ErrAuth, peer, err))
+			refusal = fmt.Errorf("%w: peer %q: %w", rdma.ErrAuth, peer, err)
 		}
 	}
-	// The dialer speaks first; the listener answers only a valid hello,
-	// so a dialer whose certificate the listener refused learns it here.
-	hello := Header{Type: TypeHello}.Append(nil)
+	// The dialer speaks first: a Hello, or a Close if it refuses the
+	// listener. The listener reads it before it answers (a Hello, or a
+	// Close if it refuses), so that neither side closes a socket with
+	// unread data (a reset that could swallow the reason). A dialer whose
+	// certificate the listener refused reads the TLS alert instead.
 	if !server {
-		if _, err := tc.Write(hello); err != nil {
+		if refusal != nil {
+			return nil, sayRefusal(tc, CodeAuth, refusal)
+		}
+		if _, err := tc.Write(Header{Type: TypeHello}.Append(nil)); err != nil {
 			return nil, authError(err)
 		}
 	}
-	var hdr [HeaderLen]byte
-	if _, err := io.ReadFull(tc, hdr[:]); err != nil {
-		return nil, authError(err)
-	}
-	h, err := Decode(hdr[:])
-	if err == nil && h.Type == TypeClose {
-		reason := make([]byte, h.Length)
-		io.ReadFull(tc, reason)
-		return nil, &peerClosed{code: h.Key, reason: string(reason)}
-	}
-	if err == nil && h.Type != TypeHello {
-		err = fmt.Errorf("%w: first frame of type %d, want hello", rdma.ErrProtocol, h.Type)
-	}
-	if err != nil {
+	if err := readHello(tc); err != nil {
 		if errors.Is(err, errVersion) {
-			refuse(err)
+			return nil, sayRefusal(tc, CodeVersion, err)
 		}
 		return nil, err
 	}
 	if server {
-		if _, err := tc.Write(hello); err != nil {
+		if refusal != nil {
+			return nil, sayRefusal(tc, CodeAuth, refusal)
+		}
+		if _, err := tc.Write(Header{Type: TypeHello}.Append(nil)); err != nil {
 			return nil, err
 		}
 	}
 	raw.SetDeadline(time.Time{})
 	return newConn(t.o, tc, raw, peer), nil
+}
+
+// readHello reads the peer's first frame: a Hello, or a Close with the
+// peer's reason.
+func readHello(tc *tls.Conn) error {
+	var hdr [HeaderLen]byte
+	if _, err := io.ReadFull(tc, hdr[:]); err != nil {
+		return authError(err)
+	}
+	h, err := Decode(hdr[:])
+	switch {
+	case err != nil:
+		return err
+	case h.Type == TypeClose:
+		reason := make([]byte, h.Length)
+		io.ReadFull(tc, reason)
+		return &peerClosed{code: h.Key, reason: string(reason)}
+	case h.Type != TypeHello:
+		return fmt.Errorf("%w: first frame of type %d, want hello", rdma.ErrProtocol, h.Type)
+	}
+	return nil
+}
+
+// sayRefusal sends a Close frame for err during the handshake and returns err.
+func sayRefusal(tc *tls.Conn, code uint32, err error) error {
+	tc.Write(closeFrame(nil, code, err.Error()))
+	return err
 }
 
 // tune sets what a link needs of its socket: no Nagle delay, and a user
