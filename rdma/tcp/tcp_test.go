@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shimmy-dev/shimmy/rdma"
 	"github.com/shimmy-dev/shimmy/rdma/certs"
 )
@@ -90,5 +92,30 @@ func TestGarbageClosesLink(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Both ends of a link set TCP_NODELAY and a TCP user timeout equal to the
+// link timeout, so that unacknowledged data fails a half-open link.
+func TestSocketOptions(t *testing.T) {
+	const timeout = 1500 * time.Millisecond
+	a, b := linkPair(t, func(o *rdma.Options) { o.Timeout = timeout })
+	for _, c := range []*conn{a, b} {
+		sc, err := c.raw.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ut, nd int
+		var uerr, nerr error
+		sc.Control(func(fd uintptr) {
+			ut, uerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+			nd, nerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		})
+		if uerr != nil || nerr != nil {
+			t.Fatal(uerr, nerr)
+		}
+		if ut != int(timeout.Milliseconds()) || nd != 1 {
+			t.Errorf("%s: TCP_USER_TIMEOUT %d ms, TCP_NODELAY %d; want %d, 1", c.Peer(), ut, nd, timeout.Milliseconds())
+		}
 	}
 }
