@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,7 @@ type conn struct {
 	wsem     chan struct{} // write turn
 	batch    []byte        // plaintext being gathered, under wsem
 	lastSend atomic.Int64  // ns since epoch
-	frames   atomic.Uint64 // frames received: the heartbeat watches it move
+	heard    atomic.Uint64 // reads that returned bytes: the heartbeat watches it move
 	stalled  atomic.Bool   // the reader waits for the local user to poll
 	epoch    time.Time
 
@@ -64,7 +65,7 @@ func newConn(o rdma.Options, tc *tls.Conn, raw *gatherConn, peer string) *conn {
 		done:  make(chan struct{}),
 	}
 	raw.startGather()
-	go c.readLoop(bufio.NewReaderSize(tc, readBuf))
+	go c.readLoop(bufio.NewReaderSize(&progress{r: tc, n: &c.heard}, readBuf))
 	go c.heartbeat()
 	return c
 }
@@ -252,15 +253,28 @@ func (c *conn) Close() error {
 func (c *conn) readLoop(br *bufio.Reader) {
 	rx := &receiver{br: br, regions: &c.regions, onImm: c.pushImm, onCtrl: c.pushCtrl}
 	defer rx.release()
-	for n := uint64(1); ; n++ {
+	for {
 		if err := rx.next(); err != nil {
 			c.fail(err)
 			return
 		}
-		if rx.idle() {
-			c.frames.Store(n) // once per buffer, not per frame
-		}
+		rx.idle()
 	}
+}
+
+// progress counts the reads of a link that returned bytes: one per TLS
+// record at most, so that even one long write shows the peer alive.
+type progress struct {
+	r io.Reader
+	n *atomic.Uint64
+}
+
+func (p *progress) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.n.Add(1)
+	}
+	return n, err
 }
 
 func (c *conn) pushImm(comp rdma.Completion) bool {
@@ -290,7 +304,7 @@ func (c *conn) pushCtrl(m []byte) bool {
 func (c *conn) heartbeat() {
 	t := time.NewTicker(c.o.Heartbeat / 2)
 	defer t.Stop()
-	var seen uint64     // frames counted at lastHeard
+	var seen uint64     // reads counted at lastHeard
 	var lastHeard int64 // when the count last moved (or the reader stalled)
 	for {
 		select {
@@ -299,7 +313,7 @@ func (c *conn) heartbeat() {
 		case <-t.C:
 		}
 		now := c.now()
-		if n := c.frames.Load(); n != seen || c.stalled.Load() {
+		if n := c.heard.Load(); n != seen || c.stalled.Load() {
 			seen, lastHeard = n, now
 		} else if silent := time.Duration(now - lastHeard); silent > c.o.Timeout {
 			c.fail(fmt.Errorf("%w: nothing heard for %v", rdma.ErrTimeout, silent.Round(time.Millisecond)))

@@ -100,14 +100,11 @@ func (rx *receiver) release() {
 	}
 }
 
-// idle releases what the receiver holds if its next read may wait, and
-// says so.
-func (rx *receiver) idle() bool {
-	if rx.br.Buffered() >= HeaderLen {
-		return false
+// idle releases what the receiver holds if its next read may wait.
+func (rx *receiver) idle() {
+	if rx.br.Buffered() < HeaderLen {
+		rx.release()
 	}
-	rx.release()
-	return true
 }
 
 // peerClosed is the error of a link the peer closed with a Close frame.
