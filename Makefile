@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet bench bench-deps bench-full fuzz clean
+.PHONY: build run test vet verbs bench bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -24,8 +24,16 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-test: vet
+test: vet verbs
 	$(GO) test $(TEST_FLAGS) ./...
+
+# The verbs transport backend builds only with its tag and libibverbs-dev
+# (.ci/run installs it): vet it and run its tests (without an RDMA device
+# they check that it reports "no RDMA device"; see docs/remote.md).
+verbs:
+	@test -e /usr/include/infiniband/verbs.h || { echo "libibverbs-dev is missing (apt-get install libibverbs-dev)"; exit 1; }
+	$(GO) vet -tags verbs ./rdma/...
+	$(GO) test -tags verbs -count=1 ./rdma/verbs/
 
 # Ring benchmarks against a bare SPSC ring, a Unix socket pair and a
 # futex wake-up, all measured in the same run.
@@ -47,6 +55,7 @@ bench-full: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./channel/
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 120s ./channel/
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./rdma/tcp/
 
 clean:
 	rm -rf bin
