@@ -23,6 +23,7 @@ import (
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/fs"
 	"github.com/shimmy-dev/shimmy/mountpoint"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // ErrConfig is wrapped by every configuration error of New.
@@ -67,7 +68,7 @@ func DefaultConfig() Config {
 type Agent struct {
 	cfg   Config
 	log   *logrus.Logger
-	reg   *fs.Registry
+	reg   *registry.Registry
 	ready chan struct{}
 
 	mounted     atomic.Bool
@@ -152,7 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg, err := fs.NewRegistry(fs.RegistryOptions{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
+	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -163,7 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			reg.Close()
 		}
 	}()
-	if err := reg.Load(); err != nil {
+	if err := reg.Recover(); err != nil {
 		return fmt.Errorf("agent: recover channels: %w", err)
 	}
 	reg.Reap() // heartbeat at once, so clients see a live agent

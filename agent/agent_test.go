@@ -24,10 +24,7 @@ import (
 )
 
 // eventually polls f until it returns nil, failing t after timeout.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	wait.Eventually(t, timeout, f)
-}
+var eventually = wait.Eventually
 
 func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
@@ -89,49 +86,6 @@ func start(t *testing.T, cfg Config) *running {
 	return &running{a: a, stop: stop}
 }
 
-func rawOpen(t *testing.T, path string, flags int) int {
-	t.Helper()
-	for {
-		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
-}
-
-func rawRead(fd int, size int) (string, error) {
-	b := make([]byte, size)
-	for {
-		n, err := unix.Read(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		return string(b[:n]), nil
-	}
-}
-
-func rawWrite(t *testing.T, fd int, s string) {
-	t.Helper()
-	for {
-		_, err := unix.Write(fd, []byte(s))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		return
-	}
-}
-
 func TestNewValidates(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -183,8 +137,8 @@ func TestRunServesAndStops(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(mnt, "ns", "ch"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pub := rawOpen(t, filepath.Join(mnt, "ns", "ch", "pub"), unix.O_WRONLY)
-	rawWrite(t, pub, "x")
+	pub := testenv.Open(t, filepath.Join(mnt, "ns", "ch", "pub"), unix.O_WRONLY)
+	testenv.MustWrite(t, pub, "x")
 	_, body := get("/metrics")
 	for _, want := range []string{
 		`shimmy_channel_messages_total{channel="ch",namespace="ns"} 1`,
@@ -217,23 +171,19 @@ func TestRestartRecovery(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pub := rawOpen(t, filepath.Join(dir, "pub"), unix.O_WRONLY)
+	pub := testenv.Open(t, filepath.Join(dir, "pub"), unix.O_WRONLY)
 	for i := 0; i < 3; i++ {
-		rawWrite(t, pub, fmt.Sprint("m", i))
+		testenv.MustWrite(t, pub, fmt.Sprint("m", i))
 	}
 	unix.Close(pub)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
 	start(t, cfg)
-	sub := rawOpen(t, filepath.Join(dir, "sub.oldest"), unix.O_RDONLY)
+	sub := testenv.Open(t, filepath.Join(dir, "sub.oldest"), unix.O_RDONLY)
 	var got string
 	for len(got) < len("m0\nm1\nm2\n") {
-		s, err := rawRead(sub, 4096)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got += s
+		got += testenv.MustRead(t, sub, 4096)
 	}
 	if got != "m0\nm1\nm2\n" {
 		t.Errorf("after restart: %q", got)

@@ -490,6 +490,9 @@ func TestSlowSubscriber(t *testing.T) {
 		if _, err := ns.CreateChannel(fmt.Sprint("c", i), CreateOptions{Config: &small}); err != nil {
 			t.Fatal(err)
 		}
+		if i == 0 {
+			slow.wait(t, 1) // now stuck in its function with c0
+		}
 	}
 	if evs := fast.wait(t, n); len(evs) != n || evs[n-1].Channel != fmt.Sprint("c", n-1) {
 		t.Errorf("fast subscriber: %+v", evs)
@@ -507,4 +510,27 @@ func TestSlowSubscriber(t *testing.T) {
 		t.Errorf("slow subscriber saw: %s", s)
 	}
 	cancelSlow()
+}
+
+// TestPassthroughKnownBeforeSet: the kernel serves requests as soon as the
+// mount exists, before the mounter has recorded whether passthrough was
+// negotiated; a config read in that window must wait for the answer, not
+// report passthrough 0 (the e2e tests saw it flip to 1 between reads).
+func TestPassthroughKnownBeforeSet(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	got := make(chan bool)
+	go func() { got <- r.Passthrough() }()
+	select {
+	case v := <-got:
+		t.Fatalf("Passthrough answered %v before it was known", v)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.SetPassthrough(true)
+	if v := <-got; !v {
+		t.Error("Passthrough = false after SetPassthrough(true)")
+	}
+	r.SetPassthrough(false) // later calls still record
+	if r.Passthrough() {
+		t.Error("Passthrough = true after SetPassthrough(false)")
+	}
 }
