@@ -35,6 +35,8 @@ const (
 	DefaultStateDir     = "/dev/shm/shimmy"
 	DefaultMetricsAddr  = "127.0.0.1:9477"
 	DefaultReapInterval = 100 * time.Millisecond
+	// MetricsOff as MetricsAddr disables the metrics server (as "" does).
+	MetricsOff = "off"
 )
 
 // Config configures an Agent.
@@ -91,7 +93,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	if cfg.MetricsAddr == "off" {
+	if cfg.MetricsAddr == MetricsOff {
 		cfg.MetricsAddr = ""
 	}
 	switch {

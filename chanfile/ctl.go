@@ -42,25 +42,25 @@ func invalid(format string, a ...any) error {
 func set(c *registry.Change, k, v string) error {
 	switch k {
 	case "type":
-		t, err := parseType(v)
-		if err != nil {
-			return err
+		var t channel.Type
+		if err := t.UnmarshalText([]byte(v)); err != nil {
+			return invalid("%v", err)
 		}
 		c.Type = &t
 	case "policy":
-		p, err := parsePolicy(v)
-		if err != nil {
-			return err
+		var p channel.Policy
+		if err := p.UnmarshalText([]byte(v)); err != nil {
+			return invalid("%v", err)
 		}
 		c.Policy = &p
 	case "capacity":
-		n, err := parseSize(v)
+		n, err := channel.ParseSize(v)
 		if err != nil {
 			return invalid("capacity: %v", err)
 		}
 		c.Capacity = &n
 	case "max_message":
-		n, err := parseSize(v)
+		n, err := channel.ParseSize(v)
 		if err != nil || n == 0 || n > 1<<31 {
 			return invalid("max_message %q: want a positive size", v)
 		}
@@ -89,10 +89,10 @@ func set(c *registry.Change, k, v string) error {
 func FormatCtl(c registry.Change) []byte {
 	var b bytes.Buffer
 	if c.Type != nil {
-		fmt.Fprintf(&b, "type %s\n", typeName(*c.Type))
+		fmt.Fprintf(&b, "type %s\n", *c.Type)
 	}
 	if c.Policy != nil {
-		fmt.Fprintf(&b, "policy %s\n", policyName(*c.Policy))
+		fmt.Fprintf(&b, "policy %s\n", *c.Policy)
 	}
 	if c.Capacity != nil {
 		fmt.Fprintf(&b, "capacity %d\n", *c.Capacity)
@@ -107,64 +107,4 @@ func FormatCtl(c registry.Change) []byte {
 		fmt.Fprintf(&b, "lease %s\n", *c.Lease)
 	}
 	return b.Bytes()
-}
-
-func parseType(v string) (uint32, error) {
-	switch v {
-	case "pubsub":
-		return channel.TypePubSub, nil
-	case "stream":
-		return channel.TypeStream, nil
-	}
-	return 0, invalid("type %q: want pubsub or stream", v)
-}
-
-func parsePolicy(v string) (uint32, error) {
-	switch v {
-	case "block":
-		return channel.PolicyBlock, nil
-	case "overwrite":
-		return channel.PolicyOverwrite, nil
-	}
-	return 0, invalid("policy %q: want block or overwrite", v)
-}
-
-func typeName(t uint32) string {
-	if t == channel.TypeStream {
-		return "stream"
-	}
-	return "pubsub"
-}
-
-func policyName(p uint32) string {
-	if p == channel.PolicyOverwrite {
-		return "overwrite"
-	}
-	return "block"
-}
-
-// parseSize reads a byte count: a decimal number with an optional suffix
-// K, M or G (powers of 1024; "KiB", "k", "kb" and the like are accepted too).
-func parseSize(s string) (uint64, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "b"), "i")
-	mult := uint64(1)
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'k':
-			mult, t = 1<<10, t[:n-1]
-		case 'm':
-			mult, t = 1<<20, t[:n-1]
-		case 'g':
-			mult, t = 1<<30, t[:n-1]
-		}
-	}
-	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || t == "" {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	if v > (1<<63)/mult {
-		return 0, fmt.Errorf("size %q too large", s)
-	}
-	return v * mult, nil
 }

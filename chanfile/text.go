@@ -31,7 +31,7 @@ func (c ConfigFile) Format() []byte {
 	}
 	g := c.Config
 	fmt.Fprintf(&b, "type %s\npolicy %s\ncapacity %d\nmax_message %d\nmember_slots %d\nlease %s\n",
-		typeName(g.Type), policyName(g.Policy), g.Capacity, g.MaxMessage, g.MemberSlots, g.Lease)
+		g.Type, g.Policy, g.Capacity, g.MaxMessage, g.MemberSlots, g.Lease)
 	fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\nepoch %d\nsize %d\nbacking %s\npassthrough %d\n",
 		a.Mode, a.UID, a.GID, g.Epoch, c.Size, c.Backing, b2i(c.Passthrough))
 	return []byte(b.String())
@@ -45,9 +45,9 @@ func ParseConfig(b []byte) (ConfigFile, error) {
 		v := kv.Value
 		switch kv.Key {
 		case "type":
-			c.Config.Type, errs.last = parseType(v)
+			errs.last = c.Config.Type.UnmarshalText([]byte(v))
 		case "policy":
-			c.Config.Policy, errs.last = parsePolicy(v)
+			errs.last = c.Config.Policy.UnmarshalText([]byte(v))
 		case "capacity":
 			c.Config.Capacity = errs.uint(kv, 64)
 		case "max_message":

@@ -5,31 +5,6 @@ import (
 	"sync/atomic"
 )
 
-// QueueStats is a snapshot of one queue's shared counters, as read from
-// memory (a client may have written anything there: see Check).
-type QueueStats struct {
-	Tail, Head, Limit, Release uint64 // packed positions (Limit: units only)
-	Reaped, Evicted            uint64
-	DataWaiters, SpaceWaiters  uint32
-}
-
-// Queues returns how many queues the ring has: 1 (pubsub) or 2 (stream).
-func (r *Ring) Queues() int { return int(r.cfg.queues()) }
-
-// QueueStats reads queue q's counters; q out of range gives a zero value.
-func (r *Ring) QueueStats(q int) QueueStats {
-	if q < 0 || q >= r.Queues() {
-		return QueueStats{}
-	}
-	qh := r.queues[q]
-	return QueueStats{
-		Tail: atomic.LoadUint64(&qh.Tail), Head: atomic.LoadUint64(&qh.Head),
-		Limit: atomic.LoadUint64(&qh.Limit), Release: atomic.LoadUint64(&qh.Release),
-		Reaped: atomic.LoadUint64(&qh.Reaped), Evicted: atomic.LoadUint64(&qh.Evicted),
-		DataWaiters: atomic.LoadUint32(&qh.DataWaiters), SpaceWaiters: atomic.LoadUint32(&qh.SpaceWaiters),
-	}
-}
-
 // Check verifies the invariants a healthy ring keeps in shared memory: the
 // descriptor still matches what Open validated, the queue counters are
 // ordered and within one lap of each other, and every member slot has a
@@ -44,8 +19,8 @@ func (r *Ring) Check() error {
 		{"magic", atomic.LoadUint64(&d.Magic), Magic},
 		{"version", uint64(atomic.LoadUint32(&d.Version)), uint64(Version)},
 		{"header length", uint64(atomic.LoadUint32(&d.HeaderLen)), HeaderLen},
-		{"type", uint64(atomic.LoadUint32(&d.Type)), uint64(r.cfg.Type)},
-		{"policy", uint64(atomic.LoadUint32(&d.Policy)), uint64(r.cfg.Policy)},
+		{"type", uint64(atomic.LoadUint32((*uint32)(&d.Type))), uint64(r.cfg.Type)},
+		{"policy", uint64(atomic.LoadUint32((*uint32)(&d.Policy))), uint64(r.cfg.Policy)},
 		{"capacity", atomic.LoadUint64(&d.Capacity), r.cfg.Capacity},
 		{"max message", uint64(atomic.LoadUint32(&d.MaxMessage)), uint64(r.cfg.MaxMessage)},
 		{"member slots", uint64(atomic.LoadUint32(&d.MemberSlots)), uint64(r.cfg.MemberSlots)},

@@ -10,7 +10,7 @@ import (
 func TestCheck(t *testing.T) {
 	cases := []struct {
 		name    string
-		typ     uint32
+		typ     Type
 		corrupt func(r *Ring)
 	}{
 		{"healthy pubsub", TypePubSub, nil},

@@ -423,7 +423,7 @@ func TestCrashStreamWriterMidClaim(t *testing.T) {
 // turns it into padding; the claim's sequence number is skipped and the
 // next message reaches subscribers and readers.
 func TestCloseWithClaim(t *testing.T) {
-	for _, typ := range []uint32{TypePubSub, TypeStream} {
+	for _, typ := range []Type{TypePubSub, TypeStream} {
 		t.Run(strconv.Itoa(int(typ)), func(t *testing.T) {
 			r := newRing(t, Config{Type: typ, Capacity: MinCapacity})
 			var next func() ([]byte, error)

@@ -143,18 +143,19 @@ const (
 	unitShift    = 4 // 16-byte units
 	DefaultLease = 2_000_000_000
 	MinLease     = 10_000_000
+	MaxLease     = 3_600_000_000_000 // 1h; Open takes a longer lease for corruption
 )
 
-// Channel types.
+// Channel types (Type, names.go).
 const (
-	TypePubSub uint32 = 1
-	TypeStream uint32 = 2
+	TypePubSub Type = 1
+	TypeStream Type = 2
 )
 
-// Overflow policies.
+// Overflow policies (Policy, names.go).
 const (
-	PolicyBlock     uint32 = 1
-	PolicyOverwrite uint32 = 2
+	PolicyBlock     Policy = 1
+	PolicyOverwrite Policy = 2
 )
 
 // Member slot states.
@@ -176,8 +177,8 @@ type descriptor struct {
 	Magic         uint64
 	Version       uint32
 	HeaderLen     uint32
-	Type          uint32
-	Policy        uint32
+	Type          Type
+	Policy        Policy
 	Capacity      uint64
 	MaxMessage    uint32
 	MemberSlots   uint32
@@ -248,8 +249,8 @@ var (
 	_ [FrameHeaderLen - unsafe.Sizeof(frameHeader{})]byte
 )
 
-// pos is a packed position: seq<<32 | units.
-type pos uint64
+// pos is the package's short name for a packed position (position.go).
+type pos = Position
 
 func mkpos(seq, units uint32) pos { return pos(uint64(seq)<<32 | uint64(units)) }
 func (p pos) seq() uint32         { return uint32(p >> 32) }

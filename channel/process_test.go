@@ -19,7 +19,7 @@ const procCapacity = 16 << 10
 func TestProcessPubSub(t *testing.T) {
 	tests := []struct {
 		name   string
-		policy uint32
+		policy Policy
 		pubs   int
 		count  int      // messages per publisher
 		idle   []string // one subscriber per entry
@@ -236,7 +236,7 @@ func sum(m map[[2]int]int) int {
 // the capacity allows by a frame header).
 func TestConfigDefaultsValid(t *testing.T) {
 	for _, c := range []uint64{MinCapacity, procCapacity, 256 << 10, 512 << 10, DefaultCapacity, MaxCapacity} {
-		for _, typ := range []uint32{TypePubSub, TypeStream} {
+		for _, typ := range []Type{TypePubSub, TypeStream} {
 			cfg := Config{Type: typ, Capacity: c}.WithDefaults()
 			if err := cfg.Validate(); err != nil {
 				t.Errorf("capacity %d type %d: defaults %+v: %v", c, typ, cfg, err)

@@ -11,8 +11,8 @@ import (
 
 // Config describes a ring at creation. Zero fields take defaults.
 type Config struct {
-	Type        uint32        // TypePubSub (default) or TypeStream
-	Policy      uint32        // PolicyBlock (default) or PolicyOverwrite; stream is always block
+	Type        Type          // TypePubSub (default) or TypeStream
+	Policy      Policy        // PolicyBlock (default) or PolicyOverwrite; stream is always block
 	Capacity    uint64        // data bytes per queue, power of two; default 1 MiB
 	MaxMessage  uint32        // largest payload; default min(64 KiB, Capacity/4 - 16)
 	MemberSlots uint32        // member slots; default 64
@@ -59,10 +59,10 @@ func (c Config) WithDefaults() Config {
 // Validate reports the first out-of-range field, wrapping ErrConfig.
 func (c Config) Validate() error {
 	switch {
-	case c.Type != TypePubSub && c.Type != TypeStream:
-		return fmt.Errorf("%w: type %d (want pubsub or stream)", ErrConfig, c.Type)
-	case c.Policy != PolicyBlock && c.Policy != PolicyOverwrite:
-		return fmt.Errorf("%w: policy %d (want block or overwrite)", ErrConfig, c.Policy)
+	case !c.Type.Valid():
+		return fmt.Errorf("%w: %v (want %s)", ErrConfig, c.Type, typeNames.choices())
+	case !c.Policy.Valid():
+		return fmt.Errorf("%w: %v (want %s)", ErrConfig, c.Policy, policyNames.choices())
 	case c.Type == TypeStream && c.Policy != PolicyBlock:
 		return fmt.Errorf("%w: stream channels are always block", ErrConfig)
 	case c.Capacity < MinCapacity || c.Capacity > MaxCapacity || bits.OnesCount64(c.Capacity) != 1:
@@ -71,8 +71,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: max message %d exceeds %d for capacity %d", ErrConfig, c.MaxMessage, maxPayload(c.Capacity), c.Capacity)
 	case c.MemberSlots < 1 || c.MemberSlots > MaxMembers:
 		return fmt.Errorf("%w: member slots %d (want 1 to %d)", ErrConfig, c.MemberSlots, MaxMembers)
-	case c.Lease < MinLease:
-		return fmt.Errorf("%w: lease %v (want at least %v)", ErrConfig, c.Lease, time.Duration(MinLease))
+	case c.Lease < MinLease || c.Lease > MaxLease:
+		return fmt.Errorf("%w: lease %v (want %v to %v)", ErrConfig, c.Lease, time.Duration(MinLease), time.Duration(MaxLease))
 	}
 	return nil
 }

@@ -65,14 +65,14 @@ var streamFiles = []fileSpec{
 	{name: cf.Error, kind: kindError},
 }
 
-func filesFor(typ uint32) []fileSpec {
+func filesFor(typ channel.Type) []fileSpec {
 	if typ == channel.TypeStream {
 		return streamFiles
 	}
 	return pubsubFiles
 }
 
-func lookupFile(typ uint32, name string) (fileSpec, bool) {
+func lookupFile(typ channel.Type, name string) (fileSpec, bool) {
 	for _, s := range filesFor(typ) {
 		if s.name == name {
 			return s, true

@@ -86,9 +86,6 @@ func validConfig(cfg channel.Config) (channel.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	if cfg.Lease > MaxLease {
-		return cfg, fmt.Errorf("%w: lease %v: at most %v", ErrInvalidConfig, cfg.Lease, MaxLease)
-	}
 	return cfg, nil
 }
 

@@ -7,13 +7,10 @@ import (
 	"github.com/shimmy-dev/shimmy/channel"
 )
 
-// MaxLease bounds a channel's member lease.
-const MaxLease = time.Hour
-
 // Change is a typed reconfiguration: nil fields keep their current value.
 type Change struct {
-	Type        *uint32 // channel.TypePubSub or channel.TypeStream
-	Policy      *uint32 // channel.PolicyBlock or channel.PolicyOverwrite
+	Type        *channel.Type
+	Policy      *channel.Policy
 	Capacity    *uint64
 	MaxMessage  *uint32
 	MemberSlots *uint32

@@ -38,34 +38,20 @@ func (m *meta) setAttr(a Attr) { m.UID, m.GID, m.Mode = a.UID, a.GID, a.Mode&0o7
 
 // configMeta is channel.Config as stored in meta.json.
 type configMeta struct {
-	Type        string `json:"type"`
-	Policy      string `json:"policy"`
-	Capacity    uint64 `json:"capacity"`
-	MaxMessage  uint32 `json:"max_message"`
-	MemberSlots uint32 `json:"member_slots"`
-	Lease       string `json:"lease"`
-	Epoch       uint64 `json:"epoch"`
+	Type        channel.Type   `json:"type"`
+	Policy      channel.Policy `json:"policy"`
+	Capacity    uint64         `json:"capacity"`
+	MaxMessage  uint32         `json:"max_message"`
+	MemberSlots uint32         `json:"member_slots"`
+	Lease       string         `json:"lease"`
+	Epoch       uint64         `json:"epoch"`
 }
 
 func newConfigMeta(c channel.Config) *configMeta {
 	return &configMeta{
-		Type: typeName(c.Type), Policy: policyName(c.Policy), Capacity: c.Capacity,
+		Type: c.Type, Policy: c.Policy, Capacity: c.Capacity,
 		MaxMessage: c.MaxMessage, MemberSlots: c.MemberSlots, Lease: c.Lease.String(), Epoch: c.Epoch,
 	}
-}
-
-func typeName(t uint32) string {
-	if t == channel.TypeStream {
-		return "stream"
-	}
-	return "pubsub"
-}
-
-func policyName(p uint32) string {
-	if p == channel.PolicyOverwrite {
-		return "overwrite"
-	}
-	return "block"
 }
 
 func readMeta(dir string) (meta, error) {

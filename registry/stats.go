@@ -1,7 +1,5 @@
 package registry
 
-import "github.com/shimmy-dev/shimmy/channel"
-
 // Stats is a snapshot of a channel's counters, the same for every front
 // end (stats file, metrics, Kubernetes status).
 type Stats struct {
@@ -26,36 +24,10 @@ func (ch *Channel) Stats() Stats {
 	if r == nil {
 		return st
 	}
-	cfg := r.Config()
-	st.Epoch = cfg.Epoch
-	capUnits := uint32(cfg.Capacity >> 4)
-	for q := 0; q < r.Queues(); q++ {
-		qs := r.QueueStats(q)
-		st.Messages += uint64(uint32(qs.Tail >> 32))
-		st.Bytes += uint64(uint32(qs.Tail)-capUnits) << 4
-		st.Reaped += qs.Reaped + qs.Evicted
-		if cfg.Type == channel.TypeStream {
-			// Stream readers share Head: the lag is what waits in each queue.
-			lag := uint64(uint32(qs.Tail>>32) - uint32(qs.Head>>32))
-			if lag > st.LagMax && lag < 1<<31 {
-				st.LagMax = lag
-			}
-		}
-	}
-	for _, m := range r.Members() {
-		if m.State != channel.MemberActive {
-			continue
-		}
-		switch m.Role {
-		case channel.RolePublisher:
-			st.Publishers++
-		case channel.RoleSubscriber:
-			st.Subscribers++
-			if cfg.Type == channel.TypePubSub && m.Lag > st.LagMax && m.Lag < 1<<31 {
-				st.LagMax = m.Lag
-			}
-			st.Lost += m.Lost
-		}
-	}
+	rs := r.Stats()
+	st.Epoch = r.Epoch()
+	st.Messages, st.Bytes, st.Publishers, st.Subscribers = rs.Messages, rs.Bytes, rs.Publishers, rs.Subscribers
+	st.LagMax, st.Reaped = rs.LagMax, rs.Reaped
+	st.Lost += rs.Lost
 	return st
 }

@@ -141,50 +141,6 @@ func (v *view) u32(off uint64) uint32 {
 	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&v.mem[off])))
 }
 
-// QueueStats are one queue's counters. The channel package exports no
-// accessor for them yet, so they are read here through the offset
-// constants, which are public ABI.
-type QueueStats struct {
-	Tail, Head, Limit, Release uint64 // Limit: units only
-	Reaped                     uint64
-	DataWaiters, SpaceWaiters  uint32
-}
-
-func (v *view) queue(q int) QueueStats {
-	base := uint64(channel.OffQueues + q*channel.QueueHeaderLen)
-	return QueueStats{
-		Tail:         v.u64(base + channel.QOffTail),
-		Head:         v.u64(base + channel.QOffHead),
-		Limit:        v.u64(base + channel.QOffLimit),
-		Release:      v.u64(base + channel.QOffRelease),
-		Reaped:       v.u64(base + channel.QOffReaped),
-		DataWaiters:  v.u32(base + channel.QOffDataWaiters),
-		SpaceWaiters: v.u32(base + channel.QOffSpaceWaiters),
-	}
-}
-
-func pos(p uint64) string { return fmt.Sprintf("%d/%d", uint32(p>>32), uint32(p)) }
-
-func typeName(t uint32) string {
-	switch t {
-	case channel.TypePubSub:
-		return "pubsub"
-	case channel.TypeStream:
-		return "stream"
-	}
-	return fmt.Sprintf("type(%d)", t)
-}
-
-func policyName(p uint32) string {
-	switch p {
-	case channel.PolicyBlock:
-		return "block"
-	case channel.PolicyOverwrite:
-		return "overwrite"
-	}
-	return fmt.Sprintf("policy(%d)", p)
-}
-
 func stateName(s uint32) string {
 	switch s {
 	case channel.MemberFree:
@@ -199,7 +155,7 @@ func stateName(s uint32) string {
 	return fmt.Sprintf("state(%d)", s)
 }
 
-func roleName(r uint32, typ uint32) string {
+func roleName(r uint32, typ channel.Type) string {
 	switch {
 	case r == channel.RolePublisher:
 		return "publisher"
@@ -233,7 +189,7 @@ func dump(w io.Writer, v *view, now time.Time) {
 	fmt.Fprintf(w, "ring %s (%d bytes) at %s\n", v.path, v.size, now.Format(time.RFC3339Nano))
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "  magic\t%q\tversion\t%d\n", magic, v.u32(channel.OffVersion))
-	fmt.Fprintf(tw, "  type\t%s\tpolicy\t%s\n", typeName(cfg.Type), policyName(cfg.Policy))
+	fmt.Fprintf(tw, "  type\t%s\tpolicy\t%s\n", cfg.Type, cfg.Policy)
 	fmt.Fprintf(tw, "  capacity\t%d\tmax message\t%d\n", cfg.Capacity, cfg.MaxMessage)
 	fmt.Fprintf(tw, "  member slots\t%d\tlease\t%v\n", cfg.MemberSlots, cfg.Lease)
 	fmt.Fprintf(tw, "  epoch\t%d (%s)\tfile size\t%d\n", cfg.Epoch, time.Unix(0, int64(cfg.Epoch)).UTC().Format(time.RFC3339), v.u64(channel.OffFileSize))
@@ -244,24 +200,13 @@ func dump(w io.Writer, v *view, now time.Time) {
 	}
 	tw.Flush()
 
-	queues := 1
-	if cfg.Type == channel.TypeStream {
-		queues = 2
-	}
 	fmt.Fprintln(w, "queues (positions as seq/units):")
 	tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "  queue\ttail\thead\trelease\tlimit\tin use\treaped\tdata waiters\tspace waiters\t")
-	for q := 0; q < queues; q++ {
-		s := v.queue(q)
-		// In use: bytes between what publishers may not overwrite yet and
-		// the tail (Limit for pubsub, Release for stream).
-		low := uint32(s.Limit)
-		if cfg.Type == channel.TypeStream {
-			low = uint32(s.Release)
-		}
-		used := uint64(uint32(s.Tail)-low) << 4
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", q, pos(s.Tail), pos(s.Head), pos(s.Release),
-			uint32(s.Limit), used, s.Reaped, s.DataWaiters, s.SpaceWaiters)
+	for q := 0; q < v.r.Queues(); q++ {
+		s := v.r.QueueStats(q)
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", q, s.Tail, s.Head, s.Release,
+			s.Limit, s.InUse, s.Reaped, s.DataWaiters, s.SpaceWaiters)
 	}
 	tw.Flush()
 
@@ -275,14 +220,13 @@ func dump(w io.Writer, v *view, now time.Time) {
 	for _, m := range members {
 		cursor, lag := "-", "-"
 		if m.Role == channel.RoleSubscriber && cfg.Type == channel.TypePubSub {
-			cursor, lag = pos(m.Cursor), fmt.Sprint(m.Lag)
+			cursor, lag = channel.Position(m.Cursor).String(), fmt.Sprint(m.Lag)
 		}
-		// MemberInfo has no PendingLen: read it from the slot. Pending
-		// keeps the last claim after commit; only a non-zero length
-		// means a claim (or stream take) is in flight.
+		// Pending keeps the last claim after commit; only a non-zero
+		// length means a claim (or stream take) is in flight.
 		pending := "-"
-		if n := v.u64(channel.HeaderLen + uint64(m.Slot)*channel.MemberSlotLen + channel.MOffPendingLen); n != 0 {
-			pending = fmt.Sprintf("%s+%dB", pos(m.Pending), n)
+		if m.PendingLen != 0 {
+			pending = fmt.Sprintf("%s+%dB", channel.Position(m.Pending), m.PendingLen)
 		}
 		leaseAge := "-"
 		if m.LeaseAge != 0 {

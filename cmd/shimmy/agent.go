@@ -26,15 +26,14 @@ created without their own configuration.`,
 		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug")
 	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
 	fl.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the rings' shared memory (a tmpfs)")
-	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, `address of the /metrics and /healthz HTTP server ("off" disables it)`)
+	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, fmt.Sprintf("address of the /metrics and /healthz HTTP server (%q disables it)", agent.MetricsOff))
 	logLevel := fl.String("log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 	d := cfg.Defaults.WithDefaults()
 	capacity := &sizeFlag{n: d.Capacity}
 	fl.Var(capacity, "capacity", "default ring data bytes per direction, a power of two (K, M, G suffixes)")
 	maxMsg := &sizeFlag{n: uint64(d.MaxMessage)}
 	fl.Var(maxMsg, "max-message", "default largest message (K, M, G suffixes)")
-	policy := &choiceFlag{val: policyName(d.Policy), choices: []string{"block", "overwrite"}}
-	fl.Var(policy, "policy", "default overflow policy of pubsub channels: block or overwrite")
+	fl.Var(&textFlag{v: &d.Policy}, "policy", "default overflow policy of pubsub channels: block or overwrite")
 	slots := fl.Uint("member-slots", uint(d.MemberSlots), "default member slots per channel")
 	fl.DurationVar(&d.Lease, "lease", d.Lease, "default member lease: a member silent this long is reaped")
 	fl.DurationVar(&cfg.ReapInterval, "reap-interval", cfg.ReapInterval, "how often the agent reaps dead members (0: the agent's default)")
@@ -49,23 +48,19 @@ created without their own configuration.`,
 	}
 	d.Capacity = capacity.n
 	if maxMsg.n > 1<<32-1 {
-		return cfg, usagef("--max-message %s is too large", formatSize(maxMsg.n))
+		return cfg, usagef("--max-message %s is too large", channel.FormatSize(maxMsg.n))
 	}
 	d.MaxMessage = uint32(maxMsg.n)
 	if !maxMsg.set {
-		// The default must fit a smaller ring: a quarter of it, less a frame header.
-		d.MaxMessage = uint32(min(uint64(channel.DefaultMaxMessage), fitMessage(d.Capacity)))
+		d.MaxMessage = 0 // the channel default, which fits a smaller ring
 	}
-	d.Policy = policyValue(policy.val)
 	d.MemberSlots = uint32(*slots)
+	d = d.WithDefaults()
 	d.Epoch = 0 // each channel takes its own creation epoch
 	if err := d.Validate(); err != nil {
 		return cfg, usageError{fmt.Errorf("channel defaults: %w", err)}
 	}
 	cfg.Defaults = d
-	if cfg.MetricsAddr == "off" {
-		cfg.MetricsAddr = ""
-	}
 	log := logrus.New()
 	log.SetOutput(e.stderr)
 	log.SetLevel(level)
@@ -85,26 +80,4 @@ func runAgent(e *env, args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return a.Run(ctx)
-}
-
-func policyName(p uint32) string {
-	if p == channel.PolicyOverwrite {
-		return "overwrite"
-	}
-	return "block"
-}
-
-func policyValue(s string) uint32 {
-	if s == "overwrite" {
-		return channel.PolicyOverwrite
-	}
-	return channel.PolicyBlock
-}
-
-// fitMessage is the largest message a ring of this capacity takes.
-func fitMessage(capacity uint64) uint64 {
-	if capacity/4 <= channel.FrameHeaderLen {
-		return 0
-	}
-	return capacity/4 - channel.FrameHeaderLen
 }

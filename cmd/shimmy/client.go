@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +16,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/shimmy-dev/shimmy/chanfile"
+	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -84,10 +86,10 @@ agent's defaults. The channel is created even if a flag is refused; the
 refusal and the reason are reported and the channel keeps its defaults.`,
 		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660")
 	mount := clientFlags(fl, e)
-	typ := &choiceFlag{val: "pubsub", choices: []string{"pubsub", "stream"}}
-	fl.Var(typ, "type", "channel type: pubsub (every subscriber sees every message) or stream (competing readers per direction)")
-	policy := &choiceFlag{val: "block", choices: []string{"block", "overwrite"}}
-	fl.Var(policy, "policy", "overflow policy of a pubsub channel: block (lossless) or overwrite (publishers never wait)")
+	typ, policy := channel.TypePubSub, channel.PolicyBlock
+	typF, policyF := &textFlag{v: &typ}, &textFlag{v: &policy}
+	fl.Var(typF, "type", "channel type: pubsub (every subscriber sees every message) or stream (competing readers per direction)")
+	fl.Var(policyF, "policy", "overflow policy of a pubsub channel: block (lossless) or overwrite (publishers never wait)")
 	var capacity, maxMsg sizeFlag
 	fl.Var(&capacity, "capacity", "ring data bytes per direction, a power of two (K, M, G suffixes; default: the agent's)")
 	fl.Var(&maxMsg, "max-message", "largest message in bytes (K, M, G suffixes; default: the agent's)")
@@ -112,29 +114,32 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 		}
 		return explain(err)
 	}
-	var ctl bytes.Buffer
-	if typ.set {
-		fmt.Fprintf(&ctl, "type %s\n", typ.val)
+	var c registry.Change
+	if typF.set {
+		c.Type = &typ
 	}
-	if policy.set {
-		fmt.Fprintf(&ctl, "policy %s\n", policy.val)
+	if policyF.set {
+		c.Policy = &policy
 	}
 	if capacity.set {
-		fmt.Fprintf(&ctl, "capacity %d\n", capacity.n)
+		c.Capacity = &capacity.n
 	}
 	if maxMsg.set {
-		fmt.Fprintf(&ctl, "max_message %d\n", maxMsg.n)
+		m := uint32(min(maxMsg.n, math.MaxUint32)) // larger: refused by the agent, with its reason
+
+		c.MaxMessage = &m
 	}
 	if *slots != 0 {
-		fmt.Fprintf(&ctl, "member_slots %d\n", *slots)
+		n := uint32(*slots)
+		c.MemberSlots = &n
 	}
 	if *lease != 0 {
-		fmt.Fprintf(&ctl, "lease %s\n", *lease)
+		c.Lease = lease
 	}
-	if ctl.Len() > 0 {
+	if ctl := chanfile.FormatCtl(c); len(ctl) > 0 {
 		// One write: the agent applies the lines together, so that a new
 		// capacity and max_message are checked against each other.
-		if err := writeFile(filepath.Join(dir, chanfile.Ctl), ctl.Bytes()); err != nil {
+		if err := writeFile(filepath.Join(dir, chanfile.Ctl), ctl); err != nil {
 			return fmt.Errorf("channel %s created, configuration refused: %w", dir, ctlError(dir, err))
 		}
 	}

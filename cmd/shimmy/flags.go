@@ -1,15 +1,17 @@
 package main
 
 import (
+	"encoding"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/shimmy-dev/shimmy/agent"
+	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -72,36 +74,6 @@ func parse(fs *flagSet, e *env, args []string, min, max int) ([]string, error) {
 	return pos, nil
 }
 
-// parseSize reads a byte count with an optional K, M or G suffix (powers of
-// 1024: 1M = 1<<20); "KB", "KiB" and lower case are accepted too.
-func parseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "b")
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "i"), "I")
-	shift := 0
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'k', 'K':
-			shift = 10
-		case 'm', 'M':
-			shift = 20
-		case 'g', 'G':
-			shift = 30
-		}
-		if shift != 0 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q (want a number with an optional K, M or G suffix)", s)
-	}
-	if n > math.MaxUint64>>shift {
-		return 0, fmt.Errorf("size %q overflows", s)
-	}
-	return n << shift, nil
-}
-
 // sizeFlag is a flag.Value for sizes; set records whether it was given.
 type sizeFlag struct {
 	n   uint64
@@ -112,11 +84,11 @@ func (f *sizeFlag) String() string {
 	if f == nil {
 		return "0"
 	}
-	return formatSize(f.n)
+	return channel.FormatSize(f.n)
 }
 
 func (f *sizeFlag) Set(s string) error {
-	n, err := parseSize(s)
+	n, err := channel.ParseSize(s)
 	if err != nil {
 		return err
 	}
@@ -124,17 +96,33 @@ func (f *sizeFlag) Set(s string) error {
 	return nil
 }
 
-// formatSize prints n with the largest suffix that divides it exactly.
-func formatSize(n uint64) string {
-	for _, u := range []struct {
-		shift  uint
-		suffix string
-	}{{30, "G"}, {20, "M"}, {10, "K"}} {
-		if n != 0 && n%(1<<u.shift) == 0 {
-			return strconv.FormatUint(n>>u.shift, 10) + u.suffix
-		}
+// textFlag is a flag.Value over a value with a text form (channel.Type,
+// channel.Policy); set records whether it was given.
+type textFlag struct {
+	v interface {
+		encoding.TextMarshaler
+		encoding.TextUnmarshaler
 	}
-	return strconv.FormatUint(n, 10)
+	set bool
+}
+
+func (f *textFlag) String() string {
+	if f == nil || f.v == nil {
+		return ""
+	}
+	b, err := f.v.MarshalText()
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func (f *textFlag) Set(s string) error {
+	if err := f.v.UnmarshalText([]byte(s)); err != nil {
+		return err
+	}
+	f.set = true
+	return nil
 }
 
 // modeFlag is an octal permission mode.
@@ -183,12 +171,12 @@ func (f *choiceFlag) Set(s string) error {
 	return fmt.Errorf("invalid value %q (want %s)", s, strings.Join(f.choices, " or "))
 }
 
-// defaultMount is $SHIMMY_MOUNT, else /run/shimmy.
+// defaultMount is $SHIMMY_MOUNT, else the agent's default mount point.
 func defaultMount(e *env) string {
 	if m := e.getenv("SHIMMY_MOUNT"); m != "" {
 		return m
 	}
-	return "/run/shimmy"
+	return agent.DefaultMountPoint
 }
 
 // channelDir turns a channel argument into its directory: "ns/ch" lies

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/channel"
 )
 
@@ -16,43 +17,6 @@ func runCmd(t *testing.T, stdin string, envv map[string]string, args ...string) 
 	var o, e bytes.Buffer
 	code = run(&env{stdin: strings.NewReader(stdin), stdout: &o, stderr: &e, getenv: func(k string) string { return envv[k] }}, args)
 	return code, o.String(), e.String()
-}
-
-func TestParseSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want uint64
-		bad  bool
-	}{
-		{"0", 0, false},
-		{"4096", 4096, false},
-		{"64K", 64 << 10, false},
-		{"64k", 64 << 10, false},
-		{"1M", 1 << 20, false},
-		{"1MiB", 1 << 20, false},
-		{"2MB", 2 << 20, false},
-		{"1G", 1 << 30, false},
-		{"", 0, true},
-		{"M", 0, true},
-		{"1.5M", 0, true},
-		{"-1", 0, true},
-		{"1T", 0, true},
-		{"99999999999999999999G", 0, true},
-		{"17179869184G", 0, true}, // 2^34 G overflows 64 bits
-	} {
-		got, err := parseSize(tc.in)
-		if (err != nil) != tc.bad || (!tc.bad && got != tc.want) {
-			t.Errorf("parseSize(%q) = %d, %v; want %d, bad=%v", tc.in, got, err, tc.want, tc.bad)
-		}
-	}
-}
-
-func TestFormatSize(t *testing.T) {
-	for n, want := range map[uint64]string{0: "0", 1000: "1000", 4096: "4K", 1 << 20: "1M", 3 << 30: "3G", 1<<20 + 1: "1048577"} {
-		if got := formatSize(n); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
-		}
-	}
 }
 
 func TestChannelDir(t *testing.T) {
@@ -148,7 +112,7 @@ func TestAgentConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := cfg.Defaults
-	if cfg.MountPoint != "/tmp/m" || cfg.StateDir != "/dev/shm/x" || cfg.MetricsAddr != "" || !cfg.Debug ||
+	if cfg.MountPoint != "/tmp/m" || cfg.StateDir != "/dev/shm/x" || cfg.MetricsAddr != agent.MetricsOff || !cfg.Debug ||
 		d.Capacity != 64<<10 || d.Policy != channel.PolicyOverwrite || d.Lease.Milliseconds() != 200 || d.MemberSlots != 8 ||
 		cfg.Log == nil || cfg.Log.GetLevel().String() != "debug" {
 		t.Errorf("config %+v, defaults %+v", cfg, d)
