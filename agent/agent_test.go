@@ -32,7 +32,8 @@ func stateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-agent-test
 
 type running struct {
 	a    *Agent
-	stop func() error // cancels Run and returns its error
+	stop func() error    // cancels Run and returns its error
+	done <-chan struct{} // closed when Run has returned
 }
 
 func testConfig(t *testing.T, mnt, state string) Config {
@@ -58,24 +59,24 @@ func start(t *testing.T, cfg Config) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	done := make(chan struct{})
+	var result error
+	go func() {
+		result = a.Run(ctx)
+		close(done)
+	}()
 	select {
 	case <-a.Ready():
-	case err := <-done:
+	case <-done:
 		cancel()
-		t.Fatalf("Run: %v", err)
+		t.Fatalf("Run: %v", result)
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatal("agent not ready")
 	}
-	var stopped atomic.Bool
-	var result error
 	stop := func() error {
-		if stopped.CompareAndSwap(false, true) {
-			cancel()
-			result = <-done
-		}
+		cancel()
+		<-done
 		return result
 	}
 	t.Cleanup(func() {
@@ -83,7 +84,7 @@ func start(t *testing.T, cfg Config) *running {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return &running{a: a, stop: stop}
+	return &running{a: a, stop: stop, done: done}
 }
 
 func TestNewValidates(t *testing.T) {
@@ -251,5 +252,27 @@ func TestReapsDeadMembers(t *testing.T) {
 	beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&mem[channel.OffAgentBeat])))
 	if beat == 0 || atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[channel.OffAgentPid]))) != uint32(os.Getpid()) {
 		t.Errorf("agent heartbeat %d not set", beat)
+	}
+}
+
+// One shutdown path: the mount taken away from outside ends the FUSE part,
+// which stops the reaper and the metrics server, and Run returns nil.
+func TestRunEndsWhenUnmountedFromOutside(t *testing.T) {
+	mnt, state := t.TempDir(), stateDir(t)
+	r := start(t, testConfig(t, mnt, state))
+	addr := r.a.MetricsAddr()
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run still running after its mount went away")
+	}
+	if err := r.stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Error("metrics server still answers after Run returned")
 	}
 }

@@ -1,15 +1,14 @@
 package shm
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,28 +197,18 @@ func PageSize() int64 { return int64(os.Getpagesize()) }
 // HugePageSize returns the default huge page size from /proc/meminfo, or an
 // error wrapping ErrHugePages if the kernel does not report one.
 func HugePageSize() (int64, error) {
-	f, err := os.Open("/proc/meminfo")
+	proc, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrHugePages, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "Hugepagesize:")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(rest)
-		if len(fields) != 2 || fields[1] != "kB" {
-			break
-		}
-		kb, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil || kb <= 0 {
-			break
-		}
-		return kb * 1024, nil
+	mi, err := proc.Meminfo()
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrHugePages, err)
 	}
-	return 0, fmt.Errorf("%w: no Hugepagesize in /proc/meminfo", ErrHugePages)
+	if mi.HugepagesizeBytes == nil || *mi.HugepagesizeBytes == 0 || *mi.HugepagesizeBytes > math.MaxInt64 {
+		return 0, fmt.Errorf("%w: no Hugepagesize in /proc/meminfo", ErrHugePages)
+	}
+	return int64(*mi.HugepagesizeBytes), nil
 }
 
 // RoundUp rounds size up to a multiple of the page size, for callers that
