@@ -3,6 +3,7 @@ package chanfile
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,6 +35,8 @@ func TestParseCtl(t *testing.T) {
 		{text: "max_message 0\n", bad: true},
 		{text: "member_slots many\n", bad: true},
 		{text: "lease 1\n", bad: true},
+		{text: "backing sysv\n", want: registry.Change{Backing: ptr(registry.BackingSysV)}},
+		{text: "backing tape\n", bad: true},
 	} {
 		got, err := ParseCtl(tc.text)
 		if tc.bad {
@@ -68,7 +71,12 @@ func TestConfigFile(t *testing.T) {
 	if got := string(broken.Format()); got != "mode 0750\nuid 1\ngid 2\nbacking /dev/shm/shimmy/ns/ch/ring\nbroken 1\n" {
 		t.Errorf("broken Format:\n%s", got)
 	}
-	for _, in := range []ConfigFile{c, broken} {
+	sysv := c
+	sysv.Backing, sysv.SysVKey, sysv.SysVID = Sysv, 0x5301abcd, 42
+	if got := string(sysv.Format()); !strings.Contains(got, "\nbacking sysv\nsysv_key 0x5301abcd\nsysv_id 42\npassthrough 1\n") {
+		t.Errorf("sysv Format:\n%s", got)
+	}
+	for _, in := range []ConfigFile{c, broken, sysv} {
 		if back, err := ParseConfig(in.Format()); err != nil || back != in {
 			t.Errorf("ParseConfig(Format(%+v)) = %+v, %v", in, back, err)
 		}

@@ -12,7 +12,7 @@ import (
 )
 
 // CtlKeys are the keys ctl takes, in the order FormatCtl writes them.
-var CtlKeys = []string{"type", "policy", "capacity", "max_message", "member_slots", "lease"}
+var CtlKeys = []string{"type", "policy", "capacity", "max_message", "member_slots", "lease", "backing"}
 
 // ParseCtl reads the "key value" lines of one write to ctl into a typed
 // change. Empty lines and lines starting with '#' are ignored; a repeated
@@ -79,6 +79,12 @@ func set(c *registry.Change, k, v string) error {
 			return invalid("lease %q: want a duration such as 2s", v)
 		}
 		c.Lease = &d
+	case "backing":
+		var b registry.Backing
+		if err := b.UnmarshalText([]byte(v)); err != nil {
+			return err
+		}
+		c.Backing = &b
 	default:
 		return invalid("unknown key %q (%s)", k, strings.Join(CtlKeys, ", "))
 	}
@@ -105,6 +111,9 @@ func FormatCtl(c registry.Change) []byte {
 	}
 	if c.Lease != nil {
 		fmt.Fprintf(&b, "lease %s\n", *c.Lease)
+	}
+	if c.Backing != nil {
+		fmt.Fprintf(&b, "backing %s\n", *c.Backing)
 	}
 	return b.Bytes()
 }

@@ -14,10 +14,38 @@ import (
 type ConfigFile struct {
 	Config      channel.Config // zero when Broken
 	Attr        registry.Attr
-	Size        int64 // bytes of the ring file
-	Backing     string
+	Size        int64  // bytes of the ring file
+	Backing     string // the POSIX shm file, or "sysv" (then SysVKey, SysVID)
+	SysVKey     int
+	SysVID      int
 	Passthrough bool
 	Broken      bool
+}
+
+// Sysv is ConfigFile.Backing of a SysV channel.
+const Sysv = string(registry.BackingSysV)
+
+// NewConfigFile describes a channel as its config file does.
+func NewConfigFile(ch *registry.Channel, passthrough bool) ConfigFile {
+	c := ch.Config()
+	f := ConfigFile{Config: c, Attr: ch.Attr(), Size: c.Size(), Passthrough: passthrough, Broken: c.Capacity == 0 || ch.Broken()}
+	switch b := ch.Backing(); b.Kind {
+	case registry.BackingSysV:
+		f.Backing, f.SysVKey, f.SysVID = Sysv, b.SysVKey, b.SysVID
+	default:
+		f.Backing = b.Path
+	}
+	if f.Broken {
+		f.Config, f.Size, f.Passthrough = channel.Config{}, 0, false
+	}
+	return f
+}
+
+func (c ConfigFile) backing() string {
+	if c.Backing != Sysv {
+		return fmt.Sprintf("backing %s\n", c.Backing)
+	}
+	return fmt.Sprintf("backing %s\nsysv_key 0x%08x\nsysv_id %d\n", c.Backing, uint32(c.SysVKey), c.SysVID)
 }
 
 // Format renders the config file. A broken channel shows only mode, uid,
@@ -26,14 +54,14 @@ func (c ConfigFile) Format() []byte {
 	var b strings.Builder
 	a := c.Attr
 	if c.Broken {
-		fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\nbacking %s\nbroken 1\n", a.Mode, a.UID, a.GID, c.Backing)
+		fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\n%sbroken 1\n", a.Mode, a.UID, a.GID, c.backing())
 		return []byte(b.String())
 	}
 	g := c.Config
 	fmt.Fprintf(&b, "type %s\npolicy %s\ncapacity %d\nmax_message %d\nmember_slots %d\nlease %s\n",
 		g.Type, g.Policy, g.Capacity, g.MaxMessage, g.MemberSlots, g.Lease)
-	fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\nepoch %d\nsize %d\nbacking %s\npassthrough %d\n",
-		a.Mode, a.UID, a.GID, g.Epoch, c.Size, c.Backing, b2i(c.Passthrough))
+	fmt.Fprintf(&b, "mode %04o\nuid %d\ngid %d\nepoch %d\nsize %d\n%spassthrough %d\n",
+		a.Mode, a.UID, a.GID, g.Epoch, c.Size, c.backing(), b2i(c.Passthrough))
 	return []byte(b.String())
 }
 
@@ -70,6 +98,12 @@ func ParseConfig(b []byte) (ConfigFile, error) {
 			c.Size = int64(errs.uint(kv, 63))
 		case "backing":
 			c.Backing = v
+		case "sysv_key":
+			var k int64
+			k, errs.last = strconv.ParseInt(v, 0, 64)
+			c.SysVKey = int(int32(k))
+		case "sysv_id":
+			c.SysVID = int(errs.uint(kv, 31))
 		case "passthrough":
 			c.Passthrough = errs.uint(kv, 1) == 1
 		case "broken":

@@ -65,15 +65,27 @@ var streamFiles = []fileSpec{
 	{name: cf.Error, kind: kindError},
 }
 
-func filesFor(typ channel.Type) []fileSpec {
-	if typ == channel.TypeStream {
-		return streamFiles
+// filesFor lists the files of a channel. A SysV channel has no ring file:
+// its segment has no file to serve (FUSE passthrough needs one).
+func filesFor(ch *registry.Channel) []fileSpec {
+	files := pubsubFiles
+	if ch.Config().Type == channel.TypeStream {
+		files = streamFiles
 	}
-	return pubsubFiles
+	if ch.Backing().Kind != registry.BackingSysV {
+		return files
+	}
+	out := make([]fileSpec, 0, len(files))
+	for _, s := range files {
+		if s.kind != kindRing {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
-func lookupFile(typ channel.Type, name string) (fileSpec, bool) {
-	for _, s := range filesFor(typ) {
+func lookupFile(ch *registry.Channel, name string) (fileSpec, bool) {
+	for _, s := range filesFor(ch) {
 		if s.name == name {
 			return s, true
 		}
@@ -152,7 +164,7 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	// The name may have changed meaning if the channel was re-typed.
-	if s, ok := lookupFile(n.ch.Config().Type, n.spec.name); !ok || s != n.spec {
+	if s, ok := lookupFile(n.ch, n.spec.name); !ok || s != n.spec {
 		if !n.ch.Broken() {
 			return nil, 0, syscall.ESTALE
 		}

@@ -16,11 +16,7 @@ func (n *fileNode) text() []byte {
 	ch := n.ch
 	switch n.spec.kind {
 	case kindConfig:
-		c := ch.Config()
-		return chanfile.ConfigFile{
-			Config: c, Attr: ch.Attr(), Size: c.Size(), Backing: ch.BackingPath(),
-			Passthrough: n.root.reg.Passthrough(), Broken: c.Capacity == 0 || ch.Broken(),
-		}.Format()
+		return chanfile.NewConfigFile(ch, n.root.reg.Passthrough()).Format()
 	case kindStats:
 		return chanfile.FormatStats(ch.Stats())
 	case kindError:

@@ -202,7 +202,7 @@ func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 }
 
 func (n *chanNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	spec, ok := lookupFile(n.ch.Config().Type, name)
+	spec, ok := lookupFile(n.ch, name)
 	if !ok {
 		return nil, syscall.ENOENT
 	}
@@ -217,7 +217,7 @@ func (n *chanNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 
 func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	var es []fuse.DirEntry
-	for _, s := range filesFor(n.ch.Config().Type) {
+	for _, s := range filesFor(n.ch) {
 		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
 	}
 	return gofs.NewListDirStream(es), 0

@@ -61,9 +61,14 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		m = meta{Mode: 0o755}
 	}
 	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: r, meta: m}
-	seg, err := shm.OpenPOSIX(filepath.Join(dir, ringFile), channel.HeaderLen)
+	seg, err := ch.openRing(m, channel.HeaderLen)
 	if err == nil {
 		ch.ring, err = channel.Open(seg.Bytes())
+		// A SysV id may have been freed and taken by another segment.
+		if err == nil && m.SysV != nil && (m.Config == nil || ch.ring.Epoch() != m.Config.Epoch) {
+			ch.ring.Close()
+			ch.ring, err = nil, fmt.Errorf("sysv id %d now holds another ring", m.SysV.ID)
+		}
 		if err != nil {
 			seg.Close()
 		} else {
@@ -89,10 +94,11 @@ func validConfig(cfg channel.Config) (channel.Config, error) {
 	return cfg, nil
 }
 
-// format creates the shm file sized for cfg (valid, with its epoch) and
-// formats the ring. The caller holds ch.mu or owns ch exclusively.
-func (ch *Channel) format(cfg channel.Config) error {
-	seg, err := shm.CreatePOSIX(ringFile, cfg.Size(), shm.Options{Dir: ch.dir, Mode: os.FileMode(DataMode(ch.meta.Mode)) | 0o600, Exclusive: true})
+// format creates the ring memory of kind sized for cfg (valid, with its
+// epoch) and formats the ring. The caller holds ch.mu or owns ch
+// exclusively.
+func (ch *Channel) format(cfg channel.Config, kind Backing) error {
+	seg, err := ch.createRing(kind, cfg.Size())
 	if err != nil {
 		return fmt.Errorf("registry: create ring of %s/%s: %w", ch.NS, ch.Name, err)
 	}
@@ -104,19 +110,24 @@ func (ch *Channel) format(cfg channel.Config) error {
 	}
 	ch.seg, ch.ring = seg, ring
 	ch.meta.Config = newConfigMeta(ring.Config())
+	ch.meta.SysV = nil
+	if seg.Kind() == shm.SysV {
+		ch.meta.SysV = &sysvMeta{Key: seg.Key(), ID: seg.ID()}
+	}
 	ch.syncBacking()
 	return nil
 }
 
-// syncBacking gives the shm file the channel's owner and data mode, so a
-// client allowed to use the channel may also map the backing file directly.
+// syncBacking gives the ring memory the channel's owner and data mode, so
+// a client allowed to use the channel may also map the backing file (or
+// attach the SysV segment) directly.
 func (ch *Channel) syncBacking() {
-	if ch.seg == nil || ch.seg.File() == nil {
+	if ch.seg == nil {
 		return
 	}
-	f := ch.seg.File()
-	_ = f.Chown(int(ch.meta.UID), int(ch.meta.GID))
-	_ = f.Chmod(os.FileMode(DataMode(ch.meta.Mode)) | 0o600)
+	if err := ch.seg.SetOwner(int(ch.meta.UID), int(ch.meta.GID), os.FileMode(DataMode(ch.meta.Mode))|0o600); err != nil {
+		ch.log("owner").WithError(err).Warn("cannot give the ring memory the channel's owner and mode")
+	}
 }
 
 // unmapLocked unmaps the ring, keeping its shm file.
@@ -215,9 +226,6 @@ func (ch *Channel) Config() channel.Config {
 	}
 	return ch.ring.Config()
 }
-
-// BackingPath returns the shm file of the ring.
-func (ch *Channel) BackingPath() string { return filepath.Join(ch.dir, ringFile) }
 
 // LastError returns the reason the last configuration change was refused
 // ("" if none, or if a change succeeded since).
@@ -388,9 +396,13 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 		log.Warn(ch.lastErr)
 		return cur, fmt.Errorf("%w: %s", ErrBusy, ch.lastErr)
 	}
+	kind := ch.backingLocked()
+	if c.Backing != nil {
+		kind = *c.Backing
+	}
 	old := ch.meta
 	ch.destroyLocked()
-	if err := ch.format(cfg); err != nil {
+	if err := ch.format(cfg, kind); err != nil {
 		ch.lastErr = err.Error()
 		ch.setBrokenLocked(err)
 		return channel.Config{}, fmt.Errorf("%w: %w", ErrBroken, err)
@@ -413,4 +425,11 @@ func (ch *Channel) carriedLocked() bool {
 		}
 	}
 	return false
+}
+
+func (ch *Channel) backingLocked() Backing {
+	if ch.meta.SysV != nil {
+		return BackingSysV
+	}
+	return BackingPOSIX
 }

@@ -15,6 +15,7 @@ type Change struct {
 	MaxMessage  *uint32
 	MemberSlots *uint32
 	Lease       *time.Duration
+	Backing     *Backing // where the new ring lives
 }
 
 // Apply returns cur changed by c, with a new epoch, or an error wrapping
@@ -59,6 +60,11 @@ func (c Change) Apply(cur channel.Config) (channel.Config, error) {
 			return cur, fmt.Errorf("%w: lease %v", ErrInvalidConfig, *c.Lease)
 		}
 		cfg.Lease = *c.Lease
+	}
+	if c.Backing != nil {
+		if err := c.Backing.UnmarshalText([]byte(*c.Backing)); err != nil {
+			return cur, err
+		}
 	}
 	cfg, err := validConfig(cfg)
 	if err != nil {

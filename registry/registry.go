@@ -363,7 +363,8 @@ type CreateOptions struct {
 	Attr Attr
 	// Config of the ring; nil takes the registry's defaults. Zero fields
 	// take channel defaults; the epoch is always new.
-	Config *channel.Config
+	Config  *channel.Config
+	Backing Backing // "" is BackingPOSIX
 }
 
 // CreateChannel makes a channel; its ring is created in StateDir at once.
@@ -377,6 +378,12 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	}
 	cfg, err := validConfig(cfg)
 	if err != nil {
+		return nil, err
+	}
+	if o.Backing == "" {
+		o.Backing = BackingPOSIX
+	}
+	if err := o.Backing.UnmarshalText([]byte(o.Backing)); err != nil {
 		return nil, err
 	}
 	ns.mu.Lock()
@@ -395,7 +402,7 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	ch.meta.setAttr(o.Attr)
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if err := ch.format(cfg); err != nil {
+	if err := ch.format(cfg, o.Backing); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}

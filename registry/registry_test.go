@@ -19,6 +19,7 @@ import (
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/shm"
 )
 
 func newRegistry(t *testing.T, dir string) *Registry {
@@ -111,7 +112,7 @@ func TestLifecycle(t *testing.T) {
 	if c := ch.Config(); c.Type != channel.TypePubSub || c.Capacity != channel.DefaultCapacity {
 		t.Errorf("default config %+v", c)
 	}
-	if st, err := os.Stat(ch.BackingPath()); err != nil || st.Mode().Perm() != 0o640 {
+	if st, err := os.Stat(ch.Backing().Path); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("backing file %v, %v: want mode 0640", st, err)
 	}
 	var names []string
@@ -402,7 +403,7 @@ func TestReap(t *testing.T) {
 	defer r.Subscribe(0, rec.add)()
 	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
 	ch, _ := ns.CreateChannel("ch", CreateOptions{})
-	mem := mapBacking(t, ch.BackingPath())
+	mem := mapBacking(t, ch.Backing().Path)
 	// A publisher slot whose owner "died" long ago, as a SIGKILLed mmap
 	// client leaves it.
 	slot := mem[channel.HeaderLen:]
@@ -425,7 +426,7 @@ func TestReap(t *testing.T) {
 
 	// Broken: a client overwrites the header's magic.
 	bad, _ := ns.CreateChannel("bad", CreateOptions{})
-	mem = mapBacking(t, bad.BackingPath())
+	mem = mapBacking(t, bad.Backing().Path)
 	copy(mem[:8], bytes.Repeat([]byte{0xff}, 8))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
@@ -533,4 +534,125 @@ func TestPassthroughKnownBeforeSet(t *testing.T) {
 	if r.Passthrough() {
 		t.Error("Passthrough = true after SetPassthrough(false)")
 	}
+}
+
+// TestSysVBacking: a SysV-backed channel carries messages between a client
+// that attached its segment by id and the registry's own members, shows
+// its key and id, survives a new registry over the same state directory,
+// and frees its segment when removed.
+func TestSysVBacking(t *testing.T) {
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	r1, err := New(Options{StateDir: dir, Log: testenv.QuietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := r1.CreateNamespace("ns", Attr{Mode: 0o755})
+	small := channel.Config{Capacity: 64 << 10}
+	ch, err := ns.CreateChannel("sv", CreateOptions{Config: &small, Backing: BackingSysV})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := ch.Backing()
+	if b.Kind != BackingSysV || b.Path != "" || b.SysVID <= 0 && b.SysVKey == 0 {
+		t.Fatalf("backing %+v", b)
+	}
+	t.Cleanup(func() { unix.SysvShmCtl(b.SysVID, unix.IPC_RMID, nil) })
+	if _, err := os.Stat(filepath.Join(dir, "ns", "sv", "ring")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a SysV channel has a ring file: %v", err)
+	}
+	if _, err := ns.CreateChannel("x", CreateOptions{Backing: "tape"}); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("backing tape: %v, want ErrInvalidConfig", err)
+	}
+
+	// A client attaches by id and publishes; the registry's subscriber reads.
+	client := attachSysV(t, b.SysVID)
+	pub, err := client.NewPublisher(channel.PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := ch.Open()
+	sub, err := h.NewSubscriber(channel.SubscriberOptions{From: channel.StartOldest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range []string{"one", "two"} {
+		if err := pub.Publish(ctx, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"one", "two"} {
+		if m, err := sub.Next(ctx, nil); err != nil || string(m) != want {
+			t.Errorf("read %q, %v; want %q", m, err, want)
+		}
+	}
+	pub.Close()
+	sub.Close()
+	h.Close()
+	if st := ch.Stats(); st.Messages != 2 {
+		t.Errorf("stats %+v", st)
+	}
+	cfg := ch.Config()
+	if err := r1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new registry reattaches the same segment, messages and all.
+	r2 := newRegistry(t, dir)
+	ch2, err := r2.Channel("ns", "sv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch2.Broken() || ch2.Backing() != b || ch2.Config() != cfg {
+		t.Fatalf("recovered: broken %v backing %+v config %+v; want %+v %+v", ch2.Broken(), ch2.Backing(), ch2.Config(), b, cfg)
+	}
+	h2, _ := ch2.Open()
+	sub2, _ := h2.NewSubscriber(channel.SubscriberOptions{From: channel.StartOldest})
+	if m, err := sub2.Next(ctx, nil); err != nil || string(m) != "one" {
+		t.Errorf("after recovery: %q, %v", m, err)
+	}
+	sub2.Close()
+	h2.Close()
+
+	// Reconfigure to POSIX and back: each ring is new, the old one freed.
+	ns2, _ := r2.Namespace("ns")
+	fresh, _ := ns2.CreateChannel("fresh", CreateOptions{Config: &small})
+	sysv := BackingSysV
+	if _, err := fresh.Reconfigure(Change{Backing: &sysv}); err != nil || fresh.Backing().Kind != BackingSysV {
+		t.Fatalf("reconfigure to sysv: %v, %+v", err, fresh.Backing())
+	}
+	id := fresh.Backing().SysVID
+	posix := BackingPOSIX
+	if _, err := fresh.Reconfigure(Change{Backing: &posix}); err != nil || fresh.Backing().Kind != BackingPOSIX {
+		t.Fatalf("reconfigure to posix: %v, %+v", err, fresh.Backing())
+	}
+	if _, err := shm.AttachSysV(id, 0); !errors.Is(err, shm.ErrNotFound) {
+		t.Errorf("old segment after reconfigure: %v, want ErrNotFound", err)
+	}
+
+	client.Close() // the client's members are gone; the channel is idle
+	if err := ns2.RemoveChannel("sv"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shm.AttachSysV(b.SysVID, 0); !errors.Is(err, shm.ErrNotFound) {
+		t.Errorf("segment after remove: %v, want ErrNotFound", err)
+	}
+}
+
+// attachSysV maps a SysV segment by id as a client in the host's IPC
+// namespace would.
+func attachSysV(t *testing.T, id int) *channel.Ring {
+	t.Helper()
+	seg, err := shm.AttachSysV(id, channel.HeaderLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { seg.Close() })
+	r, err := channel.Open(seg.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
