@@ -45,9 +45,7 @@ func TestSysVChannel(t *testing.T) {
 				q = "1"
 			}
 			fsub := helper(t, nil, append([]string{"-mode", "file-sub", "-dir", dir, "-file", tc.subFile}, count...)...)
-			if tc.name == "pubsub" {
-				waitStat(t, dir, "subscribers", 1)
-			}
+			fsub.waitLine(t, "ready") // subscribed: the file is open
 			mpub := helper(t, nil, append(append([]string{"-mode", "mmap-pub", "-queue", q}, byID...), count...)...)
 			checkRun(t, "shmat publisher", mpub.result(t), 0, n, size)
 			checkRun(t, "file subscriber", fsub.result(t), 0, n, size)
