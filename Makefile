@@ -1,6 +1,7 @@
 # Shimmy: shared-memory channels served as files.
 GO        ?= go
 BIN       ?= bin/shimmy
+BENCH_BIN ?= bin/shimmy-bench
 MOUNT     ?= /run/shimmy
 STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
@@ -8,8 +9,11 @@ TEST_FLAGS ?= -race -count=1 -timeout 20m
 
 .PHONY: build run test vet bench bench-deps bench-full fuzz clean
 
+# The node binary (agent + CLI) and the benchmark against brokers, which
+# is kept out of it so that the node links no broker client.
 build:
 	$(GO) build -o $(BIN) ./cmd/shimmy
+	$(GO) build -o $(BENCH_BIN) ./cmd/shimmy-bench
 
 # Runs the node agent on its embedded defaults (no Kubernetes): mounts
 # $(MOUNT), keeps channels in $(STATE_DIR). Needs root and /dev/fuse.
@@ -28,7 +32,7 @@ test: vet
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./bench/ringbench/
 
-# Debian packages of the servers `shimmy bench` compares against (Kafka is
+# Debian packages of the servers `shimmy-bench` compares against (Kafka is
 # not packaged in Debian 12).
 bench-deps:
 	apt-get update -qq
@@ -37,7 +41,7 @@ bench-deps:
 # The paper's evaluation against Mosquitto, NATS, Redis and kernel sockets:
 # writes bench/results/<date>/ (table, CSV, JSON, plots).
 bench-full: build
-	$(BIN) bench
+	$(BENCH_BIN)
 
 # Runs each fuzzer for a while; seeds in testdata/fuzz run in every `make test`.
 fuzz:

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/shm"
 	"golang.org/x/sys/unix"
@@ -113,20 +114,10 @@ type child struct {
 	done  chan struct{}
 	err   error // from Wait, valid after done
 
-	mu     sync.Mutex
-	lines  []string
-	stderr bytes.Buffer
-}
+	stderr syncbuf.Buffer
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
+	mu    sync.Mutex
+	lines []string
 }
 
 // startChild runs the test binary as role, with extra environment
@@ -139,7 +130,7 @@ func startChild(t testing.TB, name, role string, env ...string) *child {
 	cmd.Env = append(os.Environ(), envRole+"="+role, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	cmd.Env = append(cmd.Env, env...)
 	c := &child{t: t, name: name, cmd: cmd, done: make(chan struct{})}
-	cmd.Stderr = lockedWriter{&c.mu, &c.stderr}
+	cmd.Stderr = &c.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -183,11 +174,7 @@ func (c *child) kill() { c.cmd.Process.Signal(syscall.SIGKILL) }
 // release closes the child's stdin: the "go on" signal of roles that wait.
 func (c *child) release() { c.stdin.Close() }
 
-func (c *child) errText() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stderr.String()
-}
+func (c *child) errText() string { return c.stderr.String() }
 
 func (c *child) output() []string {
 	c.mu.Lock()

@@ -23,21 +23,30 @@ import (
 )
 
 // Every publisher and subscriber runs in a process of its own: the harness
-// re-executes its own binary (the shimmy binary, the test binary, any
-// program that imports this package) with the role in envChild, and this
-// package's init runs the role before main. The child talks to the harness
+// re-executes its own binary (cmd/shimmy-bench, or a test binary) with the
+// role in envChild. That binary's main (or TestMain) calls Child first, so
+// the role is chosen explicitly there and not by an init that every
+// importer of this package would inherit. The child talks to the harness
 // through lines: it prints "READY [addr]" when joined and "RESULT {json}"
 // at the end; the publisher waits for "GO" on its stdin, a subscriber for
 // "STOP" (or end of input) once the harness has seen every message arrive
 // or given up waiting.
 const envChild = "SHIMMY_BENCH_CHILD"
 
-func init() {
+// Child runs the publisher or subscriber role this process was started
+// for, if the harness started it, and returns the exit code and true; in
+// any other process it returns false at once. Call it at the top of main
+// and TestMain of every binary that runs the harness:
+//
+//	if code, ok := harness.Child(); ok {
+//		os.Exit(code)
+//	}
+func Child() (code int, ok bool) {
 	spec := os.Getenv(envChild)
 	if spec == "" {
-		return
+		return 0, false
 	}
-	os.Exit(childMain(spec))
+	return childMain(spec), true
 }
 
 // childSpec is what a child is told, as JSON in envChild.

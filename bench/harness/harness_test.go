@@ -231,7 +231,7 @@ func TestReportOutputs(t *testing.T) {
 	if err := rep.write(dir); err != nil {
 		t.Fatal(err)
 	}
-	// Plots are drawn from results.json, as `shimmy bench --replot` does.
+	// Plots are drawn from results.json, as `shimmy-bench --replot` does.
 	if err := Replot(dir); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/shm"
 )
 
@@ -61,11 +62,10 @@ type Options struct {
 	Progress io.Writer // per-case lines; nil: os.Stderr
 }
 
-// Usage describes the benchmark for `shimmy bench -h`.
+// Usage describes the benchmark for `shimmy-bench --help` (the flags
+// themselves are the command's).
 func Usage() string {
-	return `shimmy bench [--quick] [--out DIR] [--systems a,b,...] [--cases s,...]
-
-Runs the Shimmy paper's evaluation on this machine: one publisher to one
+	return `Runs the Shimmy paper's evaluation on this machine: one publisher to one
 and to four subscribers, messages of 16 B, 4 KiB and 100 KB, 10 K to 1 M
 messages, for
   ` + strings.Join(allSystems(), ", ") + `
@@ -76,15 +76,10 @@ time per message of every process involved, brokers included. Every
 message is verified (sequence and CRC-32C); a run that lost or corrupted
 messages is marked so, not reported as fast.
 
-  --quick       about a minute (16 B and 100 KB, 10 K messages, short caps)
-  --out DIR     results directory (default bench/results/<date>)
-  --systems     comma-separated names or substrings to run
-  --cases       comma-separated substrings of case names to run, e.g.
-                "size=16B count=1M subs=1" (case names as printed)
-
 Needs the brokers installed (make bench-deps: apt-get install -y
 mosquitto nats-server redis-server); missing ones are skipped and named.
-Writes results.md, results.csv, results.json and PNG plots to DIR.`
+Writes results.md, results.csv, results.json and PNG plots to the results
+directory.`
 }
 
 func allSystems() []string {
@@ -232,7 +227,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	rep := &Report{Started: time.Now(), Quick: opts.Quick, Machine: machineInfo(), CaseCap: capDur.String(), LoadStart: loadAvg()}
 	logf := func(format string, a ...any) { fmt.Fprintf(opts.Progress, format+"\n", a...) }
-	logf("shimmy bench: %d cases per system, each capped at %v; results in %s", len(cases), capDur, opts.OutDir)
+	logf("shimmy-bench: %d cases per system, each capped at %v; results in %s", len(cases), capDur, opts.OutDir)
 	for _, sys := range systems {
 		if !selected(sys.name, opts.Systems) {
 			continue
@@ -292,7 +287,7 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 	}
 	if sys.name == SysShimmyFiles {
 		if opts.Agent == nil {
-			return skip("no shimmy agent: run through `shimmy bench`, which starts one, for the data-file cases")
+			return skip("no shimmy agent: run through `shimmy-bench`, which starts one, for the data-file cases")
 		}
 		mount, stop, err := opts.Agent(ctx)
 		if err != nil {
@@ -441,7 +436,7 @@ type child struct {
 	cmd   *exec.Cmd
 	in    io.WriteCloser
 	lines chan string
-	errb  *lockedBuffer
+	errb  *syncbuf.Buffer
 	done  chan struct{}
 }
 
@@ -462,7 +457,7 @@ func startChild(ctx context.Context, name string, spec childSpec) (*child, error
 	if err != nil {
 		return nil, err
 	}
-	c := &child{name: name, cmd: cmd, in: in, lines: make(chan string, 16), errb: &lockedBuffer{}, done: make(chan struct{})}
+	c := &child{name: name, cmd: cmd, in: in, lines: make(chan string, 16), errb: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.errb
 	if err := cmd.Start(); err != nil {
 		return nil, err

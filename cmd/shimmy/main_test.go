@@ -60,6 +60,20 @@ func TestHelpEverywhere(t *testing.T) {
 	}
 }
 
+// The benchmark is cmd/shimmy-bench; a user who still types "shimmy bench"
+// is told where it went, and help no longer offers it.
+func TestBenchMoved(t *testing.T) {
+	for _, args := range [][]string{{"bench"}, {"bench", "--quick"}, {"bench", "--help"}} {
+		code, out, errOut := runCmd(t, "", nil, args...)
+		if code != exitUsage || out != "" || !strings.Contains(errOut, "run shimmy-bench") {
+			t.Errorf("shimmy %q: code %d, stdout %q, stderr %q; want %d and a pointer to shimmy-bench", args, code, out, errOut, exitUsage)
+		}
+	}
+	if _, out, _ := runCmd(t, "", nil, "--help"); strings.Contains(out, "bench") {
+		t.Errorf("shimmy --help still lists the benchmark:\n%s", out)
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{},

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
@@ -91,24 +90,6 @@ func eventually(t testing.TB, timeout time.Duration, f func() error) {
 // poll is eventually that returns the last error instead of failing.
 func poll(timeout time.Duration, f func() error) error { return wait.Until(timeout, f) }
 
-// syncBuffer is a bytes.Buffer safe for a writer process and a reading test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // agentProc is a shimmy agent running as a real process.
 type agentProc struct {
 	t       testing.TB
@@ -117,7 +98,7 @@ type agentProc struct {
 	args    []string
 	cmd     *exec.Cmd
 	done    chan struct{}
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 	waitErr error
 }
 
@@ -151,7 +132,7 @@ func startAgent(t testing.TB, extra ...string) *agentProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &agentProc{t: t, mount: mount, state: state, log: &syncBuffer{}}
+	a := &agentProc{t: t, mount: mount, state: state, log: &syncbuf.Buffer{}}
 	a.args = append([]string{"agent", "--mount", mount, "--state-dir", state, "--metrics", "off"}, extra...)
 	t.Cleanup(func() {
 		a.stop()
@@ -386,15 +367,15 @@ func mapFile(t testing.TB, path string) []byte {
 // proc is a child process whose output the test watches.
 type proc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
-	errOut *syncBuffer
+	out    *syncbuf.Buffer
+	errOut *syncbuf.Buffer
 	done   chan struct{}
 	err    error
 }
 
 func startProc(t testing.TB, attr *syscall.SysProcAttr, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(name, args...), out: &syncBuffer{}, errOut: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(name, args...), out: &syncbuf.Buffer{}, errOut: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.errOut
 	if attr == nil {
 		attr = &syscall.SysProcAttr{}
