@@ -45,7 +45,7 @@ type Registry struct {
 
 	mu     sync.Mutex
 	nss    map[string]*Namespace
-	closed bool
+	closed atomic.Bool // by Close: nothing new is created
 
 	passthrough atomic.Bool
 	ptOnce      sync.Once
@@ -215,7 +215,7 @@ func (r *Registry) CreateNamespace(name string, a Attr) (*Namespace, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closed {
+	if r.closed.Load() {
 		return nil, ErrClosed
 	}
 	if r.nss[name] != nil {
@@ -262,9 +262,7 @@ func (r *Registry) RemoveNamespace(name string) error {
 // Close unmaps every ring; the shm files stay in StateDir for the next
 // agent. Channels answer ErrNotFound afterwards.
 func (r *Registry) Close() error {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
+	r.closed.Store(true)
 	var errs []error
 	for _, ch := range r.Channels() {
 		ch.mu.Lock()
@@ -388,6 +386,9 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	}
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
+	if ns.reg.closed.Load() {
+		return nil, ErrClosed
+	}
 	if ns.removed {
 		return nil, fmt.Errorf("%w: namespace %q", ErrNotFound, ns.Name)
 	}

@@ -333,6 +333,12 @@ func TestRecover(t *testing.T) {
 	if err := r1.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := ns.CreateChannel("late", CreateOptions{}); !errors.Is(err, ErrClosed) {
+		t.Errorf("create after Close: %v, want ErrClosed", err)
+	}
+	if _, err := ch.Open(); !errors.Is(err, ErrNotFound) {
+		t.Errorf("open after Close: %v, want ErrNotFound", err)
+	}
 	// Damage one ring's header on disk.
 	f, err := os.OpenFile(filepath.Join(dir, "ns", "bad", "ring"), os.O_RDWR, 0)
 	if err != nil {
