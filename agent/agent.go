@@ -1,6 +1,8 @@
-// Package agent is the node daemon: it recovers the channels kept in its
-// state directory, mounts the FUSE tree of package fs, reaps dead members
-// and beats its heartbeat in every ring, and serves metrics.
+// Package agent is the node daemon's composition root: it builds the
+// registry (which recovers the channels kept in the state directory), the
+// FUSE server of package fs, the reaper (dead members, the heartbeat in
+// every ring) and the metrics server, and runs them under one errgroup
+// with one shutdown path.
 package agent
 
 import (
@@ -9,20 +11,18 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/fs"
 	"github.com/shimmy-dev/shimmy/mountpoint"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // ErrConfig is wrapped by every configuration error of New.
@@ -46,12 +46,12 @@ type Config struct {
 	// tmpfs: it survives an agent crash or restart (not a reboot), which
 	// is how a new agent recovers every channel without loss.
 	StateDir     string
-	MetricsAddr  string         // default "127.0.0.1:9477"; "" or "off" disables; /metrics and /healthz
-	Defaults     channel.Config // configuration of new channels (zero fields: channel defaults)
-	AllowOther   bool           // mount with allow_other,default_permissions (DefaultConfig: true)
-	Log          *logrus.Logger // nil: logrus.StandardLogger()
-	ReapInterval time.Duration  // default 100ms: reaping and agent heartbeat period
-	Debug        bool           // log every FUSE request
+	MetricsAddr  string             // default "127.0.0.1:9477"; "" or "off" disables; /metrics and /healthz
+	Defaults     channel.Config     // configuration of new channels (zero fields: channel defaults)
+	AllowOther   bool               // mount with allow_other,default_permissions (DefaultConfig: true)
+	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
+	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
+	Debug        bool               // log every FUSE request
 }
 
 // DefaultConfig returns the configuration of a node agent.
@@ -68,8 +68,8 @@ func DefaultConfig() Config {
 // Agent is a node agent. Create it with New, start it with Run.
 type Agent struct {
 	cfg   Config
-	log   *logrus.Logger
-	reg   *fs.Registry
+	log   logrus.FieldLogger
+	reg   *registry.Registry
 	ready chan struct{}
 
 	mounted     atomic.Bool
@@ -146,150 +146,134 @@ func (a *Agent) MetricsAddr() string {
 // Run clears a stale mount at the mount point, recovers the channels of
 // the state directory, mounts, and serves until ctx is done; then it
 // unmounts and returns nil. An Agent runs once.
+//
+// Its parts (the FUSE server, the reaper, the metrics server) run under
+// one errgroup: when any of them ends, for an error or because the mount
+// went away, the others are stopped and the one shutdown path runs
+// (unmount, or detach and abort the FUSE connection, then unmap the
+// rings). Run returns the first part's error.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
 	}
-	lg := a.log.WithField("op", "run")
+	lg := a.log.WithField("component", "agent")
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg, err := fs.NewRegistry(fs.RegistryOptions{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
+	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.reg = reg
-	closeReg := true
-	defer func() {
-		if closeReg {
-			reg.Close()
-		}
-	}()
-	if err := reg.Load(); err != nil {
+	if err := reg.Recover(); err != nil {
+		reg.Close()
 		return fmt.Errorf("agent: recover channels: %w", err)
 	}
 	reg.Reap() // heartbeat at once, so clients see a live agent
 
-	var metrics *http.Server
+	var metrics net.Listener
 	if a.cfg.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-		if err != nil {
+		if metrics, err = net.Listen("tcp", a.cfg.MetricsAddr); err != nil {
+			reg.Close()
 			return fmt.Errorf("agent: metrics listener: %w", err)
 		}
-		a.metricsAddr.Store(ln.Addr().String())
-		metrics = &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := metrics.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.WithField("op", "metrics").WithError(err).Error("metrics server stopped")
-			}
-		}()
-		defer metrics.Close()
+		a.metricsAddr.Store(metrics.Addr().String())
 	}
-
 	server, pt, err := fs.Mount(a.cfg.MountPoint, reg, fs.MountOptions{AllowOther: a.cfg.AllowOther, Debug: a.cfg.Debug, Log: a.log})
 	if err != nil {
+		if metrics != nil {
+			metrics.Close()
+		}
+		reg.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
-	a.passthrough.Store(pt)
-	var st unix.Stat_t
-	if err := unix.Stat(a.cfg.MountPoint, &st); err != nil {
+	dev, err := mountpoint.Device(a.cfg.MountPoint)
+	if err != nil {
 		lg.WithError(err).Warn("stat of the new mount")
 	}
-	a.mounted.Store(true)
-	lg.WithFields(logrus.Fields{"mount": a.cfg.MountPoint, "state": a.cfg.StateDir, "passthrough": pt,
-		"channels": len(reg.Channels()), "metrics": a.MetricsAddr()}).Info("agent serving")
-	close(a.ready)
-
-	reapCtx, stopReap := context.WithCancel(ctx)
-	defer stopReap()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.reapLoop(reapCtx)
-	}()
 	served := make(chan struct{})
 	go func() {
 		server.Wait()
 		close(served)
 	}()
-	select {
-	case <-ctx.Done():
-	case <-served:
-		lg.Warn("FUSE connection ended (unmounted from outside?)")
-	}
-	stopReap()
-	wg.Wait()
-	a.mounted.Store(false)
-	if !a.unmount(server, st.Dev) {
-		// Requests may still come for open files: leave the rings mapped.
-		closeReg = false
-		return fmt.Errorf("agent: FUSE connection at %s did not end; rings left mapped", a.cfg.MountPoint)
-	}
-	lg.Info("agent stopped")
-	return nil
-}
+	a.passthrough.Store(pt)
+	a.mounted.Store(true)
+	lg.WithFields(logrus.Fields{"mount": a.cfg.MountPoint, "state": a.cfg.StateDir, "passthrough": pt,
+		"channels": len(reg.Channels()), "metrics": a.MetricsAddr()}).Info("agent serving")
+	close(a.ready)
 
-func (a *Agent) reapLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.ReapInterval)
-	defer t.Stop()
-	for {
+	g, gctx := errgroup.WithContext(ctx)
+	gctx, stop := context.WithCancel(gctx)
+	defer stop()
+	part := func(name string, run func(context.Context) error) {
+		g.Go(func() error {
+			defer stop() // any part ending stops the others
+			if err := run(gctx); err != nil {
+				return fmt.Errorf("agent: %s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	part("reaper", func(ctx context.Context) error { return reg.RunReaper(ctx, a.cfg.ReapInterval) })
+	part("fuse", func(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.reg.Reap()
+		case <-served:
+			lg.Warn("FUSE connection ended (unmounted from outside?)")
 		}
+		return nil
+	})
+	if metrics != nil {
+		part("metrics", func(ctx context.Context) error { return a.serveMetrics(ctx, metrics) })
+	}
+	err = g.Wait()
+
+	a.mounted.Store(false)
+	if !a.unmount(served, dev) {
+		// Requests may still come for open files: leave the rings mapped.
+		return errors.Join(err, fmt.Errorf("agent: FUSE connection at %s did not end; rings left mapped", a.cfg.MountPoint))
+	}
+	reg.Close()
+	lg.Info("agent stopped")
+	return err
+}
+
+// serveMetrics serves /metrics and /healthz on ln until ctx is done.
+func (a *Agent) serveMetrics(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		srv.Close()
+		<-errc
+		return nil
+	case err := <-errc:
+		return err
 	}
 }
 
-// unmount takes the mount down. With files still open it detaches the
-// mount and aborts the FUSE connection, so those files fail with ENOTCONN
-// and no request can reach the rings after the registry closes them. It
-// reports false if the connection could not be ended; the caller must then
+// unmount takes the mount down (mountpoint.Teardown: with files still
+// open, detached and its FUSE connection aborted, so that no request can
+// reach the rings after the registry unmaps them) and waits for the serve
+// loops to end. It reports false if they did not; the caller must then
 // keep the rings mapped.
-func (a *Agent) unmount(server *fuse.Server, dev uint64) bool {
-	lg := a.log.WithField("op", "unmount")
-	if err := unix.Unmount(a.cfg.MountPoint, 0); err == nil {
-		return waitServed(server, 5*time.Second)
-	}
-	if err := unix.Unmount(a.cfg.MountPoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		lg.WithError(err).Error("detach mount")
-	}
-	if err := abortConnection(dev); err != nil {
+func (a *Agent) unmount(served <-chan struct{}, dev uint64) bool {
+	lg := a.log.WithFields(logrus.Fields{"component": "agent", "op": "unmount"})
+	switch res, err := mountpoint.Teardown(a.cfg.MountPoint, dev); {
+	case res == mountpoint.Detached:
 		lg.WithError(err).Warn("cannot abort the FUSE connection; open files keep it until they close")
-	} else {
+	case err != nil:
+		lg.WithError(err).Error("detach mount")
+	case res == mountpoint.Aborted:
 		lg.Info("files were still open: mount detached and connection aborted")
 	}
-	return waitServed(server, 5*time.Second)
-}
-
-// waitServed waits for the serve loops to end.
-func waitServed(server *fuse.Server, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		server.Wait()
-		close(done)
-	}()
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
 	select {
-	case <-done:
+	case <-served:
 		return true
-	case <-time.After(d):
+	case <-t.C:
 		return false
 	}
-}
-
-const fusectl = "/sys/fs/fuse/connections"
-
-// abortConnection writes to the connection's abort file in fusectl
-// (mounting fusectl if needed). The connection id is the minor number of
-// the mount's device.
-func abortConnection(dev uint64) error {
-	abort := filepath.Join(fusectl, fmt.Sprint(unix.Minor(dev)), "abort")
-	if _, err := os.Stat(abort); err != nil {
-		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount fusectl: %w", err)
-		}
-	}
-	return os.WriteFile(abort, []byte("1"), 0)
 }

@@ -24,10 +24,7 @@ import (
 )
 
 // eventually polls f until it returns nil, failing t after timeout.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	wait.Eventually(t, timeout, f)
-}
+var eventually = wait.Eventually
 
 func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
@@ -35,7 +32,8 @@ func stateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-agent-test
 
 type running struct {
 	a    *Agent
-	stop func() error // cancels Run and returns its error
+	stop func() error    // cancels Run and returns its error
+	done <-chan struct{} // closed when Run has returned
 }
 
 func testConfig(t *testing.T, mnt, state string) Config {
@@ -61,24 +59,24 @@ func start(t *testing.T, cfg Config) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	done := make(chan struct{})
+	var result error
+	go func() {
+		result = a.Run(ctx)
+		close(done)
+	}()
 	select {
 	case <-a.Ready():
-	case err := <-done:
+	case <-done:
 		cancel()
-		t.Fatalf("Run: %v", err)
+		t.Fatalf("Run: %v", result)
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatal("agent not ready")
 	}
-	var stopped atomic.Bool
-	var result error
 	stop := func() error {
-		if stopped.CompareAndSwap(false, true) {
-			cancel()
-			result = <-done
-		}
+		cancel()
+		<-done
 		return result
 	}
 	t.Cleanup(func() {
@@ -86,50 +84,7 @@ func start(t *testing.T, cfg Config) *running {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return &running{a: a, stop: stop}
-}
-
-func rawOpen(t *testing.T, path string, flags int) int {
-	t.Helper()
-	for {
-		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
-}
-
-func rawRead(fd int, size int) (string, error) {
-	b := make([]byte, size)
-	for {
-		n, err := unix.Read(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		return string(b[:n]), nil
-	}
-}
-
-func rawWrite(t *testing.T, fd int, s string) {
-	t.Helper()
-	for {
-		_, err := unix.Write(fd, []byte(s))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		return
-	}
+	return &running{a: a, stop: stop, done: done}
 }
 
 func TestNewValidates(t *testing.T) {
@@ -183,8 +138,8 @@ func TestRunServesAndStops(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(mnt, "ns", "ch"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pub := rawOpen(t, filepath.Join(mnt, "ns", "ch", "pub"), unix.O_WRONLY)
-	rawWrite(t, pub, "x")
+	pub := testenv.Open(t, filepath.Join(mnt, "ns", "ch", "pub"), unix.O_WRONLY)
+	testenv.MustWrite(t, pub, "x")
 	_, body := get("/metrics")
 	for _, want := range []string{
 		`shimmy_channel_messages_total{channel="ch",namespace="ns"} 1`,
@@ -217,23 +172,19 @@ func TestRestartRecovery(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pub := rawOpen(t, filepath.Join(dir, "pub"), unix.O_WRONLY)
+	pub := testenv.Open(t, filepath.Join(dir, "pub"), unix.O_WRONLY)
 	for i := 0; i < 3; i++ {
-		rawWrite(t, pub, fmt.Sprint("m", i))
+		testenv.MustWrite(t, pub, fmt.Sprint("m", i))
 	}
 	unix.Close(pub)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
 	start(t, cfg)
-	sub := rawOpen(t, filepath.Join(dir, "sub.oldest"), unix.O_RDONLY)
+	sub := testenv.Open(t, filepath.Join(dir, "sub.oldest"), unix.O_RDONLY)
 	var got string
 	for len(got) < len("m0\nm1\nm2\n") {
-		s, err := rawRead(sub, 4096)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got += s
+		got += testenv.MustRead(t, sub, 4096)
 	}
 	if got != "m0\nm1\nm2\n" {
 		t.Errorf("after restart: %q", got)
@@ -301,5 +252,27 @@ func TestReapsDeadMembers(t *testing.T) {
 	beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&mem[channel.OffAgentBeat])))
 	if beat == 0 || atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[channel.OffAgentPid]))) != uint32(os.Getpid()) {
 		t.Errorf("agent heartbeat %d not set", beat)
+	}
+}
+
+// One shutdown path: the mount taken away from outside ends the FUSE part,
+// which stops the reaper and the metrics server, and Run returns nil.
+func TestRunEndsWhenUnmountedFromOutside(t *testing.T) {
+	mnt, state := t.TempDir(), stateDir(t)
+	r := start(t, testConfig(t, mnt, state))
+	addr := r.a.MetricsAddr()
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run still running after its mount went away")
+	}
+	if err := r.stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Error("metrics server still answers after Run returned")
 	}
 }

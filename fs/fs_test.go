@@ -7,32 +7,31 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/registry"
+	"github.com/shimmy-dev/shimmy/shm"
 )
 
 // eventually polls f until it returns nil, failing t after timeout.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	wait.Eventually(t, timeout, f)
-}
+var eventually = wait.Eventually
 
 type testFS struct {
 	mnt   string
 	state string
-	reg   *Registry
+	reg   *registry.Registry
 }
-
-func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
 func newStateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-fs-test-") }
 
@@ -43,15 +42,15 @@ func mountAt(t *testing.T, state string, defaults channel.Config) *testFS {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skipf("no /dev/fuse: %v", err)
 	}
-	reg, err := NewRegistry(RegistryOptions{StateDir: state, Defaults: defaults, Log: quietLog()})
+	reg, err := registry.New(registry.Options{StateDir: state, Defaults: defaults, Log: testenv.QuietLog()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := reg.Load(); err != nil {
+	if err := reg.Recover(); err != nil {
 		t.Fatal(err)
 	}
 	mnt := t.TempDir()
-	server, _, err := Mount(mnt, reg, MountOptions{AllowOther: true, Log: quietLog()})
+	server, _, err := Mount(mnt, reg, MountOptions{AllowOther: true, Log: testenv.QuietLog()})
 	if err != nil {
 		if os.Geteuid() != 0 {
 			t.Skipf("mounting FUSE needs root here: %v", err)
@@ -86,90 +85,26 @@ func (f *testFS) mkchan(t *testing.T, ns, ch string) string {
 	return f.path(ns, ch)
 }
 
-// Raw syscalls keep test file descriptors away from the Go poller, and
-// EINTR (the Go runtime preempts with signals, which FUSE turns into
-// interrupts) is retried like libc's callers do.
-func open(t *testing.T, path string, flags int) int {
-	t.Helper()
-	for {
-		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
-}
+var (
+	open      = testenv.Open
+	read      = testenv.Read
+	write     = testenv.Write
+	mustWrite = testenv.MustWrite
+	mustRead  = testenv.MustRead
+)
 
-func read(fd int, buf []byte) (int, error) {
-	for {
-		n, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		return n, err
-	}
-}
-
-func write(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		return n, err
-	}
-}
-
-func mustWrite(t *testing.T, fd int, s string) {
-	t.Helper()
-	n, err := write(fd, []byte(s))
-	if err != nil || n != len(s) {
-		t.Fatalf("write %q: %d, %v", s, n, err)
-	}
-}
-
-func mustRead(t *testing.T, fd int, size int) string {
-	t.Helper()
-	buf := make([]byte, size)
-	n, err := read(fd, buf)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	return string(buf[:n])
-}
-
-// readKV parses a "key value" file.
+// readKV reads a "key value" file of a channel directory into a map.
 func readKV(t *testing.T, path string) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	p, err := chanfile.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		k, v, _ := strings.Cut(l, " ")
-		m[k] = v
-	}
-	return m
+	return p.Map()
 }
 
+// TestNames: the registry's name rule reaches mkdir as EINVAL.
 func TestNames(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ok   bool
-	}{
-		{"a", true}, {"orders-v2.eu_1", true}, {strings.Repeat("x", 63), true},
-		{"", false}, {".hidden", false}, {strings.Repeat("x", 64), false},
-		{"sp ace", false}, {"é", false}, {"a:b", false},
-	} {
-		if got := ValidName(tc.name); got != tc.ok {
-			t.Errorf("ValidName(%q) = %v, want %v", tc.name, got, tc.ok)
-		}
-	}
 	f := mountFS(t)
 	for _, bad := range []string{".x", strings.Repeat("y", 64), "a:b"} {
 		if err := os.Mkdir(f.path(bad), 0o755); !errors.Is(err, syscall.EINVAL) {
@@ -190,7 +125,7 @@ func TestMkdirRmdir(t *testing.T) {
 		names = append(names, e.Name())
 	}
 	want := "config ctl error msg msg.oldest pub publines ring stats sub sub.oldest"
-	if got := strings.Join(sortStrings(names), " "); got != want {
+	if got := strings.Join(slices.Sorted(slices.Values(names)), " "); got != want {
 		t.Errorf("files: %s, want %s", got, want)
 	}
 	ring := filepath.Join(f.state, "ns", "ch", "ring")
@@ -218,17 +153,6 @@ func TestMkdirRmdir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(f.state, "ns")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("namespace still in state dir: %v", err)
 	}
-}
-
-func sortStrings(s []string) []string {
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s
 }
 
 func TestPubSubLines(t *testing.T) {
@@ -407,7 +331,7 @@ func TestCtl(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if got := strings.Join(sortStrings(names), " "); !strings.Contains(got, "up.pub") || strings.Contains(got, " sub ") {
+	if got := strings.Join(slices.Sorted(slices.Values(names)), " "); !strings.Contains(got, "up.pub") || strings.Contains(got, " sub ") {
 		t.Errorf("stream files: %s", got)
 	}
 	// In use: EBUSY; after a message: EBUSY even when idle.
@@ -522,9 +446,18 @@ func TestPermissions(t *testing.T) {
 			t.Errorf("%s: mode %v uid %d, want %v uid 1234", name, st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid, want)
 		}
 	}
-	m, err := readMeta(filepath.Join(f.state, "ns", "ch"))
-	if err != nil || m.Mode != 0o750 || m.UID != 1234 || m.GID != 5678 {
-		t.Errorf("meta.json: %+v, %v", m, err)
+	// Persisted: a registry over the same state directory has them.
+	reg, err := registry.New(registry.Options{StateDir: f.state, Log: testenv.QuietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	ch, err := reg.Channel("ns", "ch")
+	if err != nil || ch.Attr() != (registry.Attr{UID: 1234, GID: 5678, Mode: 0o750}) {
+		t.Errorf("persisted attributes: %+v, %v", ch, err)
 	}
 }
 
@@ -635,28 +568,84 @@ func TestPassthroughMmap(t *testing.T) {
 	}
 }
 
-// TestPassthroughKnownBeforeMountReturns: the kernel serves requests as
-// soon as the mount exists, before Mount has recorded whether passthrough
-// was negotiated; a config read in that window must wait for the answer,
-// not report passthrough 0 (the e2e tests saw it flip to 1 between reads).
-func TestPassthroughKnownBeforeMountReturns(t *testing.T) {
-	reg, err := NewRegistry(RegistryOptions{StateDir: newStateDir(t), Log: quietLog()})
+// TestSysVChannel: a channel made SysV-backed through ctl serves its data
+// files as any other, has no ring file (a SysV segment has no file to pass
+// through), shows its key and id in config, exchanges messages with a
+// client that attached the segment by id, and is recovered by a new tree.
+func TestSysVChannel(t *testing.T) {
+	state := newStateDir(t)
+	f := mountAt(t, state, channel.Config{})
+	dir := f.mkchan(t, "ns", "sv")
+	ctl := open(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
+	mustWrite(t, ctl, "backing sysv\ncapacity 64K\n")
+	if _, err := write(ctl, []byte("backing tape\n")); err != unix.EINVAL {
+		t.Errorf("backing tape: %v, want EINVAL", err)
+	}
+	cfg := readKV(t, filepath.Join(dir, "config"))
+	id, err := strconv.Atoi(cfg["sysv_id"])
+	if err != nil || cfg["backing"] != "sysv" || !strings.HasPrefix(cfg["sysv_key"], "0x") || cfg["capacity"] != "65536" {
+		t.Fatalf("config of a SysV channel: %v", cfg)
+	}
+	t.Cleanup(func() { unix.SysvShmCtl(id, unix.IPC_RMID, nil) })
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := "config ctl error msg msg.oldest pub publines stats sub sub.oldest"; strings.Join(slices.Sorted(slices.Values(names)), " ") != want {
+		t.Errorf("files: %v, want %s", names, want)
+	}
+	if _, err := unix.Open(filepath.Join(dir, "ring"), unix.O_RDWR, 0); err != unix.ENOENT {
+		t.Errorf("open ring of a SysV channel: %v, want ENOENT", err)
+	}
+
+	// A client attached by id publishes; a file subscriber reads, and back.
+	seg, err := shm.AttachSysV(id, channel.HeaderLen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan bool)
-	go func() { got <- reg.Passthrough() }()
-	select {
-	case v := <-got:
-		t.Fatalf("Passthrough answered %v before it was known", v)
-	case <-time.After(50 * time.Millisecond):
+	defer seg.Close()
+	ring, err := channel.Open(seg.Bytes())
+	if err != nil {
+		t.Fatal(err)
 	}
-	reg.SetPassthrough(true)
-	if v := <-got; !v {
-		t.Error("Passthrough = false after SetPassthrough(true)")
+	defer ring.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	msg := open(t, filepath.Join(dir, "msg"), unix.O_RDONLY)
+	p, err := ring.NewPublisher(channel.PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	reg.SetPassthrough(false) // later calls still record
-	if reg.Passthrough() {
-		t.Error("Passthrough = true after SetPassthrough(false)")
+	if err := p.Publish(ctx, []byte("from shmat")); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if got := mustRead(t, msg, 100); got != "from shmat" {
+		t.Errorf("file read %q", got)
+	}
+	s, err := ring.NewSubscriber(channel.SubscriberOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := open(t, filepath.Join(dir, "pub"), unix.O_WRONLY)
+	mustWrite(t, pub, "from file")
+	if got, err := s.Next(ctx, nil); err != nil || string(got) != "from file" {
+		t.Errorf("shmat client read %q, %v", got, err)
+	}
+	s.Close()
+
+	// A new tree over the same state directory reattaches the segment.
+	g := mountAt(t, state, channel.Config{})
+	if cfg2 := readKV(t, g.path("ns", "sv", "config")); cfg2["sysv_id"] != cfg["sysv_id"] || cfg2["epoch"] != cfg["epoch"] {
+		t.Errorf("config after recovery: %v, want id %s epoch %s", cfg2, cfg["sysv_id"], cfg["epoch"])
+	}
+	sub := open(t, g.path("ns", "sv", "sub.oldest"), unix.O_RDONLY)
+	var got string
+	for len(got) < len("from shmat\nfrom file\n") {
+		got += mustRead(t, sub, 4096)
+	}
+	if got != "from shmat\nfrom file\n" {
+		t.Errorf("after recovery: %q", got)
 	}
 }

@@ -1,8 +1,13 @@
-// Package fs is the FUSE tree of the node agent: namespaces and channels
-// as directories, and in each channel the mmap-able ring file, the data
-// files that publish and subscribe with read(2)/write(2), and the files
-// that describe and configure the channel. docs/filesystem.md describes
-// the layout for users; Registry keeps the state in StateDir.
+// Package fs is the FUSE adapter of the node agent: it serves the
+// registry's namespaces and channels as directories, and in each channel
+// the mmap-able ring file, the data files that publish and subscribe with
+// read(2)/write(2), and the files that describe and configure the channel
+// (their names and text are package chanfile's). docs/filesystem.md
+// describes the layout for users; package registry keeps the state.
+//
+// Files: tree.go (directories), files.go (the file table and its nodes),
+// data.go (ring and data-file handles), text.go (config, stats, error and
+// ctl), errno.go (registry and ring errors as errnos), mount.go.
 package fs
 
 import (
@@ -11,6 +16,9 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // xattrless answers every extended-attribute read with ENOSYS, which makes
@@ -26,14 +34,21 @@ func (xattrless) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 type Root struct {
 	gofs.Inode
 	xattrless
-	reg *Registry
+	reg *registry.Registry
+	log logrus.FieldLogger
 }
 
-// NewRoot returns the root node serving reg.
-func NewRoot(reg *Registry) *Root { return &Root{reg: reg} }
+// NewRoot returns the root node serving reg; nil log: logrus's standard
+// logger.
+func NewRoot(reg *registry.Registry, log logrus.FieldLogger) *Root {
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	return &Root{reg: reg, log: log.WithField("component", "fs")}
+}
 
 // Registry returns the registry the tree serves.
-func (r *Root) Registry() *Registry { return r.reg }
+func (r *Root) Registry() *registry.Registry { return r.reg }
 
 var (
 	_ = (gofs.NodeGetxattrer)((*Root)(nil))
@@ -51,21 +66,21 @@ func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 }
 
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	ns := r.reg.Namespace(name)
-	if ns == nil {
-		return nil, syscall.ENOENT
+	ns, err := r.reg.Namespace(name)
+	if err != nil {
+		return nil, toErrno(err)
 	}
 	return r.nsInode(ctx, name, ns, out), 0
 }
 
-func (r *Root) nsInode(ctx context.Context, name string, ns *Namespace, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ns.Meta())
+func (r *Root) nsInode(ctx context.Context, name string, ns *registry.Namespace, out *fuse.EntryOut) *gofs.Inode {
+	dirAttr(&out.Attr, ns.Attr())
 	if c := r.GetChild(name); c != nil {
 		if n, ok := c.Operations().(*nsNode); ok && n.ns == ns {
 			return c
 		}
 	}
-	return r.NewInode(ctx, &nsNode{ns: ns}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+	return r.NewInode(ctx, &nsNode{root: r, ns: ns}, gofs.StableAttr{Mode: syscall.S_IFDIR})
 }
 
 func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -77,8 +92,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	uid, gid := caller(ctx)
-	ns, err := r.reg.CreateNamespace(name, uid, gid, mode)
+	ns, err := r.reg.CreateNamespace(name, callerAttr(ctx, mode))
 	if err != nil {
 		return nil, toErrno(err)
 	}
@@ -93,7 +107,8 @@ func (r *Root) Rmdir(ctx context.Context, name string) syscall.Errno {
 type nsNode struct {
 	gofs.Inode
 	xattrless
-	ns *Namespace
+	root *Root
+	ns   *registry.Namespace
 }
 
 var (
@@ -107,34 +122,34 @@ var (
 )
 
 func (n *nsNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ns.Meta())
+	dirAttr(&out.Attr, n.ns.Attr())
 	return 0
 }
 
 func (n *nsNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if err := n.ns.SetMeta(func(m *Meta) { applySetattr(m, in) }); err != nil {
+	if err := n.ns.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ns.Meta())
+	dirAttr(&out.Attr, n.ns.Attr())
 	return 0
 }
 
 func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	ch := n.ns.Channel(name)
-	if ch == nil {
-		return nil, syscall.ENOENT
+	ch, err := n.ns.Channel(name)
+	if err != nil {
+		return nil, toErrno(err)
 	}
 	return n.chInode(ctx, name, ch, out), 0
 }
 
-func (n *nsNode) chInode(ctx context.Context, name string, ch *Channel, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ch.Meta())
+func (n *nsNode) chInode(ctx context.Context, name string, ch *registry.Channel, out *fuse.EntryOut) *gofs.Inode {
+	dirAttr(&out.Attr, ch.Attr())
 	if c := n.GetChild(name); c != nil {
 		if cn, ok := c.Operations().(*chanNode); ok && cn.ch == ch {
 			return c
 		}
 	}
-	return n.NewInode(ctx, &chanNode{ch: ch}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+	return n.NewInode(ctx, &chanNode{root: n.root, ch: ch}, gofs.StableAttr{Mode: syscall.S_IFDIR})
 }
 
 func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -146,8 +161,7 @@ func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	uid, gid := caller(ctx)
-	ch, err := n.ns.CreateChannel(name, uid, gid, mode)
+	ch, err := n.ns.CreateChannel(name, registry.CreateOptions{Attr: callerAttr(ctx, mode)})
 	if err != nil {
 		return nil, toErrno(err)
 	}
@@ -162,7 +176,8 @@ func (n *nsNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 type chanNode struct {
 	gofs.Inode
 	xattrless
-	ch *Channel
+	root *Root
+	ch   *registry.Channel
 }
 
 var (
@@ -174,20 +189,20 @@ var (
 )
 
 func (n *chanNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ch.Meta())
+	dirAttr(&out.Attr, n.ch.Attr())
 	return 0
 }
 
 func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if err := n.ch.SetMeta(func(m *Meta) { applySetattr(m, in) }); err != nil {
+	if err := n.ch.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ch.Meta())
+	dirAttr(&out.Attr, n.ch.Attr())
 	return 0
 }
 
 func (n *chanNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	spec, ok := lookupFile(n.ch.Config().Type, name)
+	spec, ok := lookupFile(n.ch, name)
 	if !ok {
 		return nil, syscall.ENOENT
 	}
@@ -197,26 +212,28 @@ func (n *chanNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 			return c, 0
 		}
 	}
-	return n.NewInode(ctx, &fileNode{ch: n.ch, spec: spec}, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
+	return n.NewInode(ctx, &fileNode{root: n.root, ch: n.ch, spec: spec}, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
 }
 
 func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	var es []fuse.DirEntry
-	for _, s := range filesFor(n.ch.Config().Type) {
+	for _, s := range filesFor(n.ch) {
 		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
 	}
 	return gofs.NewListDirStream(es), 0
 }
 
-// caller returns the uid and gid of the process behind a FUSE request.
-func caller(ctx context.Context) (uint32, uint32) {
+// callerAttr: the uid and gid of the process behind a FUSE request, and
+// the mode it asked for.
+func callerAttr(ctx context.Context, mode uint32) registry.Attr {
+	a := registry.Attr{Mode: mode & 0o7777}
 	if c, ok := fuse.FromContext(ctx); ok {
-		return c.Uid, c.Gid
+		a.UID, a.GID = c.Uid, c.Gid
 	}
-	return 0, 0
+	return a
 }
 
-func dirAttr(a *fuse.Attr, m Meta) {
+func dirAttr(a *fuse.Attr, m registry.Attr) {
 	a.Mode = syscall.S_IFDIR | m.Mode&0o7777
 	a.Uid, a.Gid = m.UID, m.GID
 	a.Nlink = 2
@@ -224,7 +241,7 @@ func dirAttr(a *fuse.Attr, m Meta) {
 
 // applySetattr takes mode and owner changes; the kernel has already
 // checked the caller's right to make them (default_permissions).
-func applySetattr(m *Meta, in *fuse.SetAttrIn) {
+func applySetattr(m *registry.Attr, in *fuse.SetAttrIn) {
 	if mode, ok := in.GetMode(); ok {
 		m.Mode = mode & 0o7777
 	}
@@ -234,15 +251,4 @@ func applySetattr(m *Meta, in *fuse.SetAttrIn) {
 	if gid, ok := in.GetGID(); ok {
 		m.GID = gid
 	}
-}
-
-// toErrno maps registry errors to errnos; anything unexpected is EIO.
-func toErrno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	if e, ok := err.(syscall.Errno); ok {
-		return e
-	}
-	return gofs.ToErrno(err)
 }

@@ -1,18 +1,19 @@
 // Package mountpoint mounts and cleans up the agent's mount point: it
 // detects mounts in /proc/self/mountinfo, clears a dead FUSE mount left by
-// a crashed agent, and prepares a hostPath directory for mount propagation.
+// a crashed agent, takes a live one down (aborting its FUSE connection if
+// files are still open), and prepares a hostPath directory for mount
+// propagation.
 package mountpoint
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,53 +40,20 @@ func (m Mount) Shared() bool {
 	return false
 }
 
-// unescape undoes mountinfo's octal escapes (\040 for space and so on).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // ParseMountInfo reads mountinfo lines (proc(5)).
 func ParseMountInfo(r io.Reader) ([]Mount, error) {
-	var out []Mount
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 10 {
-			continue
-		}
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(f) {
-			return nil, fmt.Errorf("mountpoint: malformed mountinfo line %q", sc.Text())
-		}
-		id, _ := strconv.Atoi(f[0])
-		parent, _ := strconv.Atoi(f[1])
+	infos, err := mountinfo.GetMountsFromReader(r, nil)
+	if err != nil {
+		return nil, fmt.Errorf("mountpoint: %w", err)
+	}
+	out := make([]Mount, 0, len(infos))
+	for _, in := range infos {
 		out = append(out, Mount{
-			ID: id, Parent: parent, Root: unescape(f[3]), Point: unescape(f[4]),
-			Optional: f[6:sep], FSType: f[sep+1], Source: unescape(f[sep+2]),
+			ID: in.ID, Parent: in.Parent, Root: in.Root, Point: in.Mountpoint,
+			Optional: strings.Fields(in.Optional), FSType: in.FSType, Source: in.Source,
 		})
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // Mounts returns the mounts of this process's mount namespace.
@@ -186,6 +154,66 @@ func MakeShared(path string) error {
 	}
 	if err := unix.Mount("", path, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("mountpoint: make %s shared: %w", path, err)
+	}
+	return nil
+}
+
+// Device returns the device number of the filesystem mounted at path (for
+// a FUSE mount, its minor number is the connection id in fusectl).
+func Device(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("mountpoint: stat %s: %w", path, err)
+	}
+	return st.Dev, nil
+}
+
+// TeardownResult says how Teardown took a mount down.
+type TeardownResult int
+
+const (
+	Unmounted TeardownResult = iota // no file was open: a plain unmount
+	Aborted                         // files were open: detached and the FUSE connection aborted
+	Detached                        // files were open: detached, but the connection could not be aborted
+)
+
+// Teardown takes down the FUSE mount at path whose device is dev (from
+// Device, taken while it was mounted). With no file open it is unmounted.
+// Otherwise it is detached (MNT_DETACH) and its FUSE connection aborted
+// through fusectl, so that the open files fail with ENOTCONN instead of
+// reaching a server that is going away; if the abort fails (Detached, with
+// the error) those files keep the connection until they close.
+func Teardown(path string, dev uint64) (TeardownResult, error) {
+	if err := unix.Unmount(path, 0); err == nil {
+		return Unmounted, nil
+	}
+	var errs []error
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		errs = append(errs, fmt.Errorf("mountpoint: detach %s: %w", path, err))
+	}
+	if dev == 0 { // never abort another mount's connection
+		return Detached, errors.Join(append(errs, errors.New("mountpoint: device of the mount unknown"))...)
+	}
+	if err := AbortFUSE(dev); err != nil {
+		return Detached, errors.Join(append(errs, err)...)
+	}
+	return Aborted, errors.Join(errs...)
+}
+
+const fusectl = "/sys/fs/fuse/connections"
+
+// AbortFUSE aborts the FUSE connection of the mount whose device is dev by
+// writing to its abort file in fusectl (mounting fusectl if needed). The
+// connection id is the device's minor number.
+func AbortFUSE(dev uint64) error {
+	abort := filepath.Join(fusectl, fmt.Sprint(unix.Minor(dev)), "abort")
+	if _, err := os.Stat(abort); err != nil {
+		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mountpoint: mount fusectl: %w", err)
+		}
+	}
+	if err := os.WriteFile(abort, []byte("1"), 0); err != nil {
+		return fmt.Errorf("mountpoint: abort FUSE connection: %w", err)
 	}
 	return nil
 }

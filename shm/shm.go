@@ -1,15 +1,14 @@
 package shm
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,6 +82,7 @@ type Segment struct {
 	kind Kind
 	path string // POSIX only
 	id   int    // SysV only; -1 for POSIX
+	key  int    // SysV only: the key it was created with (0: IPC_PRIVATE)
 	file *os.File
 	dev  uint64 // POSIX: identity of the mapped file, so Remove does not
 	ino  uint64 // unlink a different object that replaced it at path
@@ -114,6 +114,31 @@ func (s *Segment) Path() string { return s.path }
 
 // ID returns the SysV shmid that clients attach by, or -1 for POSIX.
 func (s *Segment) ID() int { return s.id }
+
+// Key returns the SysV key of the segment (0 for IPC_PRIVATE and POSIX).
+func (s *Segment) Key() int { return s.key }
+
+// SetOwner gives the segment an owner, group and permission bits: a POSIX
+// object's file is chowned and chmoded, a SysV segment's ipc_perm is set
+// (IPC_SET), so that the parties allowed to use it may open or attach it.
+func (s *Segment) SetOwner(uid, gid int, perm os.FileMode) error {
+	if s.kind == SysV {
+		var desc unix.SysvShmDesc
+		if _, err := unix.SysvShmCtl(s.id, unix.IPC_STAT, &desc); err != nil {
+			return sysvErr(fmt.Sprintf("shm: set owner of sysv id %d", s.id), err)
+		}
+		desc.Perm.Uid, desc.Perm.Gid = uint32(uid), uint32(gid)
+		desc.Perm.Mode = desc.Perm.Mode&^0o777 | uint32(perm.Perm())
+		if _, err := unix.SysvShmCtl(s.id, unix.IPC_SET, &desc); err != nil {
+			return sysvErr(fmt.Sprintf("shm: set owner of sysv id %d", s.id), err)
+		}
+		return nil
+	}
+	if s.file == nil {
+		return fmt.Errorf("shm: set owner of %s: %w", s.path, os.ErrClosed)
+	}
+	return errors.Join(s.file.Chown(uid, gid), s.file.Chmod(perm.Perm()))
+}
 
 // File returns the open file of a POSIX object, so a FUSE layer can pass it
 // through to clients; nil for SysV. The Segment owns the file: the caller
@@ -198,28 +223,18 @@ func PageSize() int64 { return int64(os.Getpagesize()) }
 // HugePageSize returns the default huge page size from /proc/meminfo, or an
 // error wrapping ErrHugePages if the kernel does not report one.
 func HugePageSize() (int64, error) {
-	f, err := os.Open("/proc/meminfo")
+	proc, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrHugePages, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "Hugepagesize:")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(rest)
-		if len(fields) != 2 || fields[1] != "kB" {
-			break
-		}
-		kb, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil || kb <= 0 {
-			break
-		}
-		return kb * 1024, nil
+	mi, err := proc.Meminfo()
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrHugePages, err)
 	}
-	return 0, fmt.Errorf("%w: no Hugepagesize in /proc/meminfo", ErrHugePages)
+	if mi.HugepagesizeBytes == nil || *mi.HugepagesizeBytes == 0 || *mi.HugepagesizeBytes > math.MaxInt64 {
+		return 0, fmt.Errorf("%w: no Hugepagesize in /proc/meminfo", ErrHugePages)
+	}
+	return int64(*mi.HugepagesizeBytes), nil
 }
 
 // RoundUp rounds size up to a multiple of the page size, for callers that

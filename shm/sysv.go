@@ -77,6 +77,7 @@ func CreateSysV(key int, size int64, opts Options) (*Segment, error) {
 			unix.SysvShmCtl(id, unix.IPC_RMID, nil) // ours, and unusable
 			return nil, err
 		}
+		seg.key = key
 		return seg, nil
 	}
 	return nil, fmt.Errorf("%s: segment keeps appearing and disappearing", what)
@@ -109,9 +110,22 @@ func attach(id int, minSize int64) (*Segment, error) {
 	return &Segment{
 		kind: SysV,
 		id:   id,
+		key:  int(int32(desc.Perm.Key)),
 		data: data,
 		size: int64(len(data)),
 	}, nil
+}
+
+// Ftok derives a SysV key from an existing path and a project byte, as
+// ftok(3) does: the low 8 bits of proj, of the device's minor number and
+// the low 16 bits of the inode. Different paths may share a key; create
+// with Options.Exclusive to find out.
+func Ftok(path string, proj byte) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("shm: ftok %s: %w", path, err)
+	}
+	return int(int32(uint32(proj)<<24 | (unix.Minor(st.Dev)&0xff)<<16 | uint32(st.Ino&0xffff))), nil
 }
 
 // sysvErr maps the errno of shmctl/shmat on a bad id to ErrNotFound.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,7 +15,9 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // clientFlags are the flags every client command takes.
@@ -39,30 +42,9 @@ func explain(err error) error {
 	return err
 }
 
-// readKV parses "key value" lines.
-func readKV(path string) (map[string]string, []string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	m := map[string]string{}
-	var keys []string
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if k == "" {
-			continue
-		}
-		if _, dup := m[k]; !dup {
-			keys = append(keys, k)
-		}
-		m[k] = strings.TrimSpace(v)
-	}
-	return m, keys, nil
-}
-
 // ctlError reads the reason the agent left in <dir>/error.
 func ctlError(dir string, err error) error {
-	if b, rerr := os.ReadFile(filepath.Join(dir, "error")); rerr == nil {
+	if b, rerr := os.ReadFile(filepath.Join(dir, chanfile.Error)); rerr == nil {
 		if reason := strings.TrimSpace(string(b)); reason != "" {
 			return fmt.Errorf("%w: %s", err, reason)
 		}
@@ -79,7 +61,7 @@ func prefix(dir string, streamDir *choiceFlag, base string) (string, error) {
 		}
 		return "", nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, "up."+base)); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, chanfile.StreamFile(0, base))); err == nil {
 		if !streamDir.set {
 			return "", usagef("%s is a stream channel: say which direction with --stream-dir up|down", dir)
 		}
@@ -91,7 +73,7 @@ func prefix(dir string, streamDir *choiceFlag, base string) (string, error) {
 }
 
 func streamDirFlag(fl *flagSet) *choiceFlag {
-	f := &choiceFlag{val: "", choices: []string{"up", "down"}}
+	f := &choiceFlag{val: "", choices: chanfile.Directions[:]}
 	fl.Var(f, "stream-dir", "direction of a stream channel: up or down")
 	return f
 }
@@ -132,29 +114,32 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 		}
 		return explain(err)
 	}
-	var ctl bytes.Buffer
+	var c registry.Change
 	if typF.set {
-		fmt.Fprintf(&ctl, "type %s\n", typ)
+		c.Type = &typ
 	}
 	if policyF.set {
-		fmt.Fprintf(&ctl, "policy %s\n", policy)
+		c.Policy = &policy
 	}
 	if capacity.set {
-		fmt.Fprintf(&ctl, "capacity %d\n", capacity.n)
+		c.Capacity = &capacity.n
 	}
 	if maxMsg.set {
-		fmt.Fprintf(&ctl, "max_message %d\n", maxMsg.n)
+		m := uint32(min(maxMsg.n, math.MaxUint32)) // larger: refused by the agent, with its reason
+
+		c.MaxMessage = &m
 	}
 	if *slots != 0 {
-		fmt.Fprintf(&ctl, "member_slots %d\n", *slots)
+		n := uint32(*slots)
+		c.MemberSlots = &n
 	}
 	if *lease != 0 {
-		fmt.Fprintf(&ctl, "lease %s\n", *lease)
+		c.Lease = lease
 	}
-	if ctl.Len() > 0 {
+	if ctl := chanfile.FormatCtl(c); len(ctl) > 0 {
 		// One write: the agent applies the lines together, so that a new
 		// capacity and max_message are checked against each other.
-		if err := writeFile(filepath.Join(dir, "ctl"), ctl.Bytes()); err != nil {
+		if err := writeFile(filepath.Join(dir, chanfile.Ctl), ctl); err != nil {
 			return fmt.Errorf("channel %s created, configuration refused: %w", dir, ctlError(dir, err))
 		}
 	}
@@ -222,12 +207,12 @@ the channel's absolute directory path (in a pod: $SHIMMY_CHANNEL).`,
 	if err != nil {
 		return err
 	}
-	pre, err := prefix(dir, dirFlag, "pub")
+	pre, err := prefix(dir, dirFlag, chanfile.Pub)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 1 || *raw {
-		f, err := os.OpenFile(filepath.Join(dir, pre+"pub"), os.O_WRONLY, 0)
+		f, err := os.OpenFile(filepath.Join(dir, pre+chanfile.Pub), os.O_WRONLY, 0)
 		if err != nil {
 			return explain(err)
 		}
@@ -246,7 +231,7 @@ the channel's absolute directory path (in a pod: $SHIMMY_CHANNEL).`,
 		}
 		return f.Close()
 	}
-	f, err := os.OpenFile(filepath.Join(dir, pre+"publines"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(dir, pre+chanfile.PubLines), os.O_WRONLY, 0)
 	if err != nil {
 		return explain(err)
 	}
@@ -354,7 +339,7 @@ the other readers of that direction: each message goes to one of them.`,
 	if err != nil {
 		return err
 	}
-	pre, err := prefix(dir, dirFlag, "sub")
+	pre, err := prefix(dir, dirFlag, chanfile.Sub)
 	if err != nil {
 		return err
 	}
@@ -367,7 +352,7 @@ the other readers of that direction: each message goes to one of them.`,
 	}
 	if *count == 0 && !*raw {
 		// The sub file batches many messages per read: the fast path.
-		f, err := os.Open(filepath.Join(dir, pre+"sub"+suffix))
+		f, err := os.Open(filepath.Join(dir, pre+chanfile.Sub+suffix))
 		if err != nil {
 			return explain(err)
 		}
@@ -380,7 +365,7 @@ the other readers of that direction: each message goes to one of them.`,
 	// The msg file gives exactly one message per read, so that -n takes no
 	// more than N messages (on a stream, extra ones would be lost to the
 	// other readers).
-	f, err := os.Open(filepath.Join(dir, pre+"msg"+suffix))
+	f, err := os.Open(filepath.Join(dir, pre+chanfile.Msg+suffix))
 	if err != nil {
 		return explain(err)
 	}
@@ -408,10 +393,10 @@ the other readers of that direction: each message goes to one of them.`,
 // maxMessage reads the channel's max_message, so that one read takes any
 // message whole.
 func maxMessage(dir string) int {
-	cfg, _, err := readKV(filepath.Join(dir, "config"))
+	b, err := os.ReadFile(filepath.Join(dir, chanfile.Config))
 	if err == nil {
-		if n, err := channel.ParseSize(cfg["max_message"]); err == nil && n > 0 && n <= 1<<30 {
-			return int(n)
+		if cfg, err := chanfile.ParseConfig(b); err == nil && cfg.Config.MaxMessage > 0 && cfg.Config.MaxMessage <= 1<<30 {
+			return int(cfg.Config.MaxMessage)
 		}
 	}
 	return 16 << 20
@@ -429,7 +414,7 @@ policy, messages published, subscribers and the largest subscriber lag.`,
 	}
 	var nss []string
 	if len(pos) == 1 {
-		if !validName(pos[0]) {
+		if !registry.ValidName(pos[0]) {
 			return usagef("invalid namespace %q", pos[0])
 		}
 		nss = []string{pos[0]}
@@ -460,12 +445,13 @@ policy, messages published, subscribers and the largest subscriber lag.`,
 		sort.Strings(names)
 		for _, ch := range names {
 			dir := filepath.Join(*mount, ns, ch)
-			cfg, _, cerr := readKV(filepath.Join(dir, "config"))
-			st, _, serr := readKV(filepath.Join(dir, "stats"))
+			cfgs, cerr := chanfile.ReadFile(filepath.Join(dir, chanfile.Config))
+			sts, serr := chanfile.ReadFile(filepath.Join(dir, chanfile.Stats))
 			if cerr != nil || serr != nil {
 				fmt.Fprintf(tw, "%s/%s\t?\t?\t?\t?\t?\t%v\n", ns, ch, explain(errors.Join(cerr, serr)))
 				continue
 			}
+			cfg, st := cfgs.Map(), sts.Map()
 			state := "ok"
 			if b := st["broken"]; b != "" && b != "0" && b != "false" {
 				state = "broken"
@@ -499,17 +485,17 @@ func runStat(e *env, args []string) error {
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "channel\t%s\n", dir)
-	for _, file := range []string{"config", "stats"} {
-		kv, keys, err := readKV(filepath.Join(dir, file))
+	for _, file := range []string{chanfile.Config, chanfile.Stats} {
+		kvs, err := chanfile.ReadFile(filepath.Join(dir, file))
 		if err != nil {
 			return explain(err)
 		}
 		fmt.Fprintf(tw, "%s:\t\n", file)
-		for _, k := range keys {
-			fmt.Fprintf(tw, "  %s\t%s\n", k, kv[k])
+		for _, kv := range kvs {
+			fmt.Fprintf(tw, "  %s\t%s\n", kv.Key, kv.Value)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "error")); err == nil && len(bytes.TrimSpace(b)) > 0 {
+	if b, err := os.ReadFile(filepath.Join(dir, chanfile.Error)); err == nil && len(bytes.TrimSpace(b)) > 0 {
 		fmt.Fprintf(tw, "last error:\t%s\n", bytes.TrimSpace(b))
 	}
 	return tw.Flush()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // flagSet is a flag.FlagSet with the text its --help prints.
@@ -178,21 +179,6 @@ func defaultMount(e *env) string {
 	return agent.DefaultMountPoint
 }
 
-// validName mirrors the agent's rule for namespace and channel names:
-// [A-Za-z0-9._-]{1,63}, not starting with '.'.
-func validName(s string) bool {
-	if len(s) < 1 || len(s) > 63 || s[0] == '.' {
-		return false
-	}
-	for _, c := range []byte(s) {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 // channelDir turns a channel argument into its directory: "ns/ch" lies
 // under the mount; an absolute path (what a pod with a hostPath volume
 // gets, e.g. $SHIMMY_CHANNEL) is used as it is.
@@ -201,7 +187,7 @@ func channelDir(mount, arg string) (string, error) {
 		return filepath.Clean(arg), nil
 	}
 	parts := strings.Split(strings.Trim(arg, "/"), "/")
-	if len(parts) != 2 || !validName(parts[0]) || !validName(parts[1]) {
+	if len(parts) != 2 || !registry.ValidName(parts[0]) || !registry.ValidName(parts[1]) {
 		return "", usagef("invalid channel %q (want <namespace>/<channel>, names of 1 to 63 letters, digits, '.', '_' or '-', or an absolute directory path)", arg)
 	}
 	return filepath.Join(mount, parts[0], parts[1]), nil

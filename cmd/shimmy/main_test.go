@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/channel"
 )
@@ -126,9 +128,10 @@ func TestAgentConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := cfg.Defaults
+	lg, _ := cfg.Log.(*logrus.Logger)
 	if cfg.MountPoint != "/tmp/m" || cfg.StateDir != "/dev/shm/x" || cfg.MetricsAddr != agent.MetricsOff || !cfg.Debug ||
 		d.Capacity != 64<<10 || d.Policy != channel.PolicyOverwrite || d.Lease.Milliseconds() != 200 || d.MemberSlots != 8 ||
-		cfg.Log == nil || cfg.Log.GetLevel().String() != "debug" {
+		lg == nil || lg.GetLevel() != logrus.DebugLevel {
 		t.Errorf("config %+v, defaults %+v", cfg, d)
 	}
 	// max_message was not given: it shrinks to fit the 64K ring.

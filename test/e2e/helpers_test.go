@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
@@ -261,22 +262,16 @@ func writeOnce(path string, b []byte) error {
 
 // kv reads a "key value" file.
 func kv(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
+	p, err := chanfile.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), " "); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m, nil
+	return p.Map(), nil
 }
 
 // stat returns one numeric statistic of a channel.
 func stat(dir, key string) (uint64, error) {
-	m, err := kv(filepath.Join(dir, "stats"))
+	m, err := kv(filepath.Join(dir, chanfile.Stats))
 	if err != nil {
 		return 0, err
 	}

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/shm"
 )
 
 // Result is the helper's last line of output.
@@ -60,6 +61,7 @@ var (
 	data      = flag.String("data", "x\n", "try-write: what to write")
 	print     = flag.Bool("print", false, "file-sub: print each message on a line of its own")
 	timeout   = flag.Duration("timeout", time.Minute, "give up after this long")
+	sysvID    = flag.Int("sysv-id", -1, "mmap-* modes: attach the SysV segment with this id instead of mapping <dir>/ring")
 
 	podRoot = flag.String("pod-root", "", "become a pod: mount a tmpfs here and bind -dir at <pod-root>/chan")
 	hide    = flag.String("hide", "", "pod: the shimmy mount point to detach from the pod's mount tree")
@@ -193,7 +195,7 @@ func pace(i int, t0 time.Time) {
 }
 
 func mmapMode(ctx context.Context, res *Result) error {
-	r, err := channel.MapFile(filepath.Join(*dir, "ring"))
+	r, err := mapRing()
 	if err != nil {
 		return err
 	}
@@ -340,4 +342,18 @@ func try(res *Result) error {
 		res.Errno = err.Error()
 	}
 	return nil
+}
+
+// mapRing maps the channel's ring: its file, or the SysV segment by id as
+// a client in the host's IPC namespace attaches it.
+func mapRing() (*channel.Ring, error) {
+	if *sysvID < 0 {
+		return channel.MapFile(filepath.Join(*dir, "ring"))
+	}
+	seg, err := shm.AttachSysV(*sysvID, channel.HeaderLen)
+	if err != nil {
+		return nil, err
+	}
+	// The segment stays attached until the process exits.
+	return channel.Open(seg.Bytes())
 }

@@ -1,0 +1,366 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/registry"
+)
+
+// hold is an open ring or data file's hold on its channel: the registry
+// counts it (the channel is busy while it is open).
+type hold struct {
+	root *Root
+	ch   *registry.Channel
+	h    *registry.Handle
+}
+
+func (n *fileNode) hold() (hold, syscall.Errno) {
+	h, err := n.ch.Open()
+	if err != nil {
+		return hold{}, toErrno(err)
+	}
+	return hold{root: n.root, ch: n.ch, h: h}, 0
+}
+
+// errno maps an error of the ring to what the file client sees; a corrupt
+// ring marks the channel broken (registry.Channel.NoteError).
+func (o hold) errno(err error) syscall.Errno {
+	e := toErrno(o.ch.NoteError(err))
+	if e == syscall.EIO && !o.ch.Broken() {
+		o.root.log.WithFields(logrus.Fields{"ns": o.ch.NS, "channel": o.ch.Name, "op": "io"}).WithError(err).Warn("unexpected channel error")
+	}
+	return e
+}
+
+func (n *fileNode) openRing() (gofs.FileHandle, uint32, syscall.Errno) {
+	o, errno := n.hold()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, 0, 0
+}
+
+func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
+	o, errno := n.hold()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	p, err := o.h.NewPublisher(channel.PublisherOptions{Queue: n.spec.queue})
+	if err != nil {
+		o.h.Close()
+		return nil, 0, o.errno(err)
+	}
+	h := &pubHandle{hold: o, pub: p, lines: n.spec.kind == kindPubLines, nonblock: nonblock, max: int(o.h.Ring().Config().MaxMessage)}
+	return h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
+	o, errno := n.hold()
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	cfg := o.h.Ring().Config()
+	h := &subHandle{hold: o, lines: n.spec.kind == kindSub, nonblock: nonblock, max: int(cfg.MaxMessage)}
+	var err error
+	if cfg.Type == channel.TypeStream {
+		h.rd, err = o.h.NewReader(channel.ReaderOptions{Queue: n.spec.queue})
+	} else {
+		from := channel.StartNewest
+		if n.spec.oldest {
+			from = channel.StartOldest
+		}
+		h.sub, err = o.h.NewSubscriber(channel.SubscriberOptions{From: from})
+	}
+	if err != nil {
+		o.h.Close()
+		return nil, 0, o.errno(err)
+	}
+	h.scratch = make([]byte, 0, h.max)
+	return h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// ringHandle serves the ring file. With passthrough the kernel reads,
+// writes and maps the shm file directly; otherwise reads and writes come
+// through the agent (mmap then needs the backing file: see config).
+type ringHandle struct {
+	hold
+	size int64
+}
+
+var (
+	_ = (gofs.FilePassthroughFder)((*ringHandle)(nil))
+	_ = (gofs.FileReader)((*ringHandle)(nil))
+	_ = (gofs.FileWriter)((*ringHandle)(nil))
+	_ = (gofs.FileReleaser)((*ringHandle)(nil))
+)
+
+func (h *ringHandle) PassthroughFd() (int, bool) {
+	f := h.h.Backing()
+	if f == nil {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
+func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	mem := h.h.Memory()
+	if mem == nil {
+		return nil, syscall.EIO
+	}
+	if off < 0 || off >= h.size {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(h.size, off+int64(len(dest)))
+	n := copy(dest, mem[off:end])
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	mem := h.h.Memory()
+	if mem == nil {
+		return 0, syscall.EIO
+	}
+	if off < 0 || off+int64(len(data)) > h.size {
+		return 0, syscall.EFBIG
+	}
+	return uint32(copy(mem[off:], data)), 0
+}
+
+func (h *ringHandle) Release(ctx context.Context) syscall.Errno {
+	h.h.Close()
+	return 0
+}
+
+// pubHandle publishes what is written: one message per write(2), or one
+// per line.
+type pubHandle struct {
+	hold
+	lines    bool
+	nonblock bool
+	max      int
+
+	mu      sync.Mutex
+	pub     *channel.Publisher
+	partial []byte
+	closed  bool
+}
+
+var (
+	_ = (gofs.FileWriter)((*pubHandle)(nil))
+	_ = (gofs.FileFlusher)((*pubHandle)(nil))
+	_ = (gofs.FileReleaser)((*pubHandle)(nil))
+)
+
+func (h *pubHandle) publish(ctx context.Context, msg []byte) syscall.Errno {
+	if len(msg) > h.max {
+		return syscall.EMSGSIZE
+	}
+	var err error
+	if h.nonblock {
+		err = h.pub.TryPublish(msg)
+	} else {
+		err = h.pub.Publish(ctx, msg)
+	}
+	if err != nil {
+		return h.errno(err)
+	}
+	return 0
+}
+
+func (h *pubHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return 0, syscall.EBADF
+	}
+	if !h.lines {
+		if errno := h.publish(ctx, data); errno != 0 {
+			return 0, errno
+		}
+		return uint32(len(data)), 0
+	}
+	// Line mode: bytes up to each newline complete a message (the newline
+	// is not part of it). On an error, report the bytes consumed so far so
+	// a retry does not publish a line twice.
+	done := 0
+	for done < len(data) {
+		i := bytes.IndexByte(data[done:], '\n')
+		if i < 0 {
+			if len(h.partial)+len(data)-done > h.max {
+				h.partial = h.partial[:0]
+				return partialResult(done, syscall.EMSGSIZE)
+			}
+			h.partial = append(h.partial, data[done:]...)
+			done = len(data)
+			break
+		}
+		line := data[done : done+i]
+		if len(h.partial) > 0 {
+			line = append(h.partial, line...)
+		}
+		if errno := h.publish(ctx, line); errno != 0 {
+			if errno == syscall.EMSGSIZE {
+				h.partial = h.partial[:0] // drop the oversized line, keep going next time
+				done += i + 1
+			}
+			return partialResult(done, errno)
+		}
+		h.partial = h.partial[:0]
+		done += i + 1
+	}
+	return uint32(done), 0
+}
+
+func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
+	if done > 0 {
+		return uint32(done), 0
+	}
+	return 0, errno
+}
+
+// Flush runs at every close(2): a trailing partial line is published then.
+func (h *pubHandle) Flush(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.lines || len(h.partial) == 0 || h.closed {
+		return 0
+	}
+	msg := h.partial
+	h.partial = nil
+	return h.publish(ctx, msg)
+}
+
+func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return 0
+	}
+	h.closed = true
+	h.pub.Close()
+	h.h.Close()
+	return 0
+}
+
+// subHandle delivers messages: in line mode as many whole messages as fit
+// the read buffer, each ending in a newline; in message mode exactly one
+// raw message per read.
+type subHandle struct {
+	hold
+	lines    bool
+	nonblock bool
+	max      int
+
+	mu      sync.Mutex
+	sub     *registry.Subscriber // pubsub: its losses count in the channel's stats
+	rd      *channel.Reader      // stream
+	scratch []byte
+	pending []byte // a message taken from the ring but not yet delivered
+	has     bool
+	closed  bool
+}
+
+var (
+	_ = (gofs.FileReader)((*subHandle)(nil))
+	_ = (gofs.FileReleaser)((*subHandle)(nil))
+)
+
+func (h *subHandle) next(ctx context.Context, block bool) ([]byte, error) {
+	if h.has {
+		return h.pending, nil
+	}
+	var msg []byte
+	var err error
+	switch {
+	case h.sub != nil && block:
+		msg, err = h.sub.Next(ctx, h.scratch)
+	case h.sub != nil:
+		msg, err = h.sub.TryNext(h.scratch)
+	case block:
+		msg, err = h.rd.Next(ctx, h.scratch)
+	default:
+		msg, err = h.rd.TryNext(h.scratch)
+	}
+	if err != nil {
+		return nil, err
+	}
+	h.scratch = msg[:0]
+	h.pending, h.has = msg, true
+	return msg, nil
+}
+
+func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, syscall.EBADF
+	}
+	out := dest[:0]
+	for {
+		first := len(out) == 0
+		// A stream message is gone from the queue once taken: after the
+		// first one, take another only if it is sure to fit.
+		if !first && h.rd != nil && !h.has && len(dest)-len(out) < h.max+1 {
+			break
+		}
+		msg, err := h.next(ctx, first && !h.nonblock)
+		if err != nil {
+			if !first {
+				break // deliver what we have; the error comes back next time
+			}
+			return nil, h.errno(err)
+		}
+		if !h.lines {
+			if len(msg) == 0 {
+				h.has = false // a 0-byte read would mean end of file: skip it
+				continue
+			}
+			if len(msg) > len(dest) {
+				return nil, syscall.EMSGSIZE
+			}
+			h.has = false
+			return fuse.ReadResultData(append(out, msg...)), 0
+		}
+		need := len(msg)
+		nl := len(msg) == 0 || msg[len(msg)-1] != '\n'
+		if nl {
+			need++
+		}
+		if need > len(dest)-len(out) {
+			if first {
+				return nil, syscall.EMSGSIZE
+			}
+			break
+		}
+		out = append(out, msg...)
+		if nl {
+			out = append(out, '\n')
+		}
+		h.has = false
+	}
+	return fuse.ReadResultData(out), 0
+}
+
+func (h *subHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return 0
+	}
+	h.closed = true
+	if h.sub != nil {
+		h.sub.Close()
+	} else {
+		h.rd.Close()
+	}
+	h.h.Close()
+	return 0
+}
