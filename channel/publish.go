@@ -221,7 +221,14 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 		// it, whose sequence tells a reaper how many messages to pass.
 		// Plain stores: the Tail CAS, or the exclusive publisher's release
 		// store of Tail (an opaque call the compiler cannot move them
-		// past), publishes them with the claim.
+		// past), publishes them with the claim. Only into a slot that is
+		// still ours: this loop may have waited long.
+		if testHookClaiming != nil {
+			testHookClaiming()
+		}
+		if err := p.m.alive(); err != nil {
+			return 0, err
+		}
 		next := mkpos(t.seq()+uint32(k), end)
 		p.m.s.Pending = uint64(t)
 		p.m.s.Cursor = uint64(next)
@@ -268,6 +275,10 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 		return k, nil
 	}
 }
+
+// testHookClaiming, set only by tests, runs in claimRun after the claim
+// is sized and before it is recorded and made: a test stalls there.
+var testHookClaiming func()
 
 // avail returns the units free for a claim at t without recomputing the
 // limit: what Limit (pubsub) or Release (stream) leaves of one lap.

@@ -92,6 +92,7 @@ func TestStalledPublisherAfterLap(t *testing.T) {
 		{"Reap, lap, close", reap, true, true},
 		{"stuck reader, lap, commit", reader, true, false},
 		{"stuck reader, lap, close", reader, true, true},
+		{"Reap, commit", reap, false, false},
 		{"stuck reader, commit", reader, false, false},
 		{"stuck reader, close", reader, false, true},
 	} {
@@ -125,6 +126,11 @@ func TestStalledPublisherAfterLap(t *testing.T) {
 				}
 			} else if err := a.Commit(c); !errors.Is(err, ErrEvicted) {
 				t.Fatalf("late commit: %v, want ErrEvicted", err)
+			}
+			// ErrEvicted means not published, so that a retry does not
+			// duplicate: the claim is still padding for any later reader.
+			if w := atomic.LoadUint64(r.commitWord(0, c.off)); !tc.lap && (uint32(w) != c.p.units() || uint32(w>>32)&FlagPadding == 0) {
+				t.Fatalf("commit word at the reaped claim %#x, want padding", w)
 			}
 			for k := i; k < i+300; k++ {
 				if k > i {
