@@ -163,7 +163,7 @@ var peerSleepy = Idle{Spins: 50, Yields: 5}
 // whether a blocking call may be made for it at step.
 func peerIdle(i, step int) (Idle, bool) {
 	if i == 0 {
-		return peerSleepy, step%10 == 3 || step%10 == 7
+		return peerSleepy, step%25 == 3 || step%25 == 7
 	}
 	return IdleBusy, step%4 == 1
 }
