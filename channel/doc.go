@@ -34,13 +34,24 @@
 //
 //   - Dead publisher holding a claim: readers cannot pass an uncommitted
 //     frame. A reader parked on one tries every Lease/4 to unblock it; once
-//     the owner's lease has expired the claim is committed as padding
-//     (counted in the queue's Reaped counter) and readers go on at the
-//     next message: the claimed messages (all of a batch) are gone, and
-//     their sequence numbers are skipped. Publishers never lap a claim of a live publisher still in
-//     flight (whatever the policy: its owner writes there), and ignore the
-//     claims of dead ones. Publisher.Close of a claim never committed pads
-//     it at once.
+//     the owner's lease has expired the claim is committed as one padding
+//     frame (counted in the queue's Reaped counter) and readers go on at
+//     the next message: the claimed messages (all of a batch) are gone,
+//     and their sequence numbers are skipped. Publishers never lap a claim
+//     that is neither committed nor padded (whatever the policy: its owner
+//     may still write there); a publisher that needs the room pads a dead
+//     one's first. Publisher.Close of a claim never committed pads it at
+//     once.
+//
+//   - Stalled members: a publisher that comes back after its claim was
+//     padded gets ErrEvicted from Commit and nothing is published (the
+//     commit is a CAS that fails on the padding); a block subscriber that
+//     was evicted while it held a message gets ErrEvicted from Next, and
+//     Valid reports false after Peek, since publishers may have reused the
+//     frame; a stream reader reaped while it held a take gets ErrEvicted
+//     and the message went with it. Payload bytes a stalled publisher
+//     writes after its claim was reused cannot be stopped: fill a claim
+//     well within the lease.
 //
 //   - Stream takes: a reader announces a take (Pending, PendingLen) before
 //     it moves Head past a record, and marks the record consumed after

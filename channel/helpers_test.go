@@ -430,6 +430,10 @@ func childMain(role string) error {
 		return childSubscribe(ctx, r, idle, released, say)
 	case "reader":
 		return childRead(ctx, r, idle, released, out, say)
+	case "stresspub":
+		return childStressPublish(ctx, r, idle, say)
+	case "stresssub":
+		return childStressSubscribe(ctx, r, idle, released, say)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -623,15 +627,8 @@ func childRead(ctx context.Context, r *Ring, idle Idle, released chan struct{}, 
 	ck := newChecker(int(r.Config().MaxMessage), counts)
 	ck.keep = true
 	say("READY")
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := untilReleased(ctx, released)
 	defer cancel()
-	go func() {
-		select {
-		case <-released:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
 	var msg []byte
 	for {
 		msg, err = rd.Next(rctx, msg)
@@ -665,6 +662,20 @@ func childRead(ctx context.Context, r *Ring, idle Idle, released chan struct{}, 
 	}
 	say(fmt.Sprintf("RESULT %d", ck.got))
 	return nil
+}
+
+// untilReleased returns a context that ends when ctx does or when the
+// parent releases the child (closes its stdin).
+func untilReleased(ctx context.Context, released chan struct{}) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-released:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return rctx, cancel
 }
 
 // readerReport parses what a reader child printed: placed (pub, seq)

@@ -48,12 +48,13 @@ import "unsafe"
 //	+-------------------+-------------------+--------+--------+--------+-------
 //	| tag units (u32)   | length|flags (u32)| seq u32| slot u16| rsvd  | payload
 //	+-------------------+-------------------+--------+--------+--------+-------
-//	 \_______ commit word (u64, stored last, release) ______/
+//	 \_______ commit word (u64, stored last, CAS) _______/
 //
 // The commit word binds a frame to its lap: a reader at position P accepts
 // the frame only if its tag equals P's units. The frame occupies
 // align16(16 + length) bytes. A padding frame (flag FlagPadding) fills the
-// space to the end of the ring when a record would not fit before the wrap.
+// space to the end of the ring when a record would not fit before the
+// wrap, and stands in for the messages of an abandoned or dead claim.
 
 // Magic identifies a Shimmy ring: "SHIMRING" read as a little-endian u64.
 const Magic uint64 = 0x474e4952_4d494853

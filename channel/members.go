@@ -17,6 +17,7 @@ type member struct {
 	dead  atomic.Bool
 	close atomic.Bool
 	count uint64 // messages, owned by the member's goroutine
+	lease uint64 // the Lease last stored; under r.mu once tracked
 }
 
 // counted adds n messages to the member's count. The shared Count is an
@@ -41,7 +42,7 @@ func (r *Ring) acquire(role uint32, q int, cursor pos) (*member, error) {
 			continue
 		}
 		gen := atomic.AddUint32(&s.Gen, 1)
-		atomic.StoreUint64(&s.Lease, now)
+		atomic.StoreUint64(&s.Lease, now) // over a reaper's stamp (stampStuck)
 		atomic.StoreUint32(&s.Role, role|uint32(q)<<8)
 		atomic.StoreUint32(&s.Pid, uint32(os.Getpid()))
 		atomic.StoreUint64(&s.Cursor, uint64(cursor))
@@ -49,8 +50,12 @@ func (r *Ring) acquire(role uint32, q int, cursor pos) (*member, error) {
 		atomic.StoreUint64(&s.Pending, 0)
 		atomic.StoreUint64(&s.Lost, 0)
 		atomic.StoreUint64(&s.Count, 0)
-		atomic.StoreUint32(&s.State, MemberActive)
-		m := &member{r: r, idx: i, gen: gen, s: s}
+		// A CAS: a reaper frees an init slot whose joiner looks dead
+		// (stampStuck), and the slot may have changed hands since.
+		if !atomic.CompareAndSwapUint32(&s.State, MemberInit, MemberActive) || atomic.LoadUint32(&s.Gen) != gen {
+			continue
+		}
+		m := &member{r: r, idx: i, gen: gen, s: s, lease: now}
 		r.track(m)
 		return m, nil
 	}
@@ -72,22 +77,38 @@ func (m *member) alive() error {
 	return nil
 }
 
-func (m *member) heartbeat() {
+// clearPending clears the claim or take record, if the slot is still ours.
+func (m *member) clearPending() {
 	if m.alive() == nil {
-		atomic.StoreUint64(&m.s.Lease, uint64(monotonic()))
+		storeRelease(&m.s.PendingLen, 0)
 	}
 }
 
-// release frees the slot if this member still owns it.
+// heartbeat refreshes the lease with a CAS from the value this member
+// stored last: a reaper that evicted it (Lease 0) or a new owner of the
+// slot (its own Lease) makes the CAS fail, and this member stops.
+func (m *member) heartbeat() {
+	if m.alive() != nil {
+		return
+	}
+	now := uint64(monotonic())
+	if !atomic.CompareAndSwapUint64(&m.s.Lease, m.lease, now) {
+		m.dead.Store(true)
+		return
+	}
+	m.lease = now
+}
+
+// release frees the slot if this member still owns it: the Lease CAS from
+// its own last value fails once a reaper or a new owner wrote it.
 func (m *member) release() {
 	if !m.close.CompareAndSwap(false, true) {
 		return
 	}
 	m.r.untrack(m)
-	if atomic.LoadUint32(&m.s.Gen) != m.gen {
+	if atomic.LoadUint32(&m.s.Gen) != m.gen || !atomic.CompareAndSwapUint64(&m.s.Lease, m.lease, 0) {
 		return
 	}
-	atomic.StoreUint64(&m.s.Lease, 0)
 	atomic.CompareAndSwapUint32(&m.s.State, MemberActive, MemberFree)
 }
 
@@ -137,14 +158,35 @@ func (r *Ring) expired(s *memberSlot, now int64) bool {
 	if st != MemberActive && st != MemberInit {
 		return false
 	}
-	lease := atomic.LoadUint64(&s.Lease)
-	return lease != 0 && now-int64(lease) > int64(r.cfg.Lease)
+	return r.leaseOut(atomic.LoadUint64(&s.Lease), now)
 }
 
-// evict marks slot s dead and frees it, if its lease is still expired.
+// leaseOut reports whether a lease stored at lease has run out at now. A
+// lease more than one lease in the future was never stored by a live
+// member (every party reads the same CLOCK_MONOTONIC): it has run out
+// too, or a dead member could keep its slot forever. 0 is no lease.
+func (r *Ring) leaseOut(lease uint64, now int64) bool {
+	d := now - int64(lease)
+	return lease != 0 && (d > int64(r.cfg.Lease) || d < -int64(r.cfg.Lease))
+}
+
+// evict marks slot s dead and frees it, if its lease is still expired and
+// the slot was not handed to a new member meanwhile.
 func (r *Ring) evict(s *memberSlot, now int64) bool {
+	gen := atomic.LoadUint32(&s.Gen)
 	st := atomic.LoadUint32(&s.State)
-	if !r.expired(s, now) || !atomic.CompareAndSwapUint32(&s.State, st, MemberDead) {
+	lease := atomic.LoadUint64(&s.Lease)
+	if st != MemberActive && st != MemberInit || !r.leaseOut(lease, now) {
+		return false
+	}
+	// The Lease CAS fails if the member woke up or the slot changed hands
+	// since we looked (a new owner stores its own Lease first); the Gen
+	// check after the State CAS catches one that changed hands in between.
+	if !atomic.CompareAndSwapUint64(&s.Lease, lease, 0) || !atomic.CompareAndSwapUint32(&s.State, st, MemberDead) {
+		return false
+	}
+	if atomic.LoadUint32(&s.Gen) != gen {
+		atomic.CompareAndSwapUint32(&s.State, MemberDead, st)
 		return false
 	}
 	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
@@ -152,10 +194,28 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 		// A dead exclusive publisher gives the queue back.
 		atomic.CompareAndSwapUint32(&r.queues[q].Exclusive, r.slotIndex(s)+1, 0)
 	}
-	atomic.StoreUint64(&s.Lease, 0)
 	atomic.StoreUint64(&s.PendingLen, 0)
-	atomic.StoreUint32(&s.State, MemberFree)
+	atomic.CompareAndSwapUint32(&s.State, MemberDead, MemberFree)
 	return true
+}
+
+// stampStuck gives a lease to a slot that has none and would otherwise
+// never expire: one a joiner took (State init) and died before its first
+// Lease store, or one a reaper died evicting (State dead). It frees a dead
+// one whose stamp ran out; an init one expires like any member.
+func (r *Ring) stampStuck(s *memberSlot, now int64) {
+	st := atomic.LoadUint32(&s.State)
+	if st != MemberInit && st != MemberDead {
+		return
+	}
+	lease := atomic.LoadUint64(&s.Lease)
+	switch {
+	case lease == 0:
+		atomic.CompareAndSwapUint64(&s.Lease, 0, uint64(now))
+	case st == MemberDead && r.leaseOut(lease, now) && atomic.CompareAndSwapUint64(&s.Lease, lease, 0):
+		atomic.StoreUint64(&s.PendingLen, 0)
+		atomic.CompareAndSwapUint32(&s.State, MemberDead, MemberFree)
+	}
 }
 
 // slotIndex returns the index of slot s in the member table.
@@ -217,38 +277,28 @@ func (r *Ring) Members() []MemberInfo {
 // Reap evicts every member whose lease has expired and unblocks records
 // that dead publishers claimed and never committed. Any member may call
 // it; the agent calls it periodically. It returns how many members were
-// evicted.
+// evicted. Its work is one pass over the member table (two on a stream),
+// and one padding frame per dead claim: whatever the slots hold, a pass
+// is bounded by the number of slots.
 func (r *Ring) Reap() int {
 	now := monotonic()
-	n := 0
 	for q := 0; q < int(r.cfg.queues()); q++ {
-		qh := r.queues[q]
-		// Unblock the claim at the slowest reader position first, while
-		// the dead publisher's pending claim is still recorded.
 		if r.cfg.Type == TypeStream {
-			r.unblockClaim(q, pos(atomic.LoadUint64(&qh.Head)), now)
 			r.reapTakes(q, now)
 		}
-		if r.cfg.Type != TypePubSub {
-			continue
-		}
-		for i := uint32(0); i < r.cfg.MemberSlots; i++ {
-			s := r.slot(i)
-			if atomic.LoadUint32(&s.State) == MemberActive && atomic.LoadUint32(&s.Role) == RoleSubscriber|uint32(q)<<8 {
-				r.unblockClaim(q, pos(atomic.LoadUint64(&s.Cursor)), now)
-			}
-		}
 	}
+	n := 0
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
+		r.stampStuck(s, now)
 		if !r.expired(s, now) {
 			continue
 		}
-		// A dead publisher's claim that no reader has reached yet (none
-		// may be there at all) is padded from its own start, so that its
+		// A dead publisher's claim is padded from its first data frame,
+		// wherever readers are (there may be none at all), so that its
 		// slot, and the queue if it held it exclusively, are freed.
-		if role := atomic.LoadUint32(&s.Role); role&0xff == RolePublisher && uint64(role>>8) < r.cfg.queues() && atomic.LoadUint64(&s.PendingLen) != 0 {
-			r.unblockClaim(int(role>>8), r.claimData(s), now)
+		if role := atomic.LoadUint32(&s.Role); role&0xff == RolePublisher && uint64(role>>8&0xff) < r.cfg.queues() && atomic.LoadUint64(&s.PendingLen) != 0 {
+			r.reapClaim(int(role>>8&0xff), s, now)
 		}
 		if r.settled(s) && r.evict(s, now) {
 			n++
@@ -282,15 +332,18 @@ func (r *Ring) settled(s *memberSlot) bool {
 		return true
 	}
 	p := pos(atomic.LoadUint64(&s.Pending))
-	qh := r.queues[q]
-	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) > r.capUnits {
-		return true // lapped long ago
-	}
 	if role&0xff == RolePublisher {
 		// The claim is committed when its first data frame is: a claim
 		// that starts with padding at the wrap committed the padding at
-		// once, and a claim of several frames commits the first one last.
-		return r.tagged(q, r.claimData(s))
+		// once (the next lap may reuse it), and a claim of several frames
+		// commits the first one last.
+		p = r.claimData(s)
+	}
+	if udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), p.units()) > r.capUnits {
+		return true // lapped long ago
+	}
+	if role&0xff == RolePublisher {
+		return r.tagged(q, p)
 	}
 	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
 	return uint32(w) == p.units() && uint32(w>>32)&(FlagConsumed|FlagPadding) != 0

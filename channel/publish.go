@@ -139,9 +139,10 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 // run is the publisher's claim in flight: its first data frame and the
 // offset and payload length of each of its frames.
 type run struct {
-	fp   pos      // first data frame (after any padding at the wrap)
-	off  []uint64 // frame offsets in the data region
-	lens []int    // payload bytes
+	fp    pos      // first data frame (after any padding at the wrap)
+	off   []uint64 // frame offsets in the data region
+	lens  []int    // payload bytes
+	stale uint64   // the first frame's commit word before the claim: commit CASes from it
 }
 
 // buf returns frame i's payload in the ring.
@@ -218,15 +219,34 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 		// it if this process dies before committing: where it starts, how
 		// long it is, and (in the publisher's Cursor) the position after
 		// it, whose sequence tells a reaper how many messages to pass.
+		// Plain stores: the Tail CAS, or the exclusive publisher's release
+		// store of Tail (an opaque call the compiler cannot move them
+		// past), publishes them with the claim. Only into a slot that is
+		// still ours: this loop may have waited long.
+		if testHookClaiming != nil {
+			testHookClaiming()
+		}
+		if err := p.m.alive(); err != nil {
+			return 0, err
+		}
 		next := mkpos(t.seq()+uint32(k), end)
-		storeRelease(&p.m.s.Pending, uint64(t))
-		storeRelease(&p.m.s.Cursor, uint64(next))
-		storeRelease(&p.m.s.PendingLen, total) // ordered before the claim by the CAS
+		p.m.s.Pending = uint64(t)
+		p.m.s.Cursor = uint64(next)
+		p.m.s.PendingLen = total
 		if p.ex {
-			storeRelease(&p.qh.Tail, uint64(next)) // the only writer of Tail
+			// The only writer of Tail, as long as the queue is still ours:
+			// a reaper that took us for dead gave it to others.
+			if err := p.exclusive(); err != nil {
+				return 0, err
+			}
+			storeRelease(&p.qh.Tail, uint64(next))
 		} else if !atomic.CompareAndSwapUint64(&p.qh.Tail, uint64(t), uint64(next)) {
 			// Withdraw the record: others must not wait on a claim that
-			// was never made while this publisher waits for room.
+			// was never made while this publisher waits for room. A slot
+			// reaped meanwhile is someone else's now: leave it alone.
+			if err := p.m.alive(); err != nil {
+				return 0, err
+			}
 			atomic.StoreUint64(&p.m.s.PendingLen, 0)
 			continue
 		}
@@ -239,14 +259,26 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 		p.run.fp = fp
 		p.run.off = p.run.off[:0]
 		p.run.lens = append(p.run.lens[:0], sizes[:k]...)
-		for _, n := range p.run.lens {
+		for i, n := range p.run.lens {
+			// Each frame's header now (plain stores: the commit orders
+			// them), so that commit writes nothing but commit words.
+			fh := r.frame(p.q, off)
+			fh.Seq = fp.seq() + uint32(i)
+			fh.Slot = uint16(p.m.idx)
 			p.run.off = append(p.run.off, off)
 			off += align16(FrameHeaderLen + uint64(n))
 		}
+		// The word the first frame's commit replaces: commit CASes from
+		// it, which fails if a reaper padded the claim meanwhile.
+		p.run.stale = atomic.LoadUint64(r.commitWord(p.q, p.run.off[0]))
 		p.out = true
 		return k, nil
 	}
 }
+
+// testHookClaiming, set only by tests, runs in claimRun after the claim
+// is sized and before it is recorded and made: a test stalls there.
+var testHookClaiming func()
 
 // avail returns the units free for a claim at t without recomputing the
 // limit: what Limit (pubsub) or Release (stream) leaves of one lap.
@@ -260,6 +292,35 @@ func (p *Publisher) avail(t pos) uint32 {
 		return 0
 	}
 	return p.r.capUnits - d
+}
+
+// exclusive reports ErrEvicted unless this publisher still holds its slot
+// and its queue exclusively.
+func (p *Publisher) exclusive() error {
+	if err := p.m.alive(); err != nil {
+		return err
+	}
+	if atomic.LoadUint32(&p.qh.Exclusive) != p.m.idx+1 {
+		p.m.dead.Store(true)
+		return fmt.Errorf("%w: queue %d is no longer exclusive to slot %d", ErrEvicted, p.q, p.m.idx)
+	}
+	return nil
+}
+
+// owns reports whether the claim in flight is still this publisher's to
+// write: the slot is still its own, and no claim of the next lap reached
+// its first data frame (publishers do not pass a claim that is neither
+// committed nor padded; the padding at the wrap before it, committed at
+// once, they may).
+func (p *Publisher) owns() error {
+	if err := p.m.alive(); err != nil {
+		return err
+	}
+	if t := pos(atomic.LoadUint64(&p.qh.Tail)); udist(t.units(), p.run.fp.units()) > p.r.capUnits {
+		p.m.dead.Store(true)
+		return fmt.Errorf("%w: claim at %d was lapped", ErrEvicted, p.run.fp.units())
+	}
+	return nil
 }
 
 // room reports whether a claim ending at units end fits: it may not reach
@@ -302,9 +363,11 @@ func (r *Ring) raiseLimit(q int) uint32 {
 		}
 		role := atomic.LoadUint32(&s.Role)
 		if role == RolePublisher|uint32(q)<<8 {
-			// A dead publisher's claim does not hold others back: readers
-			// pad over it (unblockClaim) or the next lap overwrites it.
-			if atomic.LoadUint64(&s.PendingLen) == 0 || r.expired(s, now) {
+			// A claim holds others back until it is committed or padded:
+			// a dead publisher's is padded here first (reapClaim), so that
+			// no publisher of the next lap ever writes where its owner,
+			// if it was only stalled, could still write.
+			if atomic.LoadUint64(&s.PendingLen) == 0 || r.expired(s, now) && r.reapClaim(q, s, now) {
 				continue
 			}
 			if d := udist(tail, pos(atomic.LoadUint64(&s.Pending)).units()); d <= r.capUnits && d > lag {
@@ -316,11 +379,10 @@ func (r *Ring) raiseLimit(q int) uint32 {
 			continue
 		}
 		c := pos(atomic.LoadUint64(&s.Cursor))
-		if r.expired(s, now) {
-			// A dead subscriber may not hold publishers back; if it is
-			// parked on a dead publisher's claim, unblock that first.
-			r.unblockClaim(q, c, now)
-			r.evict(s, now)
+		// A dead subscriber may not hold publishers back, once it is
+		// evicted: a stalled one that comes back then finds out before it
+		// trusts what it read (Valid).
+		if r.expired(s, now) && r.evict(s, now) {
 			continue
 		}
 		if d := udist(tail, c.units()); d <= r.capUnits && d > lag {
@@ -339,8 +401,10 @@ func (r *Ring) raiseLimit(q int) uint32 {
 	}
 }
 
-// Commit publishes a claimed frame: the commit word is stored last, with
-// release semantics, and sleeping readers are woken.
+// Commit publishes a claimed frame: its commit word is stored last, with
+// a compare-and-swap, and sleeping readers are woken. ErrEvicted means the
+// message was not published: this publisher stalled past its lease and a
+// reaper padded the claim (or the ring lapped it).
 func (p *Publisher) Commit(c Claim) error {
 	if !p.out || p.batch || c.p != p.run.fp {
 		return fmt.Errorf("%w: commit without a matching claim", ErrConfig)
@@ -353,50 +417,46 @@ func (p *Publisher) Commit(c Claim) error {
 // pass an uncommitted frame, so no reader sees any message of a claim until
 // it sees them all, and a reaper that pads over the claim of a dead
 // publisher (from the first frame on) never hides a message a reader
-// already took.
+// already took. The first frame's commit word is a CAS from the word the
+// claim found there: if a reaper padded the claim meanwhile (this
+// publisher stalled past its lease), it fails and nothing is published;
+// the others, stored after the check that the claim was not lapped, lie
+// under that padding. The CAS is also the full barrier that orders the
+// commit before wake's look at DataWaiters (section 11 of the ABI).
 func (p *Publisher) commit() error {
 	p.out = false
-	r := p.r
-	seq := p.run.fp.seq()
-	units := p.run.fp.units()
-	for i := range p.run.lens {
-		fh := r.frame(p.q, p.run.off[i])
-		fh.Seq = seq + uint32(i)
-		fh.Slot = uint16(p.m.idx)
+	if err := p.owns(); err != nil {
+		return err
 	}
+	r := p.r
+	units := p.run.fp.units()
 	for i := 1; i < len(p.run.lens); i++ {
 		u := units + uint32((p.run.off[i]-p.run.off[0])>>unitShift)
 		storeRelease(r.commitWord(p.q, p.run.off[i]), commitWord(u, uint32(p.run.lens[i])))
 	}
-	// A plain release store, not a CAS: a CAS would wait for the line the
-	// subscribers poll. A reaper pads a claim only after this publisher's
-	// lease ran out; if we were that slow, our commit replaces its padding
-	// with the same messages either way, and we report the eviction.
-	storeRelease(r.commitWord(p.q, p.run.off[0]), commitWord(units, uint32(p.run.lens[0])))
-	storeRelease(&p.m.s.PendingLen, 0)
-	ok := p.m.alive() == nil
-	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
-	if !ok {
-		// A reaper took this claim for a dead publisher's: we stalled
-		// past our lease.
+	if !atomic.CompareAndSwapUint64(r.commitWord(p.q, p.run.off[0]), p.run.stale, commitWord(units, uint32(p.run.lens[0]))) {
 		p.m.dead.Store(true)
 		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, units)
 	}
+	p.m.clearPending()
+	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	p.m.counted(uint64(len(p.run.lens)))
 	return nil
 }
 
-// abort turns an outstanding claim into padding.
+// abort turns an outstanding claim into padding, if it is still ours.
 func (p *Publisher) abort() {
 	p.out = false
-	// The frames took sequence numbers: the padding (one frame per
-	// message, section 8 of the ABI) passes readers on to the sequence
-	// after them.
+	if p.owns() != nil {
+		return
+	}
+	// The frames took sequence numbers: the padding passes readers on to
+	// the sequence after them (section 8 of the ABI).
 	last := len(p.run.lens) - 1
 	n := p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - p.run.off[0]
 	end := mkpos(p.run.fp.seq()+uint32(last+1), p.run.fp.units()+uint32(n>>unitShift))
-	p.r.padClaim(p.q, p.run.fp, end, atomic.LoadUint64(p.r.commitWord(p.q, p.run.off[0])))
-	atomic.StoreUint64(&p.m.s.PendingLen, 0)
+	p.r.padClaim(p.q, p.run.fp, end, p.run.stale)
+	p.m.clearPending()
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 }
 
@@ -418,45 +478,50 @@ func (r *Ring) pad(q int, at pos, seq uint32, n uint64) {
 	}
 }
 
-// padClaim commits padding over [p, end) for the messages p.seq() up to
-// end.seq() of a claim that will never be committed (abandoned, or its
-// publisher died), unless the frame at p no longer holds stale: one
-// 16-byte padding frame per message but the last, then one over the rest,
-// each standing in for one message (section 5 of the ABI), so readers go
-// on at end's sequence. It reports whether it padded.
+// padClaim commits one padding frame over [p, end) in place of the
+// messages p.seq() up to end.seq() of a claim that will never be committed
+// (abandoned, or its publisher died), unless the frame at p no longer
+// holds stale. The padding's Seq is end's sequence, so readers go on there
+// (section 5 of the ABI); one frame, whatever the claim held, so that
+// padding costs one CAS and readers see all of the claim padded or none of
+// it. A claim that reaches over the end of the ring (only a corrupt record
+// can) is split there. It reports whether it padded.
 func (r *Ring) padClaim(q int, p, end pos, stale uint64) bool {
 	units := udist(end.units(), p.units())
-	k := end.seq() - p.seq() // messages; from shared memory when reaping:
-	if k == 0 || k > units {
-		k = 1 // one message in a claim of unknown count; at most one per unit
-	}
-	off := r.offset(p.units())
-	for i := uint32(0); i < k-1; i++ {
-		if !r.padFrame(q, off, p, p.seq()+1, stale, FrameHeaderLen) && i == 0 {
-			return false // another reaper got here first
-		}
-		p = mkpos(p.seq()+1, p.units()+1)
-		off = r.offset(p.units())
-		stale = atomic.LoadUint64(r.commitWord(q, off))
-		units--
+	seq := end.seq()
+	if k := seq - p.seq(); k == 0 || k > units {
+		seq = p.seq() + 1 // a claim of unknown count: at most one message per unit
 	}
 	n := uint64(units) << unitShift
+	off := r.offset(p.units())
 	first := min(n, r.capacity-off)
-	if !r.padFrame(q, off, p, p.seq()+1, stale, first) && k == 1 {
-		return false
+	if !r.padFrame(q, off, p, seq, stale, first) {
+		return false // committed, or another reaper got here first
 	}
-	r.pad(q, mkpos(p.seq(), p.units()+uint32(first>>unitShift)), p.seq()+1, n-first)
+	r.pad(q, mkpos(seq, p.units()+uint32(first>>unitShift)), seq, n-first)
 	return true
 }
 
 // padFrame commits a padding frame of n bytes (header included) at off,
 // for position p, with next sequence seq, unless the commit word no longer
-// holds stale.
+// holds stale. Its Seq goes before its commit word, as for any frame; if
+// the CAS then loses to the owner's commit (a stalled publisher that came
+// back just now), the frame gets its own sequence back.
 func (r *Ring) padFrame(q int, off uint64, p pos, seq uint32, stale, n uint64) bool {
+	cw := r.commitWord(q, off)
+	if atomic.LoadUint64(cw) != stale {
+		return false
+	}
 	fh := r.frame(q, off)
-	fh.Seq = seq
+	atomic.StoreUint32(&fh.Seq, seq)
 	fh.Slot = 0xffff
-	return atomic.CompareAndSwapUint64(r.commitWord(q, off), stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen)))
+	if atomic.CompareAndSwapUint64(cw, stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen))) {
+		return true
+	}
+	if w := atomic.LoadUint64(cw); uint32(w) == p.units() && uint32(w>>32)&FlagPadding == 0 {
+		atomic.StoreUint32(&fh.Seq, p.seq())
+	}
+	return false
 }
 
 // index records, for every chunk boundary the claim [t, end) crosses, the

@@ -160,14 +160,16 @@ func Format(mem []byte, cfg Config) (*Ring, error) {
 
 // Open validates the header in mem and returns the ring. Every field is
 // bounds-checked against len(mem); errors wrap ErrBadMagic, ErrVersion or
-// ErrCorrupt.
+// ErrCorrupt. Each field is loaded from shared memory once, into the copy
+// that is validated and then used: a peer rewriting the header while we
+// open cannot slip in a value that was never checked.
 func Open(mem []byte) (*Ring, error) {
 	if len(mem) < HeaderLen {
 		return nil, fmt.Errorf("%w: %d bytes is smaller than the %d-byte header", ErrCorrupt, len(mem), HeaderLen)
 	}
-	d := (*descriptor)(unsafe.Pointer(&mem[0]))
-	if m := atomic.LoadUint64(&d.Magic); m != Magic {
-		return nil, fmt.Errorf("%w: %#x", ErrBadMagic, m)
+	d := loadDescriptor((*descriptor)(unsafe.Pointer(&mem[0])))
+	if d.Magic != Magic {
+		return nil, fmt.Errorf("%w: %#x", ErrBadMagic, d.Magic)
 	}
 	if d.Version != Version {
 		return nil, fmt.Errorf("%w: ring has version %d, this client speaks %d", ErrVersion, d.Version, Version)
@@ -214,6 +216,28 @@ func Open(mem []byte) (*Ring, error) {
 		r.queues[q] = (*queueHeader)(unsafe.Pointer(&mem[OffQueues+q*QueueHeaderLen]))
 	}
 	return r, nil
+}
+
+// loadDescriptor copies the descriptor out of shared memory, one atomic
+// load per field (the agent line is left out: it changes all the time).
+func loadDescriptor(d *descriptor) descriptor {
+	return descriptor{
+		Magic:         atomic.LoadUint64(&d.Magic),
+		Version:       atomic.LoadUint32(&d.Version),
+		HeaderLen:     atomic.LoadUint32(&d.HeaderLen),
+		Type:          atomic.LoadUint32(&d.Type),
+		Policy:        atomic.LoadUint32(&d.Policy),
+		Capacity:      atomic.LoadUint64(&d.Capacity),
+		MaxMessage:    atomic.LoadUint32(&d.MaxMessage),
+		MemberSlots:   atomic.LoadUint32(&d.MemberSlots),
+		Epoch:         atomic.LoadUint64(&d.Epoch),
+		MembersOffset: atomic.LoadUint64(&d.MembersOffset),
+		LeaseNanos:    atomic.LoadUint64(&d.LeaseNanos),
+		QueueCount:    atomic.LoadUint32(&d.QueueCount),
+		IndexChunks:   atomic.LoadUint32(&d.IndexChunks),
+		FileSize:      atomic.LoadUint64(&d.FileSize),
+		DataOffset:    atomic.LoadUint64(&d.DataOffset),
+	}
 }
 
 // Config returns the ring's validated configuration.

@@ -83,7 +83,7 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			}
 			return buf, err
 		case readPadding:
-			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(r.padSeq(rd.q, h), h.units()+uint32(frame>>unitShift))))
+			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(r.padSeq(rd.q, h, frame), h.units()+uint32(frame>>unitShift))))
 			continue
 		case readOK:
 			// Announce the take before making it, so that a reaper can
@@ -91,6 +91,9 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			atomic.StoreUint64(&rd.m.s.Pending, uint64(h))
 			atomic.StoreUint64(&rd.m.s.PendingLen, frame)
 			if !atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq()+1, h.units()+uint32(frame>>unitShift)))) {
+				if err := rd.m.alive(); err != nil {
+					return buf, err // the slot is someone else's now
+				}
 				atomic.StoreUint64(&rd.m.s.PendingLen, 0)
 				continue
 			}
@@ -98,10 +101,16 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 				testHookTaken()
 			}
 			buf = append(buf[:0], msg...)
-			cw := r.commitWord(rd.q, r.offset(h.units()))
-			w := atomic.LoadUint64(cw)
-			atomic.CompareAndSwapUint64(cw, w, w|uint64(FlagConsumed)<<32)
-			atomic.StoreUint64(&rd.m.s.PendingLen, 0)
+			// Consume the record from the very word it was taken with: if
+			// a reaper took this reader for dead meanwhile, it consumed the
+			// record, writers may have reused the space, and what was
+			// copied may be torn; a newer record there keeps its word.
+			w := commitWord(h.units(), uint32(len(msg)))
+			if !atomic.CompareAndSwapUint64(r.commitWord(rd.q, r.offset(h.units())), w, w|uint64(FlagConsumed)<<32) {
+				rd.m.dead.Store(true)
+				return buf[:0], fmt.Errorf("%w: take at %d was reaped", ErrEvicted, h.units())
+			}
+			rd.m.clearPending()
 			rd.m.counted(1)
 			r.advanceRelease(rd.q)
 			wake(&rd.qh.SpaceFutex, &rd.qh.SpaceWaiters)
@@ -152,7 +161,7 @@ func (r *Ring) advanceRelease(q int) {
 		next := rel
 		switch {
 		case lf&FlagPadding != 0:
-			next = mkpos(r.padSeq(q, rel), rel.units()+uint32((FrameHeaderLen+n)>>unitShift))
+			next = mkpos(r.padSeq(q, rel, FrameHeaderLen+n), rel.units()+uint32((FrameHeaderLen+n)>>unitShift))
 		case lf&FlagConsumed != 0:
 			next = mkpos(rel.seq()+1, rel.units()+uint32(align16(FrameHeaderLen+n)>>unitShift))
 		default:

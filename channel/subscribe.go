@@ -101,6 +101,9 @@ func (s *Subscriber) Next(ctx context.Context, buf []byte) ([]byte, error) {
 		return buf, err
 	}
 	buf = append(buf[:0], msg...)
+	if err := s.check(); err != nil {
+		return buf, err
+	}
 	if !s.Valid() {
 		s.viewed = 0
 		s.resync()
@@ -108,6 +111,20 @@ func (s *Subscriber) Next(ctx context.Context, buf []byte) ([]byte, error) {
 	}
 	s.Done()
 	return buf, nil
+}
+
+// check runs after a message was copied out: with the block policy, a
+// subscriber evicted meanwhile (it stalled past its lease) no longer held
+// publishers back, and what it copied may be a newer message's bytes.
+func (s *Subscriber) check() error {
+	if s.r.cfg.Policy != PolicyBlock {
+		return nil
+	}
+	if err := s.m.alive(); err != nil {
+		s.viewed = 0
+		return err
+	}
+	return nil
 }
 
 // TryNext is Next without waiting: ErrWouldBlock when no message is ready.
@@ -118,6 +135,9 @@ func (s *Subscriber) TryNext(buf []byte) ([]byte, error) {
 			return buf, err
 		}
 		buf = append(buf[:0], msg...)
+		if err := s.check(); err != nil {
+			return buf, err
+		}
 		if s.Valid() {
 			s.Done()
 			return buf, nil
@@ -128,18 +148,21 @@ func (s *Subscriber) TryNext(buf []byte) ([]byte, error) {
 }
 
 // Peek waits for the next message and returns it in place, without
-// copying: the zero-copy read. The slice is valid until Done; with the
-// overwrite policy check Valid after using it.
+// copying: the zero-copy read. The slice is valid until Done; check Valid
+// after using it: with the overwrite policy publishers may lap it, and
+// with block they may once this subscriber stalled past its lease.
 func (s *Subscriber) Peek(ctx context.Context) ([]byte, error) {
 	s.w.ctx = ctx
 	return s.peek(true)
 }
 
 // Valid reports whether the message returned by Peek was not overwritten
-// while it was read (always true with the block policy).
+// while it was read. With the block policy that holds while this
+// subscriber is a member: it is false once it was evicted (it stalled past
+// its lease), and Next then reports ErrEvicted.
 func (s *Subscriber) Valid() bool {
 	if s.r.cfg.Policy == PolicyBlock {
-		return true
+		return s.m.alive() == nil
 	}
 	t := pos(atomic.LoadUint64(&s.qh.Tail))
 	return udist(t.units(), s.cur.units()) <= s.r.capUnits
@@ -169,12 +192,19 @@ func (s *Subscriber) flush() {
 		return
 	}
 	s.dirtyN, s.dirtyB = 0, 0
-	// A release store: the messages were read before publishers may reuse
-	// their space, without the full barrier atomic.Store would add.
-	storeRelease(&s.m.s.Cursor, uint64(s.cur))
-	if s.r.cfg.Policy == PolicyBlock {
-		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	if s.m.alive() != nil {
+		return // the slot is no longer ours to write
 	}
+	if s.r.cfg.Policy != PolicyBlock {
+		// A release store: the messages were read before the cursor
+		// moves, without the full barrier atomic.Store would add.
+		storeRelease(&s.m.s.Cursor, uint64(s.cur))
+		return
+	}
+	// Sequentially consistent: wake looks at SpaceWaiters next, and a
+	// release store could pass that load (section 11 of the ABI).
+	storeSeqCst(&s.m.s.Cursor, uint64(s.cur))
+	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 }
 
 func (s *Subscriber) peek(block bool) ([]byte, error) {
@@ -204,10 +234,13 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			s.viewed = frame
 			return msg, nil
 		case readPadding:
-			s.cur = mkpos(r.padSeq(s.q, s.cur), s.cur.units()+uint32(frame>>unitShift))
+			s.cur = mkpos(r.padSeq(s.q, s.cur, frame), s.cur.units()+uint32(frame>>unitShift))
 			s.dirtyB += frame
 			continue
 		case readLapped:
+			if err := s.m.alive(); err != nil {
+				return nil, err
+			}
 			s.resync()
 			continue
 		case readCorrupt:
@@ -315,13 +348,14 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 	return r.mem[fo : fo+n : fo+n], align16(FrameHeaderLen + n), readOK, nil
 }
 
-// padSeq returns the sequence that follows the padding frame at position
-// p of queue q: its Seq field, which is p's own sequence, or one more when
-// the padding stands in for a message that was claimed and never
-// committed. Any other value is ignored; the next frame's check catches a
-// corrupt ring.
-func (r *Ring) padSeq(q int, p pos) uint32 {
-	if s := atomic.LoadUint32(&r.frame(q, r.offset(p.units())).Seq); s == p.seq()+1 {
+// padSeq returns the sequence that follows the padding frame of n bytes at
+// position p of queue q: its Seq field, which is p's own sequence, or
+// further on when the padding stands in for messages that were claimed and
+// never committed, at most one per 16-byte unit it covers. Any other value
+// is ignored; the next frame's check catches a corrupt ring.
+func (r *Ring) padSeq(q int, p pos, n uint64) uint32 {
+	s := atomic.LoadUint32(&r.frame(q, r.offset(p.units())).Seq)
+	if k := s - p.seq(); k != 0 && uint64(k) <= n>>unitShift {
 		return s
 	}
 	return p.seq()
@@ -353,18 +387,17 @@ func (r *Ring) oldest(q int, tail pos) pos {
 }
 
 // unblockClaim pads over the claim at position p of queue q if every
-// publisher that recorded a claim covering p is dead.
+// publisher that recorded a claim covering p is dead: what a reader stuck
+// at p does. It scans the member table once.
 func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
-	qh := r.queues[q]
 	off := r.offset(p.units())
 	w := atomic.LoadUint64(r.commitWord(q, off))
 	if uint32(w) == p.units() {
 		return false // committed
 	}
-	if udist(pos(atomic.LoadUint64(&qh.Tail)).units(), p.units()) == 0 {
+	if udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), p.units()) == 0 {
 		return false // not claimed
 	}
-	var end pos
 	var owner *memberSlot
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
@@ -379,25 +412,55 @@ func (r *Ring) unblockClaim(q int, p pos, now int64) bool {
 		if !r.expired(s, now) {
 			return false // a live publisher is still filling it
 		}
-		// A publisher's Cursor is the position after its claim; one that
-		// does not match the claim's end (a client that does not record
-		// it) means a claim of one message.
-		end = pos(atomic.LoadUint64(&s.Cursor))
-		if e := start + uint32(n>>unitShift); end.units() != e {
-			end = mkpos(p.seq()+1, e)
-		}
 		owner = s
 	}
-	if owner == nil {
+	return owner != nil && r.padDead(q, owner, p, w)
+}
+
+// reapClaim pads the claim recorded in publisher slot s of queue q, whose
+// lease expired, from its first data frame, unless it was committed or
+// lapped. It reports whether the claim holds no one back any more.
+func (r *Ring) reapClaim(q int, s *memberSlot, now int64) bool {
+	p := r.claimData(s)
+	w := atomic.LoadUint64(r.commitWord(q, r.offset(p.units())))
+	if uint32(w) != p.units() && r.expired(s, now) {
+		r.padDead(q, s, p, w)
+	}
+	return r.settled(s)
+}
+
+// padDead pads the claim of the dead publisher in slot s from position p,
+// where the commit word was stale. A claim that the ring lapped since is
+// left alone: its space holds newer frames, and stale may be one of them
+// (section 10 of the ABI). Several readers may get here at once: the one
+// whose CAS turns the frame at p into padding does the rest.
+func (r *Ring) padDead(q int, s *memberSlot, p pos, stale uint64) bool {
+	qh := r.queues[q]
+	n := atomic.LoadUint64(&s.PendingLen)
+	start := pos(atomic.LoadUint64(&s.Pending)).units()
+	if n == 0 || n > r.capacity || udist(p.units(), start) >= uint32(n>>unitShift) {
+		return false // no claim, or not one covering p
+	}
+	// A claim lies behind the tail, and p within the lap behind it: one
+	// the ring lapped since is settled, one reaching past the tail is a
+	// corrupt record.
+	tail := pos(atomic.LoadUint64(&qh.Tail)).units()
+	if udist(tail, p.units()) > r.capUnits || udist(tail, start) < uint32(n>>unitShift) {
 		return false
 	}
-	// The claim took sequences p.seq() up to end's: readers go on at
-	// end's. Several readers may get here at once: the one whose CAS
-	// turns the first frame into padding does the rest.
-	if !r.padClaim(q, p, end, w) {
+	// A publisher's Cursor is the position after its claim, whose sequence
+	// says how many messages the claim took; one that does not match the
+	// claim's end (a client that does not record it) means a claim of one
+	// message.
+	e := start + uint32(n>>unitShift)
+	end := pos(atomic.LoadUint64(&s.Cursor))
+	if end.units() != e {
+		end = mkpos(p.seq()+1, e)
+	}
+	if !r.padClaim(q, p, end, stale) {
 		return false
 	}
-	atomic.StoreUint64(&owner.PendingLen, 0)
+	atomic.CompareAndSwapUint64(&s.PendingLen, n, 0)
 	atomic.AddUint64(&qh.Reaped, 1)
 	wake(&qh.DataFutex, &qh.DataWaiters)
 	return true

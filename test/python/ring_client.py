@@ -361,9 +361,10 @@ class Subscriber:
                 if (n % 16 or off + FRAME_HEADER + n > r.capacity
                         or udist(units_of(tail), units_of(cur)) < (FRAME_HEADER + n) >> 4):
                     raise RingError(f"corrupt ring: padding of {n} bytes at offset {off}")
-                # padSeq: padding over a claimed message carries seq + 1.
+                # padSeq: padding over claimed messages carries the sequence
+                # after them, at most one message per 16-byte unit.
                 seq = r.u32(base + off + F_SEQ)
-                if seq != (seq_of(cur) + 1) & M32:
+                if not 0 < (seq - seq_of(cur)) & M32 <= (FRAME_HEADER + n) >> 4:
                     seq = seq_of(cur)
                 self.cur = mkpos(seq, units_of(cur) + ((FRAME_HEADER + n) >> 4))
                 self.m.set(M_CURSOR, self.cur)

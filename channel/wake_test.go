@@ -1,0 +1,116 @@
+package channel
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+	"testing"
+)
+
+// wakePair is one waker/waiter pair of the futex protocol (section 11 of
+// the ABI), driven round by round by TestWakeStoreBuffering.
+type wakePair struct {
+	prepare func()      // the waker, before a round: progress still to make
+	wake    func()      // the waker: make the progress, wake waiters if any
+	seen    func() bool // the waiter, after announcing its sleep: progress made?
+	word    *uint32     // the futex word
+	waiters *uint32     // the waiter count
+}
+
+// TestWakeStoreBuffering is the store-buffering litmus test of the two
+// wake-ups the ring relies on, run on the real code paths: a publisher's
+// commit against a reader announcing its sleep on DataFutex, and a block
+// subscriber's cursor flush against a publisher announcing its sleep on
+// SpaceFutex. In each round both sides start at the same instant; "the
+// waker did not bump the futex word and the waiter saw no progress" is a
+// lost wake-up, which costs the waiter a whole futex timeout. x86 allows
+// exactly that outcome when the progress store is a plain release store
+// (a few percent of rounds on this machine).
+func TestWakeStoreBuffering(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two CPUs for the two sides to race")
+	}
+	const rounds = 50_000
+	for _, tc := range []struct {
+		name string
+		pair func(t *testing.T, r *Ring) wakePair
+	}{
+		{"commit wakes a reader", func(t *testing.T, r *Ring) wakePair {
+			p := mustPub(t, r)
+			var c Claim
+			return wakePair{
+				prepare: func() {
+					var err error
+					if c, err = p.Claim(context.Background(), 8); err != nil {
+						panic(err)
+					}
+				},
+				wake: func() {
+					if err := p.Commit(c); err != nil {
+						panic(err)
+					}
+				},
+				seen: func() bool { return r.tagged(0, c.p) },
+				word: &r.queues[0].DataFutex, waiters: &r.queues[0].DataWaiters,
+			}
+		}},
+		{"cursor flush wakes a publisher", func(t *testing.T, r *Ring) wakePair {
+			s := mustSub(t, r)
+			var want pos
+			return wakePair{
+				prepare: func() {
+					s.cur = mkpos(s.cur.seq()+1, s.cur.units()+1)
+					s.dirtyN, want = 1, s.cur
+				},
+				wake: s.flush,
+				seen: func() bool { return pos(atomic.LoadUint64(&s.m.s.Cursor)) == want },
+				word: &r.queues[0].SpaceFutex, waiters: &r.queues[0].SpaceWaiters,
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRing(t, Config{Capacity: 1 << 20})
+			if lost := runWakeLitmus(tc.pair(t, r), rounds); lost != 0 {
+				t.Errorf("%d of %d rounds lost the wake-up (the waker saw no waiter, the waiter saw no progress)", lost, rounds)
+			}
+		})
+	}
+}
+
+// runWakeLitmus runs n rounds of pair and returns how many lost the wake-up.
+func runWakeLitmus(pair wakePair, n int64) int {
+	var start, done, at atomic.Int64
+	var saw atomic.Bool
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		for i := int64(1); i <= n; i++ {
+			for start.Load() < i {
+			}
+			for monotonic() < at.Load() {
+			}
+			atomic.AddUint32(pair.waiters, 1)
+			saw.Store(pair.seen())
+			done.Store(i)
+		}
+	}()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	lost := 0
+	for i := int64(1); i <= n; i++ {
+		pair.prepare()
+		atomic.StoreUint32(pair.waiters, 0)
+		w0 := atomic.LoadUint32(pair.word)
+		at.Store(monotonic() + 1000) // both sides act at this instant
+		start.Store(i)
+		for monotonic() < at.Load() {
+		}
+		pair.wake()
+		for done.Load() < i {
+		}
+		if atomic.LoadUint32(pair.word) == w0 && !saw.Load() {
+			lost++
+		}
+	}
+	return lost
+}
