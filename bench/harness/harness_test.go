@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shimmy-dev/shimmy/fs"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 func TestPercentile(t *testing.T) {
@@ -163,10 +166,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Run(sys.name, func(t *testing.T) {
 			opts := Options{}
 			if sys.name == SysShimmyFiles {
-				if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
-					t.Skipf("the data-file case mounts an agent: needs root and /dev/fuse (%v, euid %d)", err, os.Geteuid())
-				}
-				opts.Agent = InProcessAgent
+				testenv.NeedFUSE(t) // the data-file case mounts an agent
+				opts.Agent = InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 			}
 			if sys.pkg != "" {
 				if _, err := findBinary(sys.pkg); err != nil {

@@ -1,6 +1,6 @@
 // Package testenv holds what the tests of several packages do alike: a
-// fresh tmpfs directory for rings, a logger that stays quiet, and raw file
-// I/O on the mount that retries EINTR.
+// fresh tmpfs directory for rings, the check that FUSE can be mounted, a
+// logger that stays quiet, and raw file I/O on the mount that retries EINTR.
 package testenv
 
 import (
@@ -21,6 +21,18 @@ func ShmDir(t testing.TB, prefix string) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// NeedFUSE skips t unless this process can mount FUSE: as root (mounts
+// are made directly, without fusermount) with /dev/fuse.
+func NeedFUSE(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root here (direct mounts, no fusermount)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse: %v", err)
+	}
 }
 
 // QuietLog is a logger that shows warnings and errors only.
