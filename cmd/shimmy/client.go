@@ -84,7 +84,7 @@ func runCreate(e *env, args []string) error {
 flags through the channel's ctl file in one write. Flags not given keep the
 agent's defaults. The channel is created even if a flag is refused; the
 refusal and the reason are reported and the channel keeps its defaults.`,
-		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660")
+		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660\nshimmy create demo/legacy --backing sysv   # attach with shmat(sysv_id) from the host")
 	mount := clientFlags(fl, e)
 	typ, policy := channel.TypePubSub, channel.PolicyBlock
 	typF, policyF := &textFlag{v: &typ}, &textFlag{v: &policy}
@@ -95,6 +95,9 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 	fl.Var(&maxMsg, "max-message", "largest message in bytes (K, M, G suffixes; default: the agent's)")
 	slots := fl.Uint("member-slots", 0, "member slots (publishers + subscribers at once; 0: the agent's default)")
 	lease := fl.Duration("lease", 0, "member lease: a member silent this long is reaped (0: the agent's default)")
+	backing := registry.BackingPOSIX
+	backingF := &textFlag{v: &backing}
+	fl.Var(backingF, "backing", "memory of the ring: posix (a shm file, mapped through the ring file) or sysv (a SysV segment, attached from the host's IPC namespace by the sysv_key or sysv_id that stat shows; no ring file)")
 	var mode modeFlag
 	fl.Var(&mode, "mode", "permission bits of the channel directory, octal; search bits are added where read or write is granted (0660 -> 0770)")
 	pos, err := parse(fl, e, args, 1, 1)
@@ -135,6 +138,9 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 	}
 	if *lease != 0 {
 		c.Lease = lease
+	}
+	if backingF.set {
+		c.Backing = &backing
 	}
 	if ctl := chanfile.FormatCtl(c); len(ctl) > 0 {
 		// One write: the agent applies the lines together, so that a new

@@ -86,6 +86,7 @@ func TestUsageErrors(t *testing.T) {
 		{"agent", "extra"},
 		{"create"},
 		{"create", "ns/ch", "--type", "queue"},
+		{"create", "ns/ch", "--backing", "nvram"},
 		{"create", "ns/ch", "--mode", "999"},
 		{"create", "badchannel"},
 		{"pub"},
