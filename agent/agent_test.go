@@ -165,20 +165,9 @@ func TestRestartRecovery(t *testing.T) {
 
 // A crashed agent leaves a dead FUSE mount; the next agent clears it.
 func TestRunClearsStaleMount(t *testing.T) {
-	testenv.NeedFUSE(t)
 	cfg := testConfig(t)
 	mnt := cfg.MountPoint
-	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
-	}
-	if err := unix.Mount("shimmy", mnt, mountpoint.FSType, 0, fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", fd)); err != nil {
-		t.Skipf("cannot mount FUSE: %v", err)
-	}
-	unix.Close(fd)
-	if _, err := os.Stat(mnt); !errors.Is(err, unix.ENOTCONN) {
-		t.Fatalf("stale mount stat: %v", err)
-	}
+	testenv.DeadFUSE(t, mnt, mountpoint.FSType)
 	start(t, cfg)
 	if err := os.Mkdir(filepath.Join(mnt, "ns"), 0o755); err != nil {
 		t.Fatalf("mkdir on the new mount: %v", err)
@@ -196,16 +185,7 @@ func TestReapsDeadMembers(t *testing.T) {
 	}
 	// Plant a publisher slot whose owner "died" long ago, as a SIGKILLed
 	// mmap client leaves it.
-	f, err := os.OpenFile(filepath.Join(state, "ns", "ch", "ring"), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	mem, err := unix.Mmap(int(f.Fd()), 0, channel.HeaderLen+channel.MemberSlotLen, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
+	mem := testenv.MapFile(t, filepath.Join(state, "ns", "ch", "ring"))
 	slot := mem[channel.HeaderLen:]
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&slot[channel.MOffRole])), channel.RolePublisher)
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&slot[channel.MOffLease])), 1)

@@ -249,3 +249,20 @@ func TestReportOutputs(t *testing.T) {
 		}
 	}
 }
+
+func TestScaledFormats(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{siFmt(999), "999"},
+		{siFmt(1000), "1k"},
+		{siFmt(1234567), "1.23M"},
+		{siFmt(4.5e9), "4.5G"},
+		{durFmt(12), "12ns"},
+		{durFmt(1500), "1.5µs"},
+		{durFmt(250e6), "250ms"},
+		{durFmt(2e9), "2s"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
