@@ -1,8 +1,10 @@
 // Package agent is the node daemon's composition root: it builds the
-// registry (which recovers the channels kept in the state directory), the
-// FUSE server of package fs, the reaper (dead members, the heartbeat in
-// every ring) and the metrics server, and runs them under one errgroup
-// with one shutdown path.
+// registry (which recovers the channels kept in the state directory), mounts
+// the front end it is given (Config.FrontEnd: the FUSE tree of package fs in
+// the node binary), runs the reaper (dead members, the heartbeat in every
+// ring) and the metrics server under one errgroup, and has one shutdown path
+// (unmount, or detach and abort the connection, via package mountpoint).
+// It does not import fs: the binary that links the FUSE adapter hands it in.
 package agent
 
 import (
@@ -13,6 +15,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,7 +23,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/shimmy-dev/shimmy/channel"
-	"github.com/shimmy-dev/shimmy/fs"
 	"github.com/shimmy-dev/shimmy/mountpoint"
 	"github.com/shimmy-dev/shimmy/registry"
 )
@@ -38,8 +40,19 @@ const (
 	MetricsOff = "off"
 )
 
+// FrontEnd serves reg's tree at mountPoint and returns once the kernel has
+// the mount: wait returns when the connection ends (unmounted, or aborted
+// by the agent's shutdown), passthrough reports whether ring files are
+// mapped through the mount as the shared memory itself. fs.FrontEnd is the
+// node binary's.
+type FrontEnd func(mountPoint string, reg *registry.Registry, log logrus.FieldLogger) (wait func(), passthrough bool, err error)
+
 // Config configures an Agent.
 type Config struct {
+	// FrontEnd serves the channels at MountPoint (required; in the node
+	// binary fs.FrontEnd, which takes the mount options such as
+	// allow_other).
+	FrontEnd   FrontEnd
 	MountPoint string // default "/run/shimmy"
 	// StateDir holds every ring (a POSIX shm file) and the metadata of
 	// namespaces and channels; default "/dev/shm/shimmy". It must be on
@@ -48,10 +61,8 @@ type Config struct {
 	StateDir     string
 	MetricsAddr  string             // default "127.0.0.1:9477"; "" or "off" disables; /metrics and /healthz
 	Defaults     channel.Config     // configuration of new channels (zero fields: channel defaults)
-	AllowOther   bool               // mount with allow_other,default_permissions (DefaultConfig: true)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
-	Debug        bool               // log every FUSE request
 }
 
 // DefaultConfig returns the configuration of a node agent.
@@ -60,7 +71,6 @@ func DefaultConfig() Config {
 		MountPoint:   DefaultMountPoint,
 		StateDir:     DefaultStateDir,
 		MetricsAddr:  DefaultMetricsAddr,
-		AllowOther:   true,
 		ReapInterval: DefaultReapInterval,
 	}
 }
@@ -71,6 +81,7 @@ type Agent struct {
 	log   logrus.FieldLogger
 	reg   *registry.Registry
 	ready chan struct{}
+	done  chan struct{}
 
 	mounted     atomic.Bool
 	passthrough atomic.Bool
@@ -96,6 +107,8 @@ func New(cfg Config) (*Agent, error) {
 		cfg.MetricsAddr = ""
 	}
 	switch {
+	case cfg.FrontEnd == nil:
+		return nil, fmt.Errorf("%w: no front end (set Config.FrontEnd, e.g. to fs.FrontEnd(fs.MountOptions{}))", ErrConfig)
 	case !filepath.IsAbs(cfg.MountPoint):
 		return nil, fmt.Errorf("%w: mount point %q is not an absolute path", ErrConfig, cfg.MountPoint)
 	case !filepath.IsAbs(cfg.StateDir):
@@ -118,7 +131,7 @@ func New(cfg Config) (*Agent, error) {
 	if lease := def.WithDefaults().Lease; cfg.ReapInterval >= lease {
 		return nil, fmt.Errorf("%w: reap interval %v must be shorter than the channel lease %v", ErrConfig, cfg.ReapInterval, lease)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 func isWithin(path, dir string) bool {
@@ -131,6 +144,9 @@ func (a *Agent) Config() Config { return a.cfg }
 
 // Ready is closed once the filesystem is mounted and served.
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Done is closed when Run has returned.
+func (a *Agent) Done() <-chan struct{} { return a.done }
 
 // Passthrough reports whether ring files are served by FUSE passthrough
 // (valid after Ready).
@@ -147,7 +163,7 @@ func (a *Agent) MetricsAddr() string {
 // the state directory, mounts, and serves until ctx is done; then it
 // unmounts and returns nil. An Agent runs once.
 //
-// Its parts (the FUSE server, the reaper, the metrics server) run under
+// Its parts (the front end's server, the reaper, the metrics server) run under
 // one errgroup: when any of them ends, for an error or because the mount
 // went away, the others are stopped and the one shutdown path runs
 // (unmount, or detach and abort the FUSE connection, then unmap the
@@ -156,6 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
 	}
+	defer close(a.done)
 	lg := a.log.WithField("component", "agent")
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -179,7 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.metricsAddr.Store(metrics.Addr().String())
 	}
-	server, pt, err := fs.Mount(a.cfg.MountPoint, reg, fs.MountOptions{AllowOther: a.cfg.AllowOther, Debug: a.cfg.Debug, Log: a.log})
+	wait, pt, err := a.cfg.FrontEnd(a.cfg.MountPoint, reg, a.log)
 	if err != nil {
 		if metrics != nil {
 			metrics.Close()
@@ -193,7 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	served := make(chan struct{})
 	go func() {
-		server.Wait()
+		wait()
 		close(served)
 	}()
 	a.passthrough.Store(pt)
@@ -236,6 +253,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	reg.Close()
 	lg.Info("agent stopped")
 	return err
+}
+
+// Start runs Run in the background, for a program or a test that embeds
+// an agent. It returns once the agent serves (Ready), or with Run's error if
+// Run ends first, or with ctx's error if ctx ends first (Run is then
+// stopped): ctx bounds the wait only. stop cancels Run, waits for it and
+// returns its error; it may be called more than once.
+func (a *Agent) Start(ctx context.Context) (stop func() error, err error) {
+	rctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(rctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-errc })
+		return runErr
+	}
+	select {
+	case <-a.ready:
+		return stop, nil
+	case err := <-errc:
+		cancel()
+		if err == nil {
+			err = errors.New("agent: Run ended before serving")
+		}
+		return nil, err
+	case <-ctx.Done():
+		return nil, errors.Join(ctx.Err(), stop())
+	}
 }
 
 // serveMetrics serves /metrics and /healthz on ln until ctx is done.

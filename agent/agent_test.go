@@ -1,4 +1,4 @@
-package agent
+package agent_test
 
 import (
 	"context"
@@ -17,97 +17,68 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/fs"
+	"github.com/shimmy-dev/shimmy/internal/agenttest"
 	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/mountpoint"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // eventually polls f until it returns nil, failing t after timeout.
 var eventually = wait.Eventually
 
-func quietLog() *logrus.Logger { return testenv.QuietLog() }
-
-func stateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-agent-test-") }
-
 type running struct {
-	a    *Agent
-	stop func() error    // cancels Run and returns its error
-	done <-chan struct{} // closed when Run has returned
+	a    *agent.Agent
+	stop func() error // cancels Run and returns its error
 }
 
-func testConfig(t *testing.T, mnt, state string) Config {
-	cfg := DefaultConfig()
-	cfg.MountPoint, cfg.StateDir = mnt, state
+// frontEnd is the node binary's: the FUSE tree, open to other users.
+var frontEnd = fs.FrontEnd(fs.MountOptions{AllowOther: true})
+
+// testConfig serves metrics on a free port, for the tests that scrape it.
+func testConfig(t *testing.T) agent.Config {
+	cfg := agenttest.Config(t, frontEnd)
 	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.Log = quietLog()
-	cfg.ReapInterval = 10 * time.Millisecond
 	return cfg
 }
 
 // start runs an agent until the test ends.
-func start(t *testing.T, cfg Config) *running {
+func start(t *testing.T, cfg agent.Config) *running {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the agent mounts FUSE directly, which needs root here")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
-	}
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	var result error
-	go func() {
-		result = a.Run(ctx)
-		close(done)
-	}()
-	select {
-	case <-a.Ready():
-	case <-done:
-		cancel()
-		t.Fatalf("Run: %v", result)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("agent not ready")
-	}
-	stop := func() error {
-		cancel()
-		<-done
-		return result
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return &running{a: a, stop: stop, done: done}
+	a, stop := agenttest.Start(t, cfg)
+	return &running{a: a, stop: stop}
 }
 
 func TestNewValidates(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		mod  func(*Config)
+		mod  func(*agent.Config)
 	}{
-		{"relative mount", func(c *Config) { c.MountPoint = "run/shimmy" }},
-		{"relative state", func(c *Config) { c.StateDir = "shm" }},
-		{"state inside mount", func(c *Config) { c.StateDir = c.MountPoint + "/state" }},
-		{"bad metrics addr", func(c *Config) { c.MetricsAddr = "nohostport" }},
-		{"bad default capacity", func(c *Config) { c.Defaults.Capacity = 3000 }},
-		{"reap slower than lease", func(c *Config) { c.ReapInterval = 30 * time.Second }},
+		{"no front end", func(c *agent.Config) { c.FrontEnd = nil }},
+		{"relative mount", func(c *agent.Config) { c.MountPoint = "run/shimmy" }},
+		{"relative state", func(c *agent.Config) { c.StateDir = "shm" }},
+		{"state inside mount", func(c *agent.Config) { c.StateDir = c.MountPoint + "/state" }},
+		{"bad metrics addr", func(c *agent.Config) { c.MetricsAddr = "nohostport" }},
+		{"bad default capacity", func(c *agent.Config) { c.Defaults.Capacity = 3000 }},
+		{"reap slower than lease", func(c *agent.Config) { c.ReapInterval = 30 * time.Second }},
 	} {
-		cfg := DefaultConfig()
+		cfg := agent.DefaultConfig()
+		cfg.FrontEnd = frontEnd
+		if _, err := agent.New(cfg); err != nil {
+			t.Fatalf("the default configuration with a front end: %v", err)
+		}
 		tc.mod(&cfg)
-		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
+		if _, err := agent.New(cfg); !errors.Is(err, agent.ErrConfig) {
 			t.Errorf("%s: %v, want ErrConfig", tc.name, err)
 		}
 	}
-	cfg := DefaultConfig()
+	cfg := agent.DefaultConfig()
+	cfg.FrontEnd = frontEnd
 	cfg.MetricsAddr = "off"
-	a, err := New(cfg)
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,8 +88,9 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestRunServesAndStops(t *testing.T) {
-	mnt, state := t.TempDir(), stateDir(t)
-	r := start(t, testConfig(t, mnt, state))
+	cfg := testConfig(t)
+	mnt := cfg.MountPoint
+	r := start(t, cfg)
 	if ok, err := mountpoint.IsMounted(mnt); err != nil || !ok {
 		t.Fatalf("not mounted: %v", err)
 	}
@@ -165,8 +137,8 @@ func TestRunServesAndStops(t *testing.T) {
 }
 
 func TestRestartRecovery(t *testing.T) {
-	mnt, state := t.TempDir(), stateDir(t)
-	cfg := testConfig(t, mnt, state)
+	cfg := testConfig(t)
+	mnt := cfg.MountPoint
 	r := start(t, cfg)
 	dir := filepath.Join(mnt, "ns", "ch")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -193,22 +165,10 @@ func TestRestartRecovery(t *testing.T) {
 
 // A crashed agent leaves a dead FUSE mount; the next agent clears it.
 func TestRunClearsStaleMount(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	mnt, state := t.TempDir(), stateDir(t)
-	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
-	}
-	if err := unix.Mount("shimmy", mnt, mountpoint.FSType, 0, fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", fd)); err != nil {
-		t.Skipf("cannot mount FUSE: %v", err)
-	}
-	unix.Close(fd)
-	if _, err := os.Stat(mnt); !errors.Is(err, unix.ENOTCONN) {
-		t.Fatalf("stale mount stat: %v", err)
-	}
-	start(t, testConfig(t, mnt, state))
+	cfg := testConfig(t)
+	mnt := cfg.MountPoint
+	testenv.DeadFUSE(t, mnt, mountpoint.FSType)
+	start(t, cfg)
 	if err := os.Mkdir(filepath.Join(mnt, "ns"), 0o755); err != nil {
 		t.Fatalf("mkdir on the new mount: %v", err)
 	}
@@ -216,24 +176,16 @@ func TestRunClearsStaleMount(t *testing.T) {
 
 // The agent evicts members whose lease ran out (a client that died).
 func TestReapsDeadMembers(t *testing.T) {
-	mnt, state := t.TempDir(), stateDir(t)
-	start(t, testConfig(t, mnt, state))
+	cfg := testConfig(t)
+	mnt, state := cfg.MountPoint, cfg.StateDir
+	start(t, cfg)
 	dir := filepath.Join(mnt, "ns", "ch")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// Plant a publisher slot whose owner "died" long ago, as a SIGKILLed
 	// mmap client leaves it.
-	f, err := os.OpenFile(filepath.Join(state, "ns", "ch", "ring"), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	mem, err := unix.Mmap(int(f.Fd()), 0, channel.HeaderLen+channel.MemberSlotLen, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
+	mem := testenv.MapFile(t, filepath.Join(state, "ns", "ch", "ring"))
 	slot := mem[channel.HeaderLen:]
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&slot[channel.MOffRole])), channel.RolePublisher)
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&slot[channel.MOffLease])), 1)
@@ -258,14 +210,15 @@ func TestReapsDeadMembers(t *testing.T) {
 // One shutdown path: the mount taken away from outside ends the FUSE part,
 // which stops the reaper and the metrics server, and Run returns nil.
 func TestRunEndsWhenUnmountedFromOutside(t *testing.T) {
-	mnt, state := t.TempDir(), stateDir(t)
-	r := start(t, testConfig(t, mnt, state))
+	cfg := testConfig(t)
+	mnt := cfg.MountPoint
+	r := start(t, cfg)
 	addr := r.a.MetricsAddr()
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-r.done:
+	case <-r.a.Done():
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run still running after its mount went away")
 	}
@@ -275,4 +228,26 @@ func TestRunEndsWhenUnmountedFromOutside(t *testing.T) {
 	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
 		t.Error("metrics server still answers after Run returned")
 	}
+}
+
+// A front end that cannot mount fails Start with its error, before
+// anything is served.
+func TestStartReportsFrontEndError(t *testing.T) {
+	errMount := errors.New("no mount for you")
+	cfg := agenttest.Config(t, func(string, *registry.Registry, logrus.FieldLogger) (func(), bool, error) {
+		return nil, false, errMount
+	})
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stop, err := a.Start(context.Background()); !errors.Is(err, errMount) || stop != nil {
+		t.Fatalf("Start: %v, want %v", err, errMount)
+	}
+	select {
+	case <-a.Ready():
+		t.Error("Ready closed although nothing was mounted")
+	default:
+	}
+	<-a.Done()
 }

@@ -1,14 +1,14 @@
 package mountpoint
 
 import (
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 func TestParseMountInfo(t *testing.T) {
@@ -55,25 +55,8 @@ func mountTmpfs(t *testing.T, dir string) {
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 }
 
-// deadFUSE mounts a FUSE filesystem at dir and closes its device without
-// ever serving it: what a crashed agent leaves behind.
-func deadFUSE(t *testing.T, dir string) {
-	t.Helper()
-	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
-	}
-	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", fd)
-	if err := unix.Mount("shimmy", dir, FSType, unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
-		unix.Close(fd)
-		t.Skipf("cannot mount FUSE here: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	unix.Close(fd)
-	if _, err := os.Stat(dir); !errors.Is(err, unix.ENOTCONN) {
-		t.Fatalf("stat of dead mount: %v, want ENOTCONN", err)
-	}
-}
+// deadFUSE leaves at dir what a crashed agent leaves behind.
+func deadFUSE(t *testing.T, dir string) { testenv.DeadFUSE(t, dir, FSType) }
 
 func TestIsMountedAndUnmount(t *testing.T) {
 	needRoot(t)

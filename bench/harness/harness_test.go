@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shimmy-dev/shimmy/fs"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 func TestPercentile(t *testing.T) {
@@ -163,10 +166,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Run(sys.name, func(t *testing.T) {
 			opts := Options{}
 			if sys.name == SysShimmyFiles {
-				if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
-					t.Skipf("the data-file case mounts an agent: needs root and /dev/fuse (%v, euid %d)", err, os.Geteuid())
-				}
-				opts.Agent = InProcessAgent
+				testenv.NeedFUSE(t) // the data-file case mounts an agent
+				opts.Agent = InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 			}
 			if sys.pkg != "" {
 				if _, err := findBinary(sys.pkg); err != nil {
@@ -245,6 +246,23 @@ func TestReportOutputs(t *testing.T) {
 	for _, want := range []string{"| shimmy-mmap-zerocopy | 16B |", "kafka", "Ratios"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("results.md lacks %q", want)
+		}
+	}
+}
+
+func TestScaledFormats(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{siFmt(999), "999"},
+		{siFmt(1000), "1k"},
+		{siFmt(1234567), "1.23M"},
+		{siFmt(4.5e9), "4.5G"},
+		{durFmt(12), "12ns"},
+		{durFmt(1500), "1.5µs"},
+		{durFmt(250e6), "250ms"},
+		{durFmt(2e9), "2s"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
 		}
 	}
 }

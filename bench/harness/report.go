@@ -149,29 +149,20 @@ func (r Result) progressLine() string {
 }
 
 // siFmt prints a rate with three significant digits and a k/M/G suffix.
-func siFmt(v float64) string {
-	switch {
-	case v >= 1e9:
-		return fmt.Sprintf("%.3gG", v/1e9)
-	case v >= 1e6:
-		return fmt.Sprintf("%.3gM", v/1e6)
-	case v >= 1e3:
-		return fmt.Sprintf("%.3gk", v/1e3)
-	}
-	return fmt.Sprintf("%.3g", v)
-}
+func siFmt(v float64) string { return scaled(v, [4]string{"G", "M", "k", ""}) }
 
 // durFmt prints nanoseconds as ns, µs, ms or s with three significant digits.
-func durFmt(ns float64) string {
-	switch {
-	case ns >= 1e9:
-		return fmt.Sprintf("%.3gs", ns/1e9)
-	case ns >= 1e6:
-		return fmt.Sprintf("%.3gms", ns/1e6)
-	case ns >= 1e3:
-		return fmt.Sprintf("%.3gµs", ns/1e3)
+func durFmt(ns float64) string { return scaled(ns, [4]string{"s", "ms", "µs", "ns"}) }
+
+// scaled prints v with three significant digits in the largest of the
+// units (for 1e9, 1e6, 1e3 and 1) that keeps it at least 1.
+func scaled(v float64, units [4]string) string {
+	for i, scale := range []float64{1e9, 1e6, 1e3} {
+		if v >= scale {
+			return fmt.Sprintf("%.3g%s", v/scale, units[i])
+		}
 	}
-	return fmt.Sprintf("%.3gns", ns)
+	return fmt.Sprintf("%.3g%s", v, units[3])
 }
 
 // Report is a whole run.

@@ -24,8 +24,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
+	"github.com/shimmy-dev/shimmy/registry"
 	"github.com/shimmy-dev/shimmy/shm"
 )
 
@@ -389,8 +391,8 @@ func (e *sysEnv) prepare(c Case, id int) (addr, topic string, cleanup func(), er
 			return "", "", nil, err
 		}
 		cfg := ringConfig()
-		ctl := fmt.Sprintf("capacity %d\nmax_message %d\n", cfg.Capacity, cfg.MaxMessage)
-		if err := os.WriteFile(filepath.Join(dir, "ctl"), []byte(ctl), 0); err != nil {
+		ctl := chanfile.FormatCtl(registry.Change{Policy: &cfg.Policy, Capacity: &cfg.Capacity, MaxMessage: &cfg.MaxMessage})
+		if err := os.WriteFile(filepath.Join(dir, chanfile.Ctl), ctl, 0); err != nil {
 			os.Remove(dir)
 			return "", "", nil, fmt.Errorf("configure %s: %w", dir, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/shm"
 )
@@ -215,7 +216,7 @@ type filePubConn struct {
 }
 
 func filePub(ctx context.Context, s childSpec) (pubConn, string, error) {
-	f, err := os.OpenFile(filepath.Join(s.Addr, "pub"), os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(s.Addr, chanfile.Pub), os.O_WRONLY, 0)
 	if err != nil {
 		return nil, "", err
 	}
@@ -241,7 +242,7 @@ type fileSubConn struct {
 }
 
 func fileSub(ctx context.Context, s childSpec) (subConn, error) {
-	f, err := os.Open(filepath.Join(s.Addr, "msg"))
+	f, err := os.Open(filepath.Join(s.Addr, chanfile.Msg))
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/shimmy-dev/shimmy/bench/harness"
+	"github.com/shimmy-dev/shimmy/fs"
 )
 
 const synopsis = "shimmy-bench [--quick] [--out DIR] [--systems a,b,...] [--cases s,...] [--no-agent] [--replot DIR]"
@@ -79,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			opts.Cases = strings.Split(*cases, ",")
 		}
 		if !*noAgent {
-			opts.Agent = harness.InProcessAgent
+			opts.Agent = harness.InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 		}
 		err = harness.Run(ctx, opts)
 	}

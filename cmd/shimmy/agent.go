@@ -11,11 +11,25 @@ import (
 
 	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/fs"
 )
 
-// agentConfig turns the agent's command line into an agent.Config.
+// agentConfig turns the agent's command line into an agent.Config whose
+// front end is the FUSE tree.
 func agentConfig(e *env, args []string) (agent.Config, error) {
+	cfg, mount, err := agentFlags(e, args)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.FrontEnd = fs.FrontEnd(mount)
+	return cfg, nil
+}
+
+// agentFlags parses the agent's command line: the agent's configuration and
+// the options of its FUSE mount.
+func agentFlags(e *env, args []string) (agent.Config, fs.MountOptions, error) {
 	cfg := agent.DefaultConfig()
+	mount := fs.MountOptions{AllowOther: true}
 	fl := newFlagSet("agent", "shimmy agent [flags]",
 		`Run the node agent: mount the channel filesystem at --mount, keep the
 channels' rings in --state-dir (a tmpfs, so that they survive an agent
@@ -37,18 +51,18 @@ created without their own configuration.`,
 	slots := fl.Uint("member-slots", uint(d.MemberSlots), "default member slots per channel")
 	fl.DurationVar(&d.Lease, "lease", d.Lease, "default member lease: a member silent this long is reaped")
 	fl.DurationVar(&cfg.ReapInterval, "reap-interval", cfg.ReapInterval, "how often the agent reaps dead members (0: the agent's default)")
-	fl.BoolVar(&cfg.AllowOther, "allow-other", cfg.AllowOther, "let users other than root use the mount (subject to each channel's mode)")
-	fl.BoolVar(&cfg.Debug, "debug", cfg.Debug, "log every FUSE request (very verbose)")
+	fl.BoolVar(&mount.AllowOther, "allow-other", mount.AllowOther, "let users other than root use the mount (subject to each channel's mode)")
+	fl.BoolVar(&mount.Debug, "debug", mount.Debug, "log every FUSE request (very verbose)")
 	if _, err := parse(fl, e, args, 0, 0); err != nil {
-		return cfg, err
+		return cfg, mount, err
 	}
 	level, err := logrus.ParseLevel(*logLevel)
 	if err != nil {
-		return cfg, usagef("--log-level: %v", err)
+		return cfg, mount, usagef("--log-level: %v", err)
 	}
 	d.Capacity = capacity.n
 	if maxMsg.n > 1<<32-1 {
-		return cfg, usagef("--max-message %s is too large", channel.FormatSize(maxMsg.n))
+		return cfg, mount, usagef("--max-message %s is too large", channel.FormatSize(maxMsg.n))
 	}
 	d.MaxMessage = uint32(maxMsg.n)
 	if !maxMsg.set {
@@ -58,14 +72,14 @@ created without their own configuration.`,
 	d = d.WithDefaults()
 	d.Epoch = 0 // each channel takes its own creation epoch
 	if err := d.Validate(); err != nil {
-		return cfg, usageError{fmt.Errorf("channel defaults: %w", err)}
+		return cfg, mount, usageError{fmt.Errorf("channel defaults: %w", err)}
 	}
 	cfg.Defaults = d
 	log := logrus.New()
 	log.SetOutput(e.stderr)
 	log.SetLevel(level)
 	cfg.Log = log
-	return cfg, nil
+	return cfg, mount, nil
 }
 
 func runAgent(e *env, args []string) error {

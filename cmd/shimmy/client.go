@@ -72,6 +72,16 @@ func prefix(dir string, streamDir *choiceFlag, base string) (string, error) {
 	return "", fmt.Errorf("%s has neither %s nor up.%s: not a shimmy channel", dir, base, base)
 }
 
+// channelArg parses the command line of a command whose one argument is a
+// channel and returns the channel's directory.
+func channelArg(fl *flagSet, e *env, args []string, mount *string) (string, error) {
+	pos, err := parse(fl, e, args, 1, 1)
+	if err != nil {
+		return "", err
+	}
+	return channelDir(*mount, pos[0]) // after parse: --mount may have changed it
+}
+
 func streamDirFlag(fl *flagSet) *choiceFlag {
 	f := &choiceFlag{val: "", choices: chanfile.Directions[:]}
 	fl.Var(f, "stream-dir", "direction of a stream channel: up or down")
@@ -84,7 +94,7 @@ func runCreate(e *env, args []string) error {
 flags through the channel's ctl file in one write. Flags not given keep the
 agent's defaults. The channel is created even if a flag is refused; the
 refusal and the reason are reported and the channel keeps its defaults.`,
-		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660")
+		"shimmy create demo/jobs --type stream --capacity 4M --max-message 256K --mode 0660\nshimmy create demo/legacy --backing sysv   # attach with shmat(sysv_id) from the host")
 	mount := clientFlags(fl, e)
 	typ, policy := channel.TypePubSub, channel.PolicyBlock
 	typF, policyF := &textFlag{v: &typ}, &textFlag{v: &policy}
@@ -95,13 +105,12 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 	fl.Var(&maxMsg, "max-message", "largest message in bytes (K, M, G suffixes; default: the agent's)")
 	slots := fl.Uint("member-slots", 0, "member slots (publishers + subscribers at once; 0: the agent's default)")
 	lease := fl.Duration("lease", 0, "member lease: a member silent this long is reaped (0: the agent's default)")
+	backing := registry.BackingPOSIX
+	backingF := &textFlag{v: &backing}
+	fl.Var(backingF, "backing", "memory of the ring: posix (a shm file, mapped through the ring file) or sysv (a SysV segment, attached from the host's IPC namespace by the sysv_key or sysv_id that stat shows; no ring file)")
 	var mode modeFlag
 	fl.Var(&mode, "mode", "permission bits of the channel directory, octal; search bits are added where read or write is granted (0660 -> 0770)")
-	pos, err := parse(fl, e, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	dir, err := channelDir(*mount, pos[0])
+	dir, err := channelArg(fl, e, args, mount)
 	if err != nil {
 		return err
 	}
@@ -135,6 +144,9 @@ refusal and the reason are reported and the channel keeps its defaults.`,
 	}
 	if *lease != 0 {
 		c.Lease = lease
+	}
+	if backingF.set {
+		c.Backing = &backing
 	}
 	if ctl := chanfile.FormatCtl(c); len(ctl) > 0 {
 		// One write: the agent applies the lines together, so that a new
@@ -328,16 +340,12 @@ the other readers of that direction: each message goes to one of them.`,
 	oldest := fl.Bool("oldest", false, "start at the oldest retained message instead of the newest")
 	raw := fl.Bool("raw", false, "print messages exactly as published, with no newline added")
 	dirFlag := streamDirFlag(fl)
-	pos, err := parse(fl, e, args, 1, 1)
+	dir, err := channelArg(fl, e, args, mount)
 	if err != nil {
 		return err
 	}
 	if *count < 0 {
 		return usagef("-n %d: want a count of at least 0", *count)
-	}
-	dir, err := channelDir(*mount, pos[0])
-	if err != nil {
-		return err
 	}
 	pre, err := prefix(dir, dirFlag, chanfile.Sub)
 	if err != nil {
@@ -475,11 +483,7 @@ func runStat(e *env, args []string) error {
 		"Print a channel's configuration (its config file) and live statistics (its stats file).",
 		"shimmy stat demo/chat")
 	mount := clientFlags(fl, e)
-	pos, err := parse(fl, e, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	dir, err := channelDir(*mount, pos[0])
+	dir, err := channelArg(fl, e, args, mount)
 	if err != nil {
 		return err
 	}
@@ -506,11 +510,7 @@ func runRm(e *env, args []string) error {
 		"Remove a channel. Only an idle channel (no publishers or subscribers) can go; a busy one gives EBUSY.",
 		"shimmy rm demo/chat")
 	mount := clientFlags(fl, e)
-	pos, err := parse(fl, e, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	dir, err := channelDir(*mount, pos[0])
+	dir, err := channelArg(fl, e, args, mount)
 	if err != nil {
 		return err
 	}

@@ -97,10 +97,10 @@ func (f *sizeFlag) Set(s string) error {
 }
 
 // textFlag is a flag.Value over a value with a text form (channel.Type,
-// channel.Policy); set records whether it was given.
+// channel.Policy, registry.Backing); set records whether it was given.
 type textFlag struct {
 	v interface {
-		encoding.TextMarshaler
+		fmt.Stringer
 		encoding.TextUnmarshaler
 	}
 	set bool
@@ -110,11 +110,7 @@ func (f *textFlag) String() string {
 	if f == nil || f.v == nil {
 		return ""
 	}
-	b, err := f.v.MarshalText()
-	if err != nil {
-		return ""
-	}
-	return string(b)
+	return f.v.String()
 }
 
 func (f *textFlag) Set(s string) error {

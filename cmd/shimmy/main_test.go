@@ -86,6 +86,7 @@ func TestUsageErrors(t *testing.T) {
 		{"agent", "extra"},
 		{"create"},
 		{"create", "ns/ch", "--type", "queue"},
+		{"create", "ns/ch", "--backing", "nvram"},
 		{"create", "ns/ch", "--mode", "999"},
 		{"create", "badchannel"},
 		{"pub"},
@@ -122,14 +123,14 @@ func TestInterspersedFlags(t *testing.T) {
 func TestAgentConfig(t *testing.T) {
 	var stderr bytes.Buffer
 	e := &env{stdout: &bytes.Buffer{}, stderr: &stderr, getenv: func(string) string { return "" }}
-	cfg, err := agentConfig(e, []string{"--mount", "/tmp/m", "--state-dir", "/dev/shm/x", "--metrics", "off",
-		"--capacity", "64K", "--policy", "overwrite", "--lease", "200ms", "--member-slots", "8", "--log-level", "debug", "--debug"})
+	cfg, mount, err := agentFlags(e, []string{"--mount", "/tmp/m", "--state-dir", "/dev/shm/x", "--metrics", "off",
+		"--capacity", "64K", "--policy", "overwrite", "--lease", "200ms", "--member-slots", "8", "--log-level", "debug", "--debug", "--allow-other=false"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := cfg.Defaults
 	lg, _ := cfg.Log.(*logrus.Logger)
-	if cfg.MountPoint != "/tmp/m" || cfg.StateDir != "/dev/shm/x" || cfg.MetricsAddr != agent.MetricsOff || !cfg.Debug ||
+	if cfg.MountPoint != "/tmp/m" || cfg.StateDir != "/dev/shm/x" || cfg.MetricsAddr != agent.MetricsOff || !mount.Debug || mount.AllowOther ||
 		d.Capacity != 64<<10 || d.Policy != channel.PolicyOverwrite || d.Lease.Milliseconds() != 200 || d.MemberSlots != 8 ||
 		lg == nil || lg.GetLevel() != logrus.DebugLevel {
 		t.Errorf("config %+v, defaults %+v", cfg, d)
@@ -147,6 +148,12 @@ func TestAgentConfig(t *testing.T) {
 	}
 	if def.MountPoint != "/run/shimmy" || def.MetricsAddr != "127.0.0.1:9477" || def.Defaults.Capacity != channel.DefaultCapacity {
 		t.Errorf("defaults %+v", def)
+	}
+	if def.FrontEnd == nil {
+		t.Error("no front end: the agent would refuse the configuration")
+	}
+	if _, mount, _ := agentFlags(e, nil); !mount.AllowOther || mount.Debug {
+		t.Errorf("default mount options %+v, want allow_other without debug", mount)
 	}
 }
 

@@ -1,9 +1,12 @@
 // Package testenv holds what the tests of several packages do alike: a
-// fresh tmpfs directory for rings, a logger that stays quiet, and raw file
-// I/O on the mount that retries EINTR.
+// fresh tmpfs directory for rings, the check that FUSE can be mounted, a
+// logger that stays quiet, raw file I/O on the mount that retries EINTR,
+// and shared mappings of ring files.
 package testenv
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"testing"
 
@@ -21,6 +24,62 @@ func ShmDir(t testing.TB, prefix string) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// NeedFUSE skips t unless this process can mount FUSE: as root (mounts
+// are made directly, without fusermount) with /dev/fuse.
+func NeedFUSE(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root here (direct mounts, no fusermount)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse: %v", err)
+	}
+}
+
+// MapFile maps the file at path whole, shared and read-write (a ring's
+// backing file, or a ring through the mount, to read or damage its bytes
+// raw), until cleanup.
+func MapFile(t testing.TB, path string) []byte {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close() // the mapping outlives the descriptor
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap %s: %v", path, err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	return mem
+}
+
+// DeadFUSE mounts a FUSE filesystem of type fsType at dir and closes its
+// device without ever serving it: what a crashed agent leaves behind (stat
+// of dir fails with ENOTCONN). It is detached at cleanup if still there.
+func DeadFUSE(t testing.TB, dir, fsType string) {
+	t.Helper()
+	NeedFUSE(t)
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no /dev/fuse: %v", err)
+	}
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", fd)
+	err = unix.Mount("shimmy", dir, fsType, unix.MS_NOSUID|unix.MS_NODEV, opts)
+	unix.Close(fd)
+	if err != nil {
+		t.Skipf("cannot mount FUSE here: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	if _, err := os.Stat(dir); !errors.Is(err, unix.ENOTCONN) {
+		t.Fatalf("stat of a dead FUSE mount: %v, want ENOTCONN", err)
+	}
 }
 
 // QuietLog is a logger that shows warnings and errors only.

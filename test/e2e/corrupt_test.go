@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // TestCorruptRing: garbage written over one channel's ring (through its
@@ -25,7 +27,7 @@ func TestCorruptRing(t *testing.T) {
 	a := startAgent(t, "--metrics", metrics, "--reap-interval", "50ms")
 	bad := a.mkChan(t, "bad/x", "capacity 64K")
 	good := a.mkChan(t, "bad/y", "capacity 64K")
-	mem := mapFile(t, filepath.Join(bad, "ring"))
+	mem := testenv.MapFile(t, filepath.Join(bad, "ring"))
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range mem {
 		mem[i] = byte(rng.Uint32())

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // The examples are built on first use into binDir, which TestMain removes
@@ -51,20 +50,6 @@ func pubLines(start, n int) string {
 		fmt.Fprintf(&b, "msg %08d....\n", i)
 	}
 	return b.String()
-}
-
-// waitErrLine waits for a line of a process's stderr.
-func (p *proc) waitErrLine(t testing.TB, line string) {
-	t.Helper()
-	eventually(t, 30*time.Second, func() error {
-		if strings.Contains(p.errOut.String(), line+"\n") {
-			return nil
-		}
-		if p.exited() {
-			return fmt.Errorf("%v exited (%v) before %q: %s %s", p.cmd.Args, p.err, line, p.out.String(), p.errOut.String())
-		}
-		return fmt.Errorf("no %q from %v yet", line, p.cmd.Args)
-	})
 }
 
 // mustExit waits for p and fails the test unless it exited with status 0.

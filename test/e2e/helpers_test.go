@@ -16,12 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/mountpoint"
 )
 
 var (
@@ -102,8 +101,6 @@ type agentProc struct {
 	waitErr error
 }
 
-const fuseSuperMagic = 0x65735546
-
 // newBase makes a world-traversable directory for a test's mount point
 // and pods (t.TempDir is 0700, which would stop other users early).
 func newBase(t testing.TB) string {
@@ -136,8 +133,8 @@ func startAgent(t testing.TB, extra ...string) *agentProc {
 	a.args = append([]string{"agent", "--mount", mount, "--state-dir", state, "--metrics", "off"}, extra...)
 	t.Cleanup(func() {
 		a.stop()
-		if mounted(mount) {
-			exec.Command("umount", "-l", mount).Run()
+		if ok, _ := mountpoint.IsMounted(mount); ok { // a killed agent leaves its mount
+			mountpoint.Unmount(mount)
 		}
 		os.RemoveAll(state)
 		if t.Failed() {
@@ -154,11 +151,6 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-func mounted(dir string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(dir, &st) == nil && st.Type == fuseSuperMagic
 }
 
 // start runs the agent process and waits until the mount answers.
@@ -179,14 +171,10 @@ func (a *agentProc) start() {
 		if a.exited() {
 			return fmt.Errorf("agent exited: %v", a.waitErr)
 		}
-		var st unix.Statfs_t
-		if err := unix.Statfs(a.mount, &st); err != nil {
-			return err
+		if m, ok, err := mountpoint.Find(a.mount); err != nil || !ok || m.FSType != mountpoint.FSType {
+			return fmt.Errorf("%s is not mounted yet (%v)", a.mount, err)
 		}
-		if st.Type != fuseSuperMagic {
-			return fmt.Errorf("%s is not mounted yet", a.mount)
-		}
-		_, err := os.ReadDir(a.mount)
+		_, err := os.ReadDir(a.mount) // a dead mount of a killed agent fails here
 		return err
 	})
 }
@@ -333,35 +321,16 @@ func lines(start, n, size int) string {
 	return b.String()
 }
 
-// mapRing maps <dir>/ring through the mount and opens the ring.
+// mapRing maps <dir>/ring through the mount and opens the ring, until
+// cleanup.
 func mapRing(t testing.TB, dir string) *channel.Ring {
 	t.Helper()
-	mem := mapFile(t, filepath.Join(dir, "ring"))
-	r, err := channel.Open(mem)
+	r, err := channel.MapFile(filepath.Join(dir, "ring"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() }) // runs before the unmap (LIFO)
+	t.Cleanup(func() { r.Close() })
 	return r
-}
-
-func mapFile(t testing.TB, path string) []byte {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap %s: %v", path, err)
-	}
-	t.Cleanup(func() { unix.Munmap(mem) })
-	return mem
 }
 
 // proc is a child process whose output the test watches.
@@ -438,8 +407,20 @@ func (p *proc) wait(t testing.TB) error {
 // waitLine waits for a line of the process's output.
 func (p *proc) waitLine(t testing.TB, line string) {
 	t.Helper()
+	p.waitFor(t, p.out, line)
+}
+
+// waitErrLine waits for a line of the process's stderr.
+func (p *proc) waitErrLine(t testing.TB, line string) {
+	t.Helper()
+	p.waitFor(t, p.errOut, line)
+}
+
+// waitFor waits for a line in out, one of the process's streams.
+func (p *proc) waitFor(t testing.TB, out *syncbuf.Buffer, line string) {
+	t.Helper()
 	eventually(t, 30*time.Second, func() error {
-		if strings.Contains(p.out.String(), line+"\n") {
+		if strings.Contains(out.String(), line+"\n") {
 			return nil
 		}
 		if p.exited() {
