@@ -649,3 +649,18 @@ func TestSysVChannel(t *testing.T) {
 		t.Errorf("after recovery: %q", got)
 	}
 }
+
+// TestFullStateDir: a channel the state directory's tmpfs cannot hold is
+// refused with ENOSPC, and no half-made channel is left behind.
+func TestFullStateDir(t *testing.T) {
+	f := mountAt(t, testenv.Tmpfs(t, 1<<20), channel.Config{Capacity: 1 << 20})
+	if err := os.Mkdir(f.path("ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(f.path("ns", "big"), 0o755); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("mkdir of a channel larger than the tmpfs: %v, want ENOSPC", err)
+	}
+	if _, err := os.Stat(f.path("ns", "big")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused channel: %v, want ENOENT", err)
+	}
+}

@@ -94,20 +94,40 @@ func validConfig(cfg channel.Config) (channel.Config, error) {
 	return cfg, nil
 }
 
-// format creates the ring memory of kind sized for cfg (valid, with its
-// epoch) and formats the ring. The caller holds ch.mu or owns ch
+// format creates the channel's ring for cfg (valid, with its epoch) in
+// memory of kind and installs it. The caller holds ch.mu or owns ch
 // exclusively.
 func (ch *Channel) format(cfg channel.Config, kind Backing) error {
-	seg, err := ch.createRing(kind, cfg.Size())
+	seg, ring, err := ch.makeRing(cfg, kind, ringFile)
 	if err != nil {
-		return fmt.Errorf("registry: create ring of %s/%s: %w", ch.NS, ch.Name, err)
+		return err
+	}
+	ch.install(seg, ring)
+	return nil
+}
+
+// makeRing creates ring memory of kind sized for cfg (a POSIX file named
+// name in the channel's state directory) and formats it; ch is unchanged.
+// A full tmpfs gives ErrNoSpace.
+func (ch *Channel) makeRing(cfg channel.Config, kind Backing, name string) (*shm.Segment, *channel.Ring, error) {
+	seg, err := ch.createRing(kind, name, cfg.Size())
+	if errors.Is(err, shm.ErrNoSpace) {
+		return nil, nil, fmt.Errorf("%w: ring of %s/%s (%d bytes): %w", ErrNoSpace, ch.NS, ch.Name, cfg.Size(), err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("registry: create ring of %s/%s: %w", ch.NS, ch.Name, err)
 	}
 	ring, err := channel.Format(seg.Bytes(), cfg)
 	if err != nil {
 		seg.Close()
 		seg.Remove()
-		return fmt.Errorf("registry: format ring of %s/%s: %w", ch.NS, ch.Name, err)
+		return nil, nil, fmt.Errorf("registry: format ring of %s/%s: %w", ch.NS, ch.Name, err)
 	}
+	return seg, ring, nil
+}
+
+// install makes seg and ring the channel's and records them in its meta.
+func (ch *Channel) install(seg *shm.Segment, ring *channel.Ring) {
 	ch.seg, ch.ring = seg, ring
 	ch.meta.Config = newConfigMeta(ring.Config())
 	ch.meta.SysV = nil
@@ -115,7 +135,6 @@ func (ch *Channel) format(cfg channel.Config, kind Backing) error {
 		ch.meta.SysV = &sysvMeta{Key: seg.Key(), ID: seg.ID()}
 	}
 	ch.syncBacking()
-	return nil
 }
 
 // syncBacking gives the ring memory the channel's owner and data mode, so
@@ -400,13 +419,28 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 	if c.Backing != nil {
 		kind = *c.Backing
 	}
-	old := ch.meta
-	ch.destroyLocked()
-	if err := ch.format(cfg, kind); err != nil {
-		ch.lastErr = err.Error()
-		ch.setBrokenLocked(err)
-		return channel.Config{}, fmt.Errorf("%w: %w", ErrBroken, err)
+	// The new ring is made beside the old one and swapped in only once it
+	// exists: a change that does not fit leaves the channel as it was.
+	seg, ring, err := ch.makeRing(cfg, kind, ringFile+".new")
+	if err == nil && seg.Kind() == shm.POSIX {
+		if err = seg.Rename(ringFile); err != nil {
+			ring.Close()
+			seg.Close()
+			seg.Remove()
+		}
 	}
+	if err != nil {
+		ch.lastErr = err.Error()
+		log.WithError(err).Warn("configuration not applied; the channel keeps its ring")
+		return cur, err
+	}
+	old := ch.meta
+	oldSeg := ch.seg
+	ch.unmapLocked()
+	// A POSIX ring was replaced by the rename (Remove then finds another
+	// file at its path and removes nothing); a SysV one is removed here.
+	oldSeg.Remove()
+	ch.install(seg, ring)
 	if err := writeMeta(ch.dir, ch.meta); err != nil {
 		ch.meta = old
 		log.WithError(err).Error("persist metadata")

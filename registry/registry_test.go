@@ -662,3 +662,48 @@ func attachSysV(t *testing.T, id int) *channel.Ring {
 	t.Cleanup(func() { r.Close() })
 	return r
 }
+
+// A capacity change that does not fit in the tmpfs is refused with
+// ErrNoSpace and leaves the channel as it was: not broken, same ring,
+// messages still flowing. So is a new channel that does not fit.
+func TestFullTmpfs(t *testing.T) {
+	r := newRegistry(t, testenv.Tmpfs(t, 2<<20))
+	ns, err := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := ns.CreateChannel("a", CreateOptions{Config: &channel.Config{Capacity: 512 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ch.Config()
+	if _, err := ch.Reconfigure(Change{Capacity: ptr(uint64(2 << 20))}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("reconfigure beyond the tmpfs: %v, want ErrNoSpace", err)
+	}
+	if ch.Broken() || ch.Config() != before || !strings.Contains(ch.LastError(), "space") {
+		t.Fatalf("after a refused change: broken %v, config %+v (was %+v), error %q", ch.Broken(), ch.Config(), before, ch.LastError())
+	}
+	h, err := ch.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	sub, _ := h.NewSubscriber(channel.SubscriberOptions{})
+	defer sub.Close()
+	pub, _ := h.NewPublisher(channel.PublisherOptions{})
+	defer pub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.Next(ctx, nil); err != nil || string(m) != "still here" {
+		t.Fatalf("read %q, %v", m, err)
+	}
+	if _, err := ns.CreateChannel("b", CreateOptions{Config: &channel.Config{Capacity: 2 << 20}}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a channel larger than the tmpfs: %v, want ErrNoSpace", err)
+	}
+	if _, err := ns.Channel("b"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the refused channel exists: %v", err)
+	}
+}

@@ -238,3 +238,22 @@ func OpenPOSIX(path string, minSize int64) (*Segment, error) {
 	}
 	return seg, nil
 }
+
+// Rename gives a POSIX object the name name in its directory, replacing
+// whatever had that name (rename(2) is atomic), so that a caller can build
+// a new object beside the one it replaces and swap them in one step. The
+// mapping is unaffected.
+func (s *Segment) Rename(name string) error {
+	if s.kind != POSIX {
+		return fmt.Errorf("shm: rename %s: not a POSIX object: %w", s, ErrNotShared)
+	}
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	path := filepath.Join(filepath.Dir(s.path), name)
+	if err := os.Rename(s.path, path); err != nil {
+		return fmt.Errorf("shm: rename %s: %w", s.path, err)
+	}
+	s.path = path
+	return nil
+}
