@@ -48,6 +48,7 @@ type Config struct {
 	StateDir     string
 	MetricsAddr  string             // default "127.0.0.1:9477"; "" or "off" disables; /metrics and /healthz
 	Defaults     channel.Config     // configuration of new channels (zero fields: channel defaults)
+	Quota        *registry.Quota    // quota of new namespaces; nil: registry.DefaultQuota (docs/limits.md)
 	AllowOther   bool               // mount with allow_other,default_permissions (DefaultConfig: true)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
@@ -160,7 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
+	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Quota: a.cfg.Quota, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

@@ -664,3 +664,30 @@ func TestFullStateDir(t *testing.T) {
 		t.Errorf("refused channel: %v, want ENOENT", err)
 	}
 }
+
+// TestQuotaFile: root sets a namespace's quota through its .quota file; a
+// channel over it is refused with EDQUOT and the reason is readable there.
+func TestQuotaFile(t *testing.T) {
+	f := mountFS(t)
+	if err := os.Mkdir(f.path("ns"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	q := f.path("ns", chanfile.Quota)
+	if err := os.WriteFile(q, []byte("max_channels 1\nmax_bytes 4M\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.mkchan(t, "ns", "a")
+	if err := os.Mkdir(f.path("ns", "b"), 0o755); !errors.Is(err, unix.EDQUOT) {
+		t.Fatalf("mkdir over the quota: %v, want EDQUOT", err)
+	}
+	kv := readKV(t, q)
+	if kv["max_channels"] != "1" || kv["max_bytes"] != "4194304" || kv["channels"] != "1" || !strings.Contains(kv["error"], "channels") {
+		t.Errorf(".quota after a refusal: %v", kv)
+	}
+	if err := os.WriteFile(q, []byte("max_channels x\n"), 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("bad quota line: %v, want EINVAL", err)
+	}
+	if fi, err := os.Stat(q); err != nil || fi.Mode().Perm() != 0o644 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf(".quota: %v %v, want root's 0644", fi.Mode(), err)
+	}
+}

@@ -19,6 +19,7 @@ type Channel struct {
 	NS, Name string
 	dir      string
 	reg      *Registry
+	ns       *Namespace
 
 	mu       sync.Mutex // guards the fields below
 	meta     meta
@@ -28,6 +29,7 @@ type Channel struct {
 	closed   bool // removed or registry closed
 	lastErr  string
 	brokenAt string
+	held     Usage // what the channel counts against its namespace's quota
 
 	broken atomic.Bool
 	lost   atomic.Uint64 // messages lost by closed Subscribers of Handles
@@ -60,7 +62,8 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		log.WithError(err).Warn("channel metadata unreadable; using root 0755")
 		m = meta{Mode: 0o755}
 	}
-	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: r, meta: m}
+	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: r, ns: ns, meta: m}
+	defer func() { ch.held = ch.recoveredCost() }()
 	seg, err := ch.openRing(m, channel.HeaderLen)
 	if err == nil {
 		ch.ring, err = channel.Open(seg.Bytes())
@@ -419,6 +422,12 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 	if c.Backing != nil {
 		kind = *c.Backing
 	}
+	held := cost(cfg)
+	if err := ch.ns.book.reserve(ch.NS, held, ch.held); err != nil {
+		ch.lastErr = err.Error()
+		log.WithError(err).Warn("configuration refused")
+		return cur, err
+	}
 	// The new ring is made beside the old one and swapped in only once it
 	// exists: a change that does not fit leaves the channel as it was.
 	seg, ring, err := ch.makeRing(cfg, kind, ringFile+".new")
@@ -430,10 +439,12 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 		}
 	}
 	if err != nil {
+		ch.ns.book.move(held, ch.held)
 		ch.lastErr = err.Error()
 		log.WithError(err).Warn("configuration not applied; the channel keeps its ring")
 		return cur, err
 	}
+	ch.held = held
 	old := ch.meta
 	oldSeg := ch.seg
 	ch.unmapLocked()
@@ -466,4 +477,16 @@ func (ch *Channel) backingLocked() Backing {
 		return BackingSysV
 	}
 	return BackingPOSIX
+}
+
+// recoveredCost is what a recovered channel counts against its quota: its
+// ring's, or for a broken one what its metadata recorded.
+func (ch *Channel) recoveredCost() Usage {
+	switch {
+	case ch.ring != nil:
+		return cost(ch.ring.Config())
+	case ch.meta.Config != nil:
+		return cost(channel.Config{Type: ch.meta.Config.Type, Capacity: ch.meta.Config.Capacity, MemberSlots: ch.meta.Config.MemberSlots})
+	}
+	return Usage{Channels: 1}
 }

@@ -29,6 +29,7 @@ type Options struct {
 	StateDir string         // tmpfs directory for rings and metadata
 	Defaults channel.Config // configuration of new channels (zero fields: channel defaults)
 	Log      logrus.FieldLogger
+	Quota    *Quota // quota of new namespaces; nil: DefaultQuota
 }
 
 // Registry holds every namespace and channel of a node and their state in
@@ -40,6 +41,7 @@ type Options struct {
 type Registry struct {
 	dir      string
 	defaults channel.Config
+	quota    Quota // of new namespaces
 	log      logrus.FieldLogger
 	events   hub
 
@@ -69,8 +71,12 @@ func New(o Options) (*Registry, error) {
 	if o.Log != nil {
 		log = o.Log
 	}
+	q := DefaultQuota
+	if o.Quota != nil {
+		q = *o.Quota
+	}
 	return &Registry{
-		dir: o.StateDir, defaults: def, log: log.WithField("component", "registry"),
+		dir: o.StateDir, defaults: def, quota: q, log: log.WithField("component", "registry"),
 		nss: map[string]*Namespace{}, ptKnown: make(chan struct{}),
 	}, nil
 }
@@ -147,7 +153,7 @@ func (r *Registry) recoverNamespace(name string) error {
 	if r.nss[name] != nil {
 		return nil // recovered already
 	}
-	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns := r.newNamespace(name, m)
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	for _, c := range chs {
@@ -156,6 +162,7 @@ func (r *Registry) recoverNamespace(name string) error {
 		}
 		ch := r.recoverChannel(ns, c.Name())
 		ns.channels[c.Name()] = ch
+		ns.book.move(Usage{}, ch.held) // what exists is kept, even over the quota
 		ch.mu.Lock()
 		ch.emitLocked(Created, "")
 		if ch.broken.Load() {
@@ -227,11 +234,13 @@ func (r *Registry) CreateNamespace(name string, a Attr) (*Namespace, error) {
 	}
 	var m meta
 	m.setAttr(a)
+	q := r.quota
+	m.Quota = &q
 	if err := writeMeta(dir, m); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns := r.newNamespace(name, m)
 	r.nss[name] = ns
 	r.log.WithFields(logrus.Fields{"ns": name, "op": "create"}).Info("namespace created")
 	return ns, nil
@@ -298,10 +307,22 @@ func (r *Registry) RunReaper(ctx context.Context, interval time.Duration) error 
 	}
 }
 
+// newNamespace makes the namespace of meta m; its quota is m's, or the
+// registry's for a namespace that has none recorded.
+func (r *Registry) newNamespace(name string, m meta) *Namespace {
+	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns.book.quota = r.quota
+	if m.Quota != nil {
+		ns.book.quota = *m.Quota
+	}
+	return ns
+}
+
 // Namespace is a directory of channels.
 type Namespace struct {
 	Name string
 	reg  *Registry
+	book quotaBook
 
 	mu       sync.Mutex // guards meta, channels, removed
 	meta     meta
@@ -395,22 +416,31 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	if ns.channels[name] != nil {
 		return nil, fmt.Errorf("%w: channel %s/%s", ErrExists, ns.Name, name)
 	}
+	held := cost(cfg)
+	if err := ns.book.reserve(ns.Name, held, Usage{}); err != nil {
+		ns.reg.log.WithFields(logrus.Fields{"ns": ns.Name, "channel": name, "op": "create"}).WithError(err).Warn("channel refused")
+		return nil, err
+	}
+	fail := func(err error) (*Channel, error) {
+		ns.book.move(held, Usage{})
+		return nil, err
+	}
 	dir := filepath.Join(ns.reg.dir, ns.Name, name)
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("registry: create channel %s/%s: %w", ns.Name, name, err)
+		return fail(fmt.Errorf("registry: create channel %s/%s: %w", ns.Name, name, err))
 	}
-	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: ns.reg}
+	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: ns.reg, ns: ns, held: held}
 	ch.meta.setAttr(o.Attr)
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if err := ch.format(cfg, o.Backing); err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return fail(err)
 	}
 	if err := writeMeta(dir, ch.meta); err != nil {
 		ch.destroyLocked()
 		os.RemoveAll(dir)
-		return nil, err
+		return fail(err)
 	}
 	ns.channels[name] = ch
 	ch.log("create").WithField("size", ch.seg.Size()).Info("channel created")
@@ -438,6 +468,7 @@ func (ns *Namespace) RemoveChannel(name string) error {
 	}
 	ch.closed = true
 	delete(ns.channels, name)
+	ns.book.move(ch.held, Usage{})
 	ch.log("remove").Info("channel removed")
 	ch.emitLocked(Removed, "")
 	return nil

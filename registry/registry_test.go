@@ -707,3 +707,70 @@ func TestFullTmpfs(t *testing.T) {
 		t.Errorf("the refused channel exists: %v", err)
 	}
 }
+
+// TestQuota: each limit of a namespace's quota refuses what would exceed
+// it with ErrQuota and a reason, keeps what exists, is given back by a
+// removal, and survives a restart.
+func TestQuota(t *testing.T) {
+	small := channel.Config{Capacity: 4096, MemberSlots: 8}
+	size := small.WithDefaults().Size()
+	for _, tc := range []struct {
+		name  string
+		quota Quota
+		grow  Change // refused on the second channel
+		want  string
+	}{
+		{"channels", Quota{Channels: 2}, Change{}, "channels"},
+		{"bytes", Quota{Bytes: 2 * size}, Change{Capacity: ptr(uint64(8192))}, "ring bytes"},
+		{"member slots", Quota{MemberSlots: 16}, Change{MemberSlots: ptr(uint32(9))}, "member slots"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := testenv.ShmDir(t, "shimmy-registry-test-")
+			r := newRegistry(t, dir)
+			ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+			if got := ns.Quota(); got != DefaultQuota {
+				t.Fatalf("new namespace quota %+v, want the default %+v", got, DefaultQuota)
+			}
+			if err := ns.SetQuota(tc.quota); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"a", "b"} {
+				if _, err := ns.CreateChannel(name, CreateOptions{Config: &small}); err != nil {
+					t.Fatalf("create %s within the quota: %v", name, err)
+				}
+			}
+			b, _ := ns.Channel("b")
+			if tc.grow != (Change{}) {
+				before := b.Config()
+				if _, err := b.Reconfigure(tc.grow); !errors.Is(err, ErrQuota) || !strings.Contains(b.LastError(), tc.want) {
+					t.Errorf("growing over the quota: %v (error %q), want ErrQuota naming %s", err, b.LastError(), tc.want)
+				}
+				if b.Config() != before || b.Broken() {
+					t.Errorf("refused change altered the channel: %+v", b.Config())
+				}
+			}
+			if _, err := ns.CreateChannel("c", CreateOptions{Config: &small}); !errors.Is(err, ErrQuota) || !strings.Contains(ns.QuotaError(), tc.want) {
+				t.Errorf("third channel: %v (namespace error %q), want ErrQuota naming %s", err, ns.QuotaError(), tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "ns", "c")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("refused channel left state: %v", err)
+			}
+			want := Usage{Channels: 2, Bytes: 2 * size, MemberSlots: 16}
+			if u := ns.Usage(); u != want {
+				t.Errorf("usage %+v, want %+v", u, want)
+			}
+			if err := ns.RemoveChannel("a"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ns.CreateChannel("c", CreateOptions{Config: &small}); err != nil {
+				t.Errorf("after a removal: %v", err)
+			}
+			r.Close()
+			r2 := newRegistry(t, dir)
+			ns2, _ := r2.Namespace("ns")
+			if ns2.Quota() != tc.quota || ns2.Usage() != want {
+				t.Errorf("recovered quota %+v usage %+v, want %+v %+v", ns2.Quota(), ns2.Usage(), tc.quota, want)
+			}
+		})
+	}
+}
