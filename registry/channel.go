@@ -25,14 +25,17 @@ type Channel struct {
 	meta     meta
 	seg      *shm.Segment
 	ring     *channel.Ring
-	handles  int  // open Handles (front-end files)
-	closed   bool // removed or registry closed
+	m        *mapping // seg and ring, borrowed by readers outside mu
+	handles  int      // open Handles (front-end files)
+	closed   bool     // removed or registry closed
 	lastErr  string
 	brokenAt string
 	held     Usage // what the channel counts against its namespace's quota
 
-	broken atomic.Bool
-	lost   atomic.Uint64 // messages lost by closed Subscribers of Handles
+	broken   atomic.Bool
+	reaping  atomic.Bool   // a reap of the channel is running
+	nextReap atomic.Int64  // unix ns: when the reaper visits next
+	lost     atomic.Uint64 // messages lost by closed Subscribers of Handles
 }
 
 // DataMode derives the mode of a channel's data (its ring and data files)
@@ -75,7 +78,7 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		if err != nil {
 			seg.Close()
 		} else {
-			ch.seg = seg
+			ch.seg, ch.m = seg, newMapping(seg, ch.ring)
 		}
 	}
 	if err != nil {
@@ -131,7 +134,7 @@ func (ch *Channel) makeRing(cfg channel.Config, kind Backing, name string) (*shm
 
 // install makes seg and ring the channel's and records them in its meta.
 func (ch *Channel) install(seg *shm.Segment, ring *channel.Ring) {
-	ch.seg, ch.ring = seg, ring
+	ch.seg, ch.ring, ch.m = seg, ring, newMapping(seg, ring)
 	ch.meta.Config = newConfigMeta(ring.Config())
 	ch.meta.SysV = nil
 	if seg.Kind() == shm.SysV {
@@ -142,27 +145,29 @@ func (ch *Channel) install(seg *shm.Segment, ring *channel.Ring) {
 
 // syncBacking gives the ring memory the channel's owner and data mode, so
 // a client allowed to use the channel may also map the backing file (or
-// attach the SysV segment) directly.
+// attach the SysV segment) directly; except a POSIX file under
+// passthrough, which stays root's 0600 (see SetPassthrough).
 func (ch *Channel) syncBacking() {
 	if ch.seg == nil {
 		return
 	}
-	if err := ch.seg.SetOwner(int(ch.meta.UID), int(ch.meta.GID), os.FileMode(DataMode(ch.meta.Mode))|0o600); err != nil {
+	uid, gid, mode := int(ch.meta.UID), int(ch.meta.GID), os.FileMode(DataMode(ch.meta.Mode))|0o600
+	if ch.seg.Kind() == shm.POSIX && ch.reg.passthrough.Load() {
+		uid, gid, mode = 0, 0, 0o600
+	}
+	if err := ch.seg.SetOwner(uid, gid, mode); err != nil {
 		ch.log("owner").WithError(err).Warn("cannot give the ring memory the channel's owner and mode")
 	}
 }
 
-// unmapLocked unmaps the ring, keeping its shm file.
+// unmapLocked lets go of the ring, keeping its shm file; it is unmapped
+// once no reader borrows it any more.
 func (ch *Channel) unmapLocked() error {
 	var err error
-	if ch.ring != nil {
-		ch.ring.Close()
-		ch.ring = nil
+	if ch.m != nil {
+		err = ch.m.release()
 	}
-	if ch.seg != nil {
-		err = ch.seg.Close()
-		ch.seg = nil
-	}
+	ch.seg, ch.ring, ch.m = nil, nil, nil
 	return err
 }
 
@@ -276,7 +281,12 @@ func (ch *Channel) busyLocked() bool {
 		return false
 	}
 	lease := ch.ring.Config().Lease
-	for _, m := range ch.ring.Members() {
+	var members []channel.MemberInfo
+	if err := guard(func() error { members = ch.ring.Members(); return nil }); err != nil {
+		ch.setBrokenLocked(err)
+		return false
+	}
+	for _, m := range members {
 		if (m.State == channel.MemberActive || m.State == channel.MemberInit) && m.LeaseAge <= lease {
 			return true
 		}
@@ -289,22 +299,6 @@ func (ch *Channel) Busy() bool {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	return ch.busyLocked()
-}
-
-func (ch *Channel) reap(pid uint32) {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.ring == nil || ch.broken.Load() {
-		return
-	}
-	if err := ch.ring.Check(); err != nil {
-		ch.setBrokenLocked(err)
-		return
-	}
-	if n := ch.ring.Reap(); n > 0 {
-		ch.log("reap").Debugf("reaped %d dead members", n)
-	}
-	ch.ring.SetAgentHeartbeat(pid)
 }
 
 // Handle is a front end's hold on a channel's ring (an open file): while
@@ -464,12 +458,14 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 
 // carriedLocked reports whether any queue has ever had a message.
 func (ch *Channel) carriedLocked() bool {
-	for q := 0; q < ch.ring.Queues(); q++ {
-		if ch.ring.QueueStats(q).Tail>>32 != 0 {
-			return true
+	carried := false
+	err := guard(func() error {
+		for q := 0; q < ch.ring.Queues(); q++ {
+			carried = carried || ch.ring.QueueStats(q).Tail>>32 != 0
 		}
-	}
-	return false
+		return nil
+	})
+	return carried || err != nil // a ring that faults is not re-created under its users
 }
 
 func (ch *Channel) backingLocked() Backing {

@@ -89,10 +89,24 @@ func (r *Registry) StateDir() string { return r.dir }
 func (r *Registry) Defaults() channel.Config { return r.defaults }
 
 // SetPassthrough records whether the FUSE front end serves ring files by
-// passthrough (its config files show it).
+// passthrough (its config files show it). With passthrough, clients map
+// rings through the mount only, so the state directory and every POSIX
+// backing file become root's alone (0700, 0600): no tenant can then
+// truncate a ring under the agent or grow a backing file past its size.
 func (r *Registry) SetPassthrough(on bool) {
 	r.passthrough.Store(on)
 	r.ptOnce.Do(func() { close(r.ptKnown) })
+	if !on {
+		return
+	}
+	if err := os.Chmod(r.dir, 0o700); err != nil {
+		r.log.WithError(err).Warn("cannot make the state directory root-only")
+	}
+	r.eachChannel(func(ch *Channel) {
+		ch.mu.Lock()
+		ch.syncBacking()
+		ch.mu.Unlock()
+	})
 }
 
 // ptWait bounds how long Passthrough waits for SetPassthrough.
@@ -282,19 +296,10 @@ func (r *Registry) Close() error {
 	return errors.Join(errs...)
 }
 
-// Reap checks every ring, marks a failing one broken, evicts dead members
-// and refreshes the agent heartbeat in every ring header.
-func (r *Registry) Reap() {
-	pid := uint32(os.Getpid())
-	for _, ch := range r.Channels() {
-		ch.reap(pid)
-	}
-}
-
 // RunReaper reaps at once and then every interval until ctx is done; it
 // returns nil then.
 func (r *Registry) RunReaper(ctx context.Context, interval time.Duration) error {
-	r.Reap()
+	r.reapPass(interval)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -302,7 +307,7 @@ func (r *Registry) RunReaper(ctx context.Context, interval time.Duration) error 
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			r.Reap()
+			r.reapPass(interval)
 		}
 	}
 }

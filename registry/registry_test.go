@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -773,4 +774,95 @@ func TestQuota(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTruncatedBacking: with passthrough the state directory and backing
+// files are root's alone; if root (or anyone) still shrinks a ring file
+// under the agent, the fault marks that channel broken instead of killing
+// the agent, and the other channels go on.
+func TestTruncatedBacking(t *testing.T) {
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	r := newRegistry(t, dir)
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o777})
+	evil, _ := ns.CreateChannel("evil", CreateOptions{Attr: Attr{UID: 65534, GID: 65534, Mode: 0o700}})
+	victim, _ := ns.CreateChannel("victim", CreateOptions{})
+	r.SetPassthrough(true)
+	for path, want := range map[string]os.FileMode{dir: 0o700, evil.Backing().Path: 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != want || st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s: %v uid %d gid %d, want root's %v", path, fi.Mode(), st.Uid, st.Gid, want)
+		}
+	}
+	if err := os.Truncate(evil.Backing().Path, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.Reap()
+	if !evil.Broken() || !strings.Contains(evil.BrokenReason(), "fault") {
+		t.Fatalf("truncated ring: broken %v (%q), want broken by a fault", evil.Broken(), evil.BrokenReason())
+	}
+	if st := evil.Stats(); !st.Broken {
+		t.Errorf("stats of the truncated channel: %+v", st)
+	}
+	h, err := victim.Open()
+	if err != nil || victim.Broken() {
+		t.Fatalf("other channel: %v, broken %v", err, victim.Broken())
+	}
+	defer h.Close()
+	if beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat]))); beat == 0 {
+		t.Error("other channel got no heartbeat")
+	}
+	if err := ns.RemoveChannel("evil"); err != nil {
+		t.Errorf("remove the broken channel: %v", err)
+	}
+}
+
+// TestSlowReap: a channel whose reap does not return (a crafted ring
+// would take seconds) holds up neither the reaping pass, nor another
+// channel's heartbeat, nor anyone's stats, nor its own removal.
+func TestSlowReap(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	evil, _ := ns.CreateChannel("evil", CreateOptions{})
+	victim, _ := ns.CreateChannel("victim", CreateOptions{})
+	stuck, release := make(chan struct{}), make(chan struct{})
+	reapHook = func(ch *Channel) {
+		if ch == evil {
+			close(stuck)
+			<-release
+		}
+	}
+	t.Cleanup(func() { reapHook = nil })
+	passed := make(chan struct{})
+	go func() {
+		r.Reap()
+		close(passed)
+	}()
+	<-stuck
+	returned := make(chan Stats, 2)
+	go func() {
+		returned <- evil.Stats()
+		returned <- victim.Stats()
+		<-passed
+		close(returned)
+	}()
+	wait.Eventually(t, 10*time.Second, func() error {
+		if len(returned) < 2 {
+			return errors.New("stats or the reaping pass wait for the stuck reap")
+		}
+		return nil
+	})
+	<-passed
+	h, _ := victim.Open()
+	if beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat]))); beat == 0 {
+		t.Error("the other channel got no heartbeat while one reap was stuck")
+	}
+	h.Close()
+	r.Reap() // skips the channel whose reap still runs
+	if err := ns.RemoveChannel("evil"); err != nil {
+		t.Errorf("remove while its reap is stuck: %v", err)
+	}
+	close(release)
 }

@@ -1,5 +1,7 @@
 package registry
 
+import "github.com/shimmy-dev/shimmy/channel"
+
 // Stats is a snapshot of a channel's counters, the same for every front
 // end (stats file, metrics, Kubernetes status).
 type Stats struct {
@@ -15,17 +17,25 @@ type Stats struct {
 	Broken      bool
 }
 
-// Stats returns a snapshot of the channel's counters.
+// Stats returns a snapshot of the channel's counters. It reads the ring
+// outside the channel's lock, so it never waits for a reap or a change.
 func (ch *Channel) Stats() Stats {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
 	st := Stats{NS: ch.NS, Name: ch.Name, Broken: ch.broken.Load(), Lost: ch.lost.Load()}
-	r := ch.ring
-	if r == nil {
+	if st.Broken {
 		return st
 	}
-	rs := r.Stats()
-	st.Epoch = r.Epoch()
+	m := ch.borrow()
+	if m == nil {
+		return st
+	}
+	defer m.release()
+	var rs channel.Stats
+	if err := guard(func() error { rs = m.ring.Stats(); return nil }); err != nil {
+		ch.MarkBroken(err)
+		st.Broken = true
+		return st
+	}
+	st.Epoch = m.ring.Epoch()
 	st.Messages, st.Bytes, st.Publishers, st.Subscribers = rs.Messages, rs.Bytes, rs.Publishers, rs.Subscribers
 	st.LagMax, st.Reaped = rs.LagMax, rs.Reaped
 	st.Lost += rs.Lost
