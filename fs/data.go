@@ -45,7 +45,11 @@ func (n *fileNode) openRing() (gofs.FileHandle, uint32, syscall.Errno) {
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, 0, 0
+	// FOPEN_DIRECT_IO beside passthrough: the kernel still maps the shm
+	// file directly, but sends read(2) and write(2) here, where they are
+	// bounded by the ring's size; passed through, a write past the end
+	// would grow the backing file without limit.
+	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -87,9 +91,9 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// ringHandle serves the ring file. With passthrough the kernel reads,
-// writes and maps the shm file directly; otherwise reads and writes come
-// through the agent (mmap then needs the backing file: see config).
+// ringHandle serves the ring file. With passthrough the kernel maps the
+// shm file directly; reads and writes always come through the agent
+// (without passthrough, mmap needs the backing file: see config).
 type ringHandle struct {
 	hold
 	size int64

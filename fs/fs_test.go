@@ -691,3 +691,36 @@ func TestQuotaFile(t *testing.T) {
 		t.Errorf(".quota: %v %v, want root's 0644", fi.Mode(), err)
 	}
 }
+
+// TestRingWriteBounded: a write(2) to the ring file past its end (dd
+// seek=2 bs=1M count=16 on a 1 MiB channel) fails with EFBIG and the shm
+// file behind it keeps its size; a write inside it lands in the ring.
+func TestRingWriteBounded(t *testing.T) {
+	f := mountFS(t)
+	if !f.reg.Passthrough() {
+		t.Skip("kernel or privileges lack FUSE passthrough")
+	}
+	dir := f.mkchan(t, "ns", "ch")
+	ch, _ := f.reg.Channel("ns", "ch")
+	size := ch.Config().Size()
+	fd := open(t, filepath.Join(dir, "ring"), unix.O_RDWR)
+	block := make([]byte, 1<<20)
+	for i := int64(2); i < 18; i++ {
+		if _, err := unix.Pwrite(fd, block, i<<20); err != unix.EFBIG {
+			t.Fatalf("write at %d MiB of a %d-byte ring: %v, want EFBIG", i, size, err)
+		}
+	}
+	if fi, err := os.Stat(ch.Backing().Path); err != nil || fi.Size() != size {
+		t.Fatalf("backing file after writes past the end: %v bytes, %v; want %d", fi.Size(), err, size)
+	}
+	head := make([]byte, 64)
+	if n, err := unix.Pread(fd, head, 0); n != len(head) || err != nil {
+		t.Fatalf("read the header: %d, %v", n, err)
+	}
+	if n, err := unix.Pwrite(fd, head, 0); n != len(head) || err != nil {
+		t.Errorf("write inside the ring: %d, %v", n, err)
+	}
+	if st := readKV(t, filepath.Join(dir, "stats")); st["broken"] != "0" {
+		t.Errorf("stats after rewriting the header as it was: %v", st)
+	}
+}
