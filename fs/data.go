@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"os"
 	"sync"
 	"syscall"
 
@@ -96,7 +97,8 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 // (without passthrough, mmap needs the backing file: see config).
 type ringHandle struct {
 	hold
-	size int64
+	size    int64
+	backing *os.File // opened for passthrough, closed at release
 }
 
 var (
@@ -106,11 +108,15 @@ var (
 	_ = (gofs.FileReleaser)((*ringHandle)(nil))
 )
 
+// PassthroughFd opens the shm file for the kernel, which keeps its own
+// reference once go-fuse registers it; the agent holds no descriptor per
+// idle channel.
 func (h *ringHandle) PassthroughFd() (int, bool) {
-	f := h.h.Backing()
-	if f == nil {
+	f, err := h.h.Backing()
+	if err != nil {
 		return 0, false
 	}
+	h.backing = f
 	return int(f.Fd()), true
 }
 
@@ -139,6 +145,9 @@ func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 }
 
 func (h *ringHandle) Release(ctx context.Context) syscall.Errno {
+	if h.backing != nil {
+		h.backing.Close()
+	}
 	h.h.Close()
 	return 0
 }

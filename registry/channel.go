@@ -78,6 +78,7 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		if err != nil {
 			seg.Close()
 		} else {
+			seg.CloseFile()
 			ch.seg, ch.m = seg, newMapping(seg, ch.ring)
 		}
 	}
@@ -134,6 +135,7 @@ func (ch *Channel) makeRing(cfg channel.Config, kind Backing, name string) (*shm
 
 // install makes seg and ring the channel's and records them in its meta.
 func (ch *Channel) install(seg *shm.Segment, ring *channel.Ring) {
+	seg.CloseFile() // mapped: no descriptor per channel (Handle.Backing opens one)
 	ch.seg, ch.ring, ch.m = seg, ring, newMapping(seg, ring)
 	ch.meta.Config = newConfigMeta(ring.Config())
 	ch.meta.SysV = nil
@@ -329,9 +331,11 @@ func (ch *Channel) Open() (*Handle, error) {
 // Ring returns the mapped ring.
 func (h *Handle) Ring() *channel.Ring { return h.ring }
 
-// Backing returns the ring's shm file (nil for a segment without one),
-// for a front end that serves it directly (FUSE passthrough).
-func (h *Handle) Backing() *os.File { return h.seg.File() }
+// Backing opens the ring's shm file, for a front end that serves it
+// directly (FUSE passthrough); the caller closes it. A SysV ring has no
+// file (an error wrapping shm.ErrNotShared). The registry holds no
+// descriptor per channel.
+func (h *Handle) Backing() (*os.File, error) { return h.seg.OpenFile() }
 
 // Memory returns the ring's mapped bytes.
 func (h *Handle) Memory() []byte { return h.seg.Bytes() }

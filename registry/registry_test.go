@@ -866,3 +866,50 @@ func TestSlowReap(t *testing.T) {
 	}
 	close(release)
 }
+
+// TestNoDescriptorPerChannel: idle channels hold their mapping only, not
+// a file descriptor each (the process limit would cap the channels of a
+// node); a Handle still opens the backing file on demand.
+func TestNoDescriptorPerChannel(t *testing.T) {
+	const n = 200
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skipf("no /proc/self/fd: %v", err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	r := newRegistry(t, dir)
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	small := channel.Config{Capacity: 4096}
+	for i := range n {
+		if _, err := ns.CreateChannel(fmt.Sprint("c", i), CreateOptions{Config: &small}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Reap()
+	if grew := fds() - before; grew >= n/2 {
+		t.Errorf("%d channels hold %d more descriptors", n, grew)
+	}
+	r.Close()
+	r2 := newRegistry(t, dir)
+	if grew := fds() - before; grew >= n/2 {
+		t.Errorf("%d recovered channels hold %d more descriptors", n, grew)
+	}
+	ch, _ := r2.Channel("ns", "c7")
+	h, err := ch.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	f, err := h.Backing()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != small.WithDefaults().Size() {
+		t.Errorf("backing file opened on demand: %v, %v", fi, err)
+	}
+}
