@@ -28,7 +28,7 @@ var eventually = wait.Eventually
 
 func quietLog() *logrus.Logger { return testenv.QuietLog() }
 
-func stateDir(t *testing.T) string { return testenv.ShmDir(t, "shimmy-agent-test-") }
+func stateDir(t testing.TB) string { return testenv.ShmDir(t, "shimmy-agent-test-") }
 
 type running struct {
 	a    *Agent
@@ -36,7 +36,7 @@ type running struct {
 	done <-chan struct{} // closed when Run has returned
 }
 
-func testConfig(t *testing.T, mnt, state string) Config {
+func testConfig(t testing.TB, mnt, state string) Config {
 	cfg := DefaultConfig()
 	cfg.MountPoint, cfg.StateDir = mnt, state
 	cfg.MetricsAddr = "127.0.0.1:0"
@@ -46,7 +46,7 @@ func testConfig(t *testing.T, mnt, state string) Config {
 }
 
 // start runs an agent until the test ends.
-func start(t *testing.T, cfg Config) *running {
+func start(t testing.TB, cfg Config) *running {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the agent mounts FUSE directly, which needs root here")

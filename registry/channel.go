@@ -32,10 +32,8 @@ type Channel struct {
 	brokenAt string
 	held     Usage // what the channel counts against its namespace's quota
 
-	broken   atomic.Bool
-	reaping  atomic.Bool   // a reap of the channel is running
-	nextReap atomic.Int64  // unix ns: when the reaper visits next
-	lost     atomic.Uint64 // messages lost by closed Subscribers of Handles
+	broken atomic.Bool
+	lost   atomic.Uint64 // messages lost by closed Subscribers of Handles
 }
 
 // DataMode derives the mode of a channel's data (its ring and data files)

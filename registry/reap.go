@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"container/heap"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,13 +14,19 @@ import (
 	"github.com/shimmy-dev/shimmy/shm"
 )
 
-// Reaping (docs/limits.md): a pass visits only the channels that are due,
-// on a few workers, outside every registry lock, for at most reapBudget;
-// a channel whose visit is slow (a crafted ring) holds one worker and is
-// skipped by later passes until it returns, and nobody waits for it.
+// Reaping (docs/limits.md): a pass takes the channels that are due from a
+// deadline heap (idle channels cost nothing between their visits) and
+// visits them on a few workers, outside every registry lock, for at most
+// reapBudget; a channel goes back on the heap when its visit ends, so one
+// whose visit is slow (a crafted ring) holds one worker, is not taken
+// again meanwhile, and nobody waits for it.
 const (
 	reapWorkers = 4
 	reapBudget  = 50 * time.Millisecond
+	// idleReap is how often a ring without members is visited: only an
+	// mmap client that joined since can need reaping there, and that
+	// client's own peers evict it meanwhile if it dies.
+	idleReap = 10 * time.Second
 )
 
 // mapping is a channel's mapped ring, shared by the channel and whoever
@@ -80,17 +88,14 @@ func guard(f func() error) (err error) {
 // stand-in for a ring whose reap is slow.
 var reapHook func(*Channel)
 
-// due reports whether the reaper should visit the channel at now.
-func (ch *Channel) due(now int64) bool { return ch.nextReap.Load() <= now }
-
 // reap visits the channel: checks the ring, evicts dead members, stamps
-// the agent's heartbeat, and schedules the next visit: soon while the ring
-// has members (their leases may expire), once a lease while it has none.
+// the agent's heartbeat, and schedules the next visit: after interval
+// while the ring has members (their leases may expire), after idleReap (or
+// a lease if longer) while it has none.
 func (ch *Channel) reap(pid uint32, interval time.Duration) {
-	if ch.broken.Load() || !ch.reaping.CompareAndSwap(false, true) {
+	if ch.broken.Load() {
 		return
 	}
-	defer ch.reaping.Store(false)
 	m := ch.borrow()
 	if m == nil {
 		return
@@ -108,8 +113,8 @@ func (ch *Channel) reap(pid uint32, interval time.Duration) {
 			ch.log("reap").Debugf("reaped %d dead members", n)
 		}
 		m.ring.SetAgentHeartbeat(pid)
-		if lease := m.ring.Config().Lease; len(m.ring.Members()) == 0 && lease > interval {
-			next = lease
+		if len(m.ring.Members()) == 0 {
+			next = max(idleReap, m.ring.Config().Lease)
 		}
 		return nil
 	})
@@ -117,7 +122,7 @@ func (ch *Channel) reap(pid uint32, interval time.Duration) {
 		ch.MarkBroken(err)
 		return
 	}
-	ch.nextReap.Store(time.Now().Add(next).UnixNano())
+	ch.reg.sched.push(ch, time.Now().Add(next))
 }
 
 // Reap runs one reaping pass over the channels that are due (see reap).
@@ -130,13 +135,7 @@ func (r *Registry) Reap() { r.reapPass(DefaultReapInterval) }
 const DefaultReapInterval = 100 * time.Millisecond
 
 func (r *Registry) reapPass(interval time.Duration) {
-	now := time.Now().UnixNano()
-	var due []*Channel
-	r.eachChannel(func(ch *Channel) {
-		if ch.due(now) && !ch.reaping.Load() {
-			due = append(due, ch)
-		}
-	})
+	due := r.sched.popDue(time.Now())
 	if len(due) == 0 {
 		return
 	}
@@ -156,8 +155,12 @@ func (r *Registry) reapPass(interval time.Duration) {
 			}()
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(len(due)) || time.Now().After(deadline) {
+				if i >= int64(len(due)) {
 					return
+				}
+				if time.Now().After(deadline) {
+					r.sched.push(due[i], time.Now()) // the next pass's
+					continue
 				}
 				due[i].reap(pid, interval)
 			}
@@ -171,20 +174,45 @@ func (r *Registry) reapPass(interval time.Duration) {
 	}
 }
 
-// eachChannel calls f for every channel, in no order, without sorting
-// or copying them all (the reaper runs it every interval).
-func (r *Registry) eachChannel(f func(*Channel)) {
-	r.mu.Lock()
-	nss := make([]*Namespace, 0, len(r.nss))
-	for _, ns := range r.nss {
-		nss = append(nss, ns)
+// schedule is the reaper's deadline heap: each live channel is in it once,
+// keyed by its next visit, except while a visit of it runs.
+type schedule struct {
+	mu sync.Mutex
+	h  visitHeap
+}
+
+type visit struct {
+	at time.Time
+	ch *Channel
+}
+
+type visitHeap []visit
+
+func (h visitHeap) Len() int           { return len(h) }
+func (h visitHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h visitHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *visitHeap) Push(x any)        { *h = append(*h, x.(visit)) }
+func (h *visitHeap) Pop() any {
+	old := *h
+	v := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return v
+}
+
+func (s *schedule) push(ch *Channel, at time.Time) {
+	s.mu.Lock()
+	heap.Push(&s.h, visit{at, ch})
+	s.mu.Unlock()
+}
+
+// popDue takes every channel due at now off the heap; removed channels
+// are dropped (a visit finds no mapping and does not push them back).
+func (s *schedule) popDue(now time.Time) []*Channel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var due []*Channel
+	for len(s.h) > 0 && !s.h[0].at.After(now) {
+		due = append(due, heap.Pop(&s.h).(visit).ch)
 	}
-	r.mu.Unlock()
-	for _, ns := range nss {
-		ns.mu.Lock()
-		for _, ch := range ns.channels {
-			f(ch)
-		}
-		ns.mu.Unlock()
-	}
+	return due
 }

@@ -44,6 +44,7 @@ type Registry struct {
 	quota    Quota // of new namespaces
 	log      logrus.FieldLogger
 	events   hub
+	sched    schedule // the reaper's next visits
 
 	mu     sync.Mutex
 	nss    map[string]*Namespace
@@ -112,6 +113,24 @@ func (r *Registry) SetPassthrough(on bool) {
 // ptWait bounds how long Passthrough waits for SetPassthrough.
 const ptWait = 5 * time.Second
 
+// eachChannel calls f for every channel, in no order, without sorting
+// or copying them all.
+func (r *Registry) eachChannel(f func(*Channel)) {
+	r.mu.Lock()
+	nss := make([]*Namespace, 0, len(r.nss))
+	for _, ns := range r.nss {
+		nss = append(nss, ns)
+	}
+	r.mu.Unlock()
+	for _, ns := range nss {
+		ns.mu.Lock()
+		for _, ch := range ns.channels {
+			f(ch)
+		}
+		ns.mu.Unlock()
+	}
+}
+
 // Passthrough reports what SetPassthrough recorded. The kernel may send
 // requests (a client reading config) as soon as the mount exists, before
 // the mounter has seen the negotiated flags and called SetPassthrough:
@@ -176,6 +195,7 @@ func (r *Registry) recoverNamespace(name string) error {
 		}
 		ch := r.recoverChannel(ns, c.Name())
 		ns.channels[c.Name()] = ch
+		r.sched.push(ch, time.Time{})
 		ns.book.move(Usage{}, ch.held) // what exists is kept, even over the quota
 		ch.mu.Lock()
 		ch.emitLocked(Created, "")
@@ -448,6 +468,7 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 		return fail(err)
 	}
 	ns.channels[name] = ch
+	ns.reg.sched.push(ch, time.Time{})
 	ch.log("create").WithField("size", ch.seg.Size()).Info("channel created")
 	ch.emitLocked(Created, "")
 	return ch, nil

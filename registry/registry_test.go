@@ -913,3 +913,37 @@ func TestNoDescriptorPerChannel(t *testing.T) {
 		t.Errorf("backing file opened on demand: %v, %v", fi, err)
 	}
 }
+
+// TestIdleChannelsNotVisited: the reaper visits a ring with members every
+// pass interval but leaves a ring without members alone between its rare
+// visits, so idle channels cost no CPU (its heartbeat shows each visit).
+func TestIdleChannelsNotVisited(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	idle, _ := ns.CreateChannel("idle", CreateOptions{})
+	busy, _ := ns.CreateChannel("busy", CreateOptions{})
+	hi, _ := idle.Open()
+	defer hi.Close()
+	hb, _ := busy.Open()
+	defer hb.Close()
+	sub, _ := hb.NewSubscriber(channel.SubscriberOptions{})
+	defer sub.Close()
+	beat := func(h *Handle) uint64 {
+		return atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat])))
+	}
+	r.Reap()
+	idle0, busy0 := beat(hi), beat(hb)
+	if idle0 == 0 || busy0 == 0 {
+		t.Fatalf("first pass: heartbeats %d %d", idle0, busy0)
+	}
+	wait.Eventually(t, 10*time.Second, func() error {
+		r.Reap()
+		if beat(hb) == busy0 {
+			return errors.New("the ring with a member is not visited again")
+		}
+		return nil
+	})
+	if b := beat(hi); b != idle0 {
+		t.Errorf("the ring without members was visited again within its idle period (heartbeat %d -> %d)", idle0, b)
+	}
+}
