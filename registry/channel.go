@@ -32,8 +32,9 @@ type Channel struct {
 	brokenAt string
 	held     Usage // what the channel counts against its namespace's quota
 
-	broken atomic.Bool
-	lost   atomic.Uint64 // messages lost by closed Subscribers of Handles
+	broken    atomic.Bool
+	lastStats atomic.Pointer[Stats] // for StatsNoWait
+	lost      atomic.Uint64         // messages lost by closed Subscribers of Handles
 }
 
 // DataMode derives the mode of a channel's data (its ring and data files)

@@ -55,10 +55,23 @@ func (m *mapping) release() error {
 }
 
 // borrow returns the channel's mapping with a reference the caller must
-// release, or nil if it has none (broken, removed).
-func (ch *Channel) borrow() *mapping {
+// release, or nil if it has none (broken, removed). The bool is true.
+func (ch *Channel) borrow() (*mapping, bool) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
+	return ch.borrowLocked(), true
+}
+
+// tryBorrow is borrow, or nil and false if the channel's lock is held.
+func (ch *Channel) tryBorrow() (*mapping, bool) {
+	if !ch.mu.TryLock() {
+		return nil, false
+	}
+	defer ch.mu.Unlock()
+	return ch.borrowLocked(), true
+}
+
+func (ch *Channel) borrowLocked() *mapping {
 	if ch.m == nil {
 		return nil
 	}
@@ -96,7 +109,7 @@ func (ch *Channel) reap(pid uint32, interval time.Duration) {
 	if ch.broken.Load() {
 		return
 	}
-	m := ch.borrow()
+	m, _ := ch.borrow()
 	if m == nil {
 		return
 	}

@@ -947,3 +947,29 @@ func TestIdleChannelsNotVisited(t *testing.T) {
 		t.Errorf("the ring without members was visited again within its idle period (heartbeat %d -> %d)", idle0, b)
 	}
 }
+
+// TestStatsNoWait: while a channel's lock is held (a new ring being made
+// for a change), the metrics collector's read returns the last snapshot
+// at once instead of waiting.
+func TestStatsNoWait(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	ch, _ := ns.CreateChannel("ch", CreateOptions{})
+	want := ch.StatsNoWait()
+	ch.mu.Lock()
+	got := make(chan Stats, 1)
+	go func() { got <- ch.StatsNoWait() }()
+	var st Stats
+	wait.Eventually(t, 10*time.Second, func() error {
+		select {
+		case st = <-got:
+			return nil
+		default:
+			return errors.New("StatsNoWait waits for the channel's lock")
+		}
+	})
+	ch.mu.Unlock()
+	if st != want || st.Epoch == 0 {
+		t.Errorf("snapshot while locked %+v, want the last one %+v", st, want)
+	}
+}
