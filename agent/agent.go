@@ -61,6 +61,7 @@ type Config struct {
 	StateDir     string
 	MetricsAddr  string             // default "127.0.0.1:9477"; "" or "off" disables; /metrics and /healthz
 	Defaults     channel.Config     // configuration of new channels (zero fields: channel defaults)
+	Quota        *registry.Quota    // quota of new namespaces; nil: registry.DefaultQuota (docs/limits.md)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
 }
@@ -148,6 +149,17 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Done is closed when Run has returned.
 func (a *Agent) Done() <-chan struct{} { return a.done }
 
+// Registry returns the node's registry once Ready is closed (nil before):
+// in-process parts and measurements reach the channels through it.
+func (a *Agent) Registry() *registry.Registry {
+	select {
+	case <-a.ready:
+		return a.reg
+	default:
+		return nil
+	}
+}
+
 // Passthrough reports whether ring files are served by FUSE passthrough
 // (valid after Ready).
 func (a *Agent) Passthrough() bool { return a.passthrough.Load() }
@@ -177,7 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Log: a.log})
+	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Quota: a.cfg.Quota, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

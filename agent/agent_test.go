@@ -39,14 +39,14 @@ type running struct {
 var frontEnd = fs.FrontEnd(fs.MountOptions{AllowOther: true})
 
 // testConfig serves metrics on a free port, for the tests that scrape it.
-func testConfig(t *testing.T) agent.Config {
+func testConfig(t testing.TB) agent.Config {
 	cfg := agenttest.Config(t, frontEnd)
 	cfg.MetricsAddr = "127.0.0.1:0"
 	return cfg
 }
 
 // start runs an agent until the test ends.
-func start(t *testing.T, cfg agent.Config) *running {
+func start(t testing.TB, cfg agent.Config) *running {
 	t.Helper()
 	a, stop := agenttest.Start(t, cfg)
 	return &running{a: a, stop: stop}

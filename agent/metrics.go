@@ -10,6 +10,8 @@ import (
 
 // channelCollector exports every channel's counters at scrape time, so the
 // values are as fresh as the stats file and nothing runs between scrapes.
+// It never waits for a channel: one whose lock is held shows its last
+// snapshot (registry.Channel.StatsNoWait).
 type channelCollector struct {
 	a                                                          *Agent
 	messages, bytes, pubs, subs, lag, lost, reaped, broken, up *prometheus.Desc
@@ -46,7 +48,7 @@ func (c *channelCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, chn := range c.a.reg.Channels() {
-		s := chn.Stats()
+		s := chn.StatsNoWait()
 		lv := []string{s.NS, s.Name}
 		ch <- prometheus.MustNewConstMetric(c.messages, prometheus.CounterValue, float64(s.Messages), lv...)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), lv...)

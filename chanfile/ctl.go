@@ -19,20 +19,27 @@ var CtlKeys = []string{"type", "policy", "capacity", "max_message", "member_slot
 // key keeps its last value. Errors wrap registry.ErrInvalidConfig.
 func ParseCtl(text string) (registry.Change, error) {
 	var c registry.Change
+	err := eachLine(text, func(k, v string) error { return set(&c, k, v) })
+	return c, err
+}
+
+// eachLine calls f with the key and value of every "key value" line of
+// text, skipping empty lines and '#' comments, until f fails.
+func eachLine(text string, f func(k, v string) error) error {
 	for _, line := range strings.Split(text, "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			return c, invalid("line %q: want \"key value\"", line)
+		kv := strings.Fields(line)
+		if len(kv) != 2 {
+			return invalid("line %q: want \"key value\"", line)
 		}
-		if err := set(&c, f[0], f[1]); err != nil {
-			return c, err
+		if err := f(kv[0], kv[1]); err != nil {
+			return err
 		}
 	}
-	return c, nil
+	return nil
 }
 
 func invalid(format string, a ...any) error {

@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"os"
 	"sync"
 	"syscall"
 
@@ -45,7 +46,11 @@ func (n *fileNode) openRing() (gofs.FileHandle, uint32, syscall.Errno) {
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, 0, 0
+	// FOPEN_DIRECT_IO beside passthrough: the kernel still maps the shm
+	// file directly, but sends read(2) and write(2) here, where they are
+	// bounded by the ring's size; passed through, a write past the end
+	// would grow the backing file without limit.
+	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -87,12 +92,13 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// ringHandle serves the ring file. With passthrough the kernel reads,
-// writes and maps the shm file directly; otherwise reads and writes come
-// through the agent (mmap then needs the backing file: see config).
+// ringHandle serves the ring file. With passthrough the kernel maps the
+// shm file directly; reads and writes always come through the agent
+// (without passthrough, mmap needs the backing file: see config).
 type ringHandle struct {
 	hold
-	size int64
+	size    int64
+	backing *os.File // opened for passthrough, closed at release
 }
 
 var (
@@ -102,11 +108,15 @@ var (
 	_ = (gofs.FileReleaser)((*ringHandle)(nil))
 )
 
+// PassthroughFd opens the shm file for the kernel, which keeps its own
+// reference once go-fuse registers it; the agent holds no descriptor per
+// idle channel.
 func (h *ringHandle) PassthroughFd() (int, bool) {
-	f := h.h.Backing()
-	if f == nil {
+	f, err := h.h.Backing()
+	if err != nil {
 		return 0, false
 	}
+	h.backing = f
 	return int(f.Fd()), true
 }
 
@@ -135,6 +145,9 @@ func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 }
 
 func (h *ringHandle) Release(ctx context.Context) syscall.Errno {
+	if h.backing != nil {
+		h.backing.Close()
+	}
 	h.h.Close()
 	return 0
 }

@@ -23,6 +23,8 @@ var errnos = []struct {
 	{registry.ErrNotEmpty, syscall.ENOTEMPTY},
 	{registry.ErrBusy, syscall.EBUSY},
 	{registry.ErrBroken, syscall.EIO},
+	{registry.ErrNoSpace, syscall.ENOSPC},
+	{registry.ErrQuota, syscall.EDQUOT},
 	{channel.ErrWouldBlock, syscall.EAGAIN},
 	{context.Canceled, syscall.EINTR},
 	{context.DeadlineExceeded, syscall.EINTR},

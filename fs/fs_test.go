@@ -649,3 +649,78 @@ func TestSysVChannel(t *testing.T) {
 		t.Errorf("after recovery: %q", got)
 	}
 }
+
+// TestFullStateDir: a channel the state directory's tmpfs cannot hold is
+// refused with ENOSPC, and no half-made channel is left behind.
+func TestFullStateDir(t *testing.T) {
+	f := mountAt(t, testenv.Tmpfs(t, 1<<20), channel.Config{Capacity: 1 << 20})
+	if err := os.Mkdir(f.path("ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(f.path("ns", "big"), 0o755); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("mkdir of a channel larger than the tmpfs: %v, want ENOSPC", err)
+	}
+	if _, err := os.Stat(f.path("ns", "big")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused channel: %v, want ENOENT", err)
+	}
+}
+
+// TestQuotaFile: root sets a namespace's quota through its .quota file; a
+// channel over it is refused with EDQUOT and the reason is readable there.
+func TestQuotaFile(t *testing.T) {
+	f := mountFS(t)
+	if err := os.Mkdir(f.path("ns"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	q := f.path("ns", chanfile.Quota)
+	if err := os.WriteFile(q, []byte("max_channels 1\nmax_bytes 4M\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.mkchan(t, "ns", "a")
+	if err := os.Mkdir(f.path("ns", "b"), 0o755); !errors.Is(err, unix.EDQUOT) {
+		t.Fatalf("mkdir over the quota: %v, want EDQUOT", err)
+	}
+	kv := readKV(t, q)
+	if kv["max_channels"] != "1" || kv["max_bytes"] != "4194304" || kv["channels"] != "1" || !strings.Contains(kv["error"], "channels") {
+		t.Errorf(".quota after a refusal: %v", kv)
+	}
+	if err := os.WriteFile(q, []byte("max_channels x\n"), 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("bad quota line: %v, want EINVAL", err)
+	}
+	if fi, err := os.Stat(q); err != nil || fi.Mode().Perm() != 0o644 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf(".quota: %v %v, want root's 0644", fi.Mode(), err)
+	}
+}
+
+// TestRingWriteBounded: a write(2) to the ring file past its end (dd
+// seek=2 bs=1M count=16 on a 1 MiB channel) fails with EFBIG and the shm
+// file behind it keeps its size; a write inside it lands in the ring.
+func TestRingWriteBounded(t *testing.T) {
+	f := mountFS(t)
+	if !f.reg.Passthrough() {
+		t.Skip("kernel or privileges lack FUSE passthrough")
+	}
+	dir := f.mkchan(t, "ns", "ch")
+	ch, _ := f.reg.Channel("ns", "ch")
+	size := ch.Config().Size()
+	fd := open(t, filepath.Join(dir, "ring"), unix.O_RDWR)
+	block := make([]byte, 1<<20)
+	for i := int64(2); i < 18; i++ {
+		if _, err := unix.Pwrite(fd, block, i<<20); err != unix.EFBIG {
+			t.Fatalf("write at %d MiB of a %d-byte ring: %v, want EFBIG", i, size, err)
+		}
+	}
+	if fi, err := os.Stat(ch.Backing().Path); err != nil || fi.Size() != size {
+		t.Fatalf("backing file after writes past the end: %v bytes, %v; want %d", fi.Size(), err, size)
+	}
+	head := make([]byte, 64)
+	if n, err := unix.Pread(fd, head, 0); n != len(head) || err != nil {
+		t.Fatalf("read the header: %d, %v", n, err)
+	}
+	if n, err := unix.Pwrite(fd, head, 0); n != len(head) || err != nil {
+		t.Errorf("write inside the ring: %d, %v", n, err)
+	}
+	if st := readKV(t, filepath.Join(dir, "stats")); st["broken"] != "0" {
+		t.Errorf("stats after rewriting the header as it was: %v", st)
+	}
+}

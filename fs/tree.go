@@ -18,6 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -135,6 +136,13 @@ func (n *nsNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAtt
 }
 
 func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == chanfile.Quota {
+		quotaAttr(&out.Attr)
+		if c := n.GetChild(name); c != nil {
+			return c, 0
+		}
+		return n.NewInode(ctx, &quotaNode{ns: n.ns}, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
+	}
 	ch, err := n.ns.Channel(name)
 	if err != nil {
 		return nil, toErrno(err)
@@ -153,7 +161,7 @@ func (n *nsNode) chInode(ctx context.Context, name string, ch *registry.Channel,
 }
 
 func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	var es []fuse.DirEntry
+	es := []fuse.DirEntry{{Name: chanfile.Quota, Mode: syscall.S_IFREG}}
 	for _, ch := range n.ns.Channels() {
 		es = append(es, fuse.DirEntry{Name: ch.Name, Mode: syscall.S_IFDIR})
 	}

@@ -52,13 +52,16 @@ type sysvMeta struct {
 // sysvProj is the ftok project byte of channel segments ('S').
 const sysvProj = 'S'
 
-// createRing makes the memory for a ring of size bytes in the channel's
-// state directory, readable and writable by the owner of the channel
-// (the caller sets it afterwards with SetOwner).
-func (ch *Channel) createRing(kind Backing, size int64) (*shm.Segment, error) {
+// createRing makes the memory for a ring of size bytes (POSIX: the file
+// name in the channel's state directory), readable and writable by the
+// owner of the channel (the caller sets it afterwards with SetOwner).
+func (ch *Channel) createRing(kind Backing, name string, size int64) (*shm.Segment, error) {
 	opts := shm.Options{Dir: ch.dir, Mode: os.FileMode(DataMode(ch.meta.Mode)) | 0o600, Exclusive: true}
 	if kind != BackingSysV {
-		return shm.CreatePOSIX(ringFile, size, opts)
+		if name != ringFile {
+			os.Remove(filepath.Join(ch.dir, name)) // left by a crash between create and rename
+		}
+		return shm.CreatePOSIX(name, size, opts)
 	}
 	// A key derived from the channel's directory, as ftok(3) would; if
 	// another segment holds it, the ring is reachable by id only.

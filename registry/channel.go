@@ -19,18 +19,22 @@ type Channel struct {
 	NS, Name string
 	dir      string
 	reg      *Registry
+	ns       *Namespace
 
 	mu       sync.Mutex // guards the fields below
 	meta     meta
 	seg      *shm.Segment
 	ring     *channel.Ring
-	handles  int  // open Handles (front-end files)
-	closed   bool // removed or registry closed
+	m        *mapping // seg and ring, borrowed by readers outside mu
+	handles  int      // open Handles (front-end files)
+	closed   bool     // removed or registry closed
 	lastErr  string
 	brokenAt string
+	held     Usage // what the channel counts against its namespace's quota
 
-	broken atomic.Bool
-	lost   atomic.Uint64 // messages lost by closed Subscribers of Handles
+	broken    atomic.Bool
+	lastStats atomic.Pointer[Stats] // for StatsNoWait
+	lost      atomic.Uint64         // messages lost by closed Subscribers of Handles
 }
 
 // DataMode derives the mode of a channel's data (its ring and data files)
@@ -60,7 +64,8 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		log.WithError(err).Warn("channel metadata unreadable; using root 0755")
 		m = meta{Mode: 0o755}
 	}
-	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: r, meta: m}
+	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: r, ns: ns, meta: m}
+	defer func() { ch.held = ch.recoveredCost() }()
 	seg, err := ch.openRing(m, channel.HeaderLen)
 	if err == nil {
 		ch.ring, err = channel.Open(seg.Bytes())
@@ -72,7 +77,8 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		if err != nil {
 			seg.Close()
 		} else {
-			ch.seg = seg
+			seg.CloseFile()
+			ch.seg, ch.m = seg, newMapping(seg, ch.ring)
 		}
 	}
 	if err != nil {
@@ -94,53 +100,75 @@ func validConfig(cfg channel.Config) (channel.Config, error) {
 	return cfg, nil
 }
 
-// format creates the ring memory of kind sized for cfg (valid, with its
-// epoch) and formats the ring. The caller holds ch.mu or owns ch
+// format creates the channel's ring for cfg (valid, with its epoch) in
+// memory of kind and installs it. The caller holds ch.mu or owns ch
 // exclusively.
 func (ch *Channel) format(cfg channel.Config, kind Backing) error {
-	seg, err := ch.createRing(kind, cfg.Size())
+	seg, ring, err := ch.makeRing(cfg, kind, ringFile)
 	if err != nil {
-		return fmt.Errorf("registry: create ring of %s/%s: %w", ch.NS, ch.Name, err)
+		return err
+	}
+	ch.install(seg, ring)
+	return nil
+}
+
+// makeRing creates ring memory of kind sized for cfg (a POSIX file named
+// name in the channel's state directory) and formats it; ch is unchanged.
+// A full tmpfs gives ErrNoSpace.
+func (ch *Channel) makeRing(cfg channel.Config, kind Backing, name string) (*shm.Segment, *channel.Ring, error) {
+	seg, err := ch.createRing(kind, name, cfg.Size())
+	if errors.Is(err, shm.ErrNoSpace) {
+		return nil, nil, fmt.Errorf("%w: ring of %s/%s (%d bytes): %w", ErrNoSpace, ch.NS, ch.Name, cfg.Size(), err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("registry: create ring of %s/%s: %w", ch.NS, ch.Name, err)
 	}
 	ring, err := channel.Format(seg.Bytes(), cfg)
 	if err != nil {
 		seg.Close()
 		seg.Remove()
-		return fmt.Errorf("registry: format ring of %s/%s: %w", ch.NS, ch.Name, err)
+		return nil, nil, fmt.Errorf("registry: format ring of %s/%s: %w", ch.NS, ch.Name, err)
 	}
-	ch.seg, ch.ring = seg, ring
+	return seg, ring, nil
+}
+
+// install makes seg and ring the channel's and records them in its meta.
+func (ch *Channel) install(seg *shm.Segment, ring *channel.Ring) {
+	seg.CloseFile() // mapped: no descriptor per channel (Handle.Backing opens one)
+	ch.seg, ch.ring, ch.m = seg, ring, newMapping(seg, ring)
 	ch.meta.Config = newConfigMeta(ring.Config())
 	ch.meta.SysV = nil
 	if seg.Kind() == shm.SysV {
 		ch.meta.SysV = &sysvMeta{Key: seg.Key(), ID: seg.ID()}
 	}
 	ch.syncBacking()
-	return nil
 }
 
 // syncBacking gives the ring memory the channel's owner and data mode, so
 // a client allowed to use the channel may also map the backing file (or
-// attach the SysV segment) directly.
+// attach the SysV segment) directly; except a POSIX file under
+// passthrough, which stays root's 0600 (see SetPassthrough).
 func (ch *Channel) syncBacking() {
 	if ch.seg == nil {
 		return
 	}
-	if err := ch.seg.SetOwner(int(ch.meta.UID), int(ch.meta.GID), os.FileMode(DataMode(ch.meta.Mode))|0o600); err != nil {
+	uid, gid, mode := int(ch.meta.UID), int(ch.meta.GID), os.FileMode(DataMode(ch.meta.Mode))|0o600
+	if ch.seg.Kind() == shm.POSIX && ch.reg.passthrough.Load() {
+		uid, gid, mode = 0, 0, 0o600
+	}
+	if err := ch.seg.SetOwner(uid, gid, mode); err != nil {
 		ch.log("owner").WithError(err).Warn("cannot give the ring memory the channel's owner and mode")
 	}
 }
 
-// unmapLocked unmaps the ring, keeping its shm file.
+// unmapLocked lets go of the ring, keeping its shm file; it is unmapped
+// once no reader borrows it any more.
 func (ch *Channel) unmapLocked() error {
 	var err error
-	if ch.ring != nil {
-		ch.ring.Close()
-		ch.ring = nil
+	if ch.m != nil {
+		err = ch.m.release()
 	}
-	if ch.seg != nil {
-		err = ch.seg.Close()
-		ch.seg = nil
-	}
+	ch.seg, ch.ring, ch.m = nil, nil, nil
 	return err
 }
 
@@ -254,7 +282,12 @@ func (ch *Channel) busyLocked() bool {
 		return false
 	}
 	lease := ch.ring.Config().Lease
-	for _, m := range ch.ring.Members() {
+	var members []channel.MemberInfo
+	if err := guard(func() error { members = ch.ring.Members(); return nil }); err != nil {
+		ch.setBrokenLocked(err)
+		return false
+	}
+	for _, m := range members {
 		if (m.State == channel.MemberActive || m.State == channel.MemberInit) && m.LeaseAge <= lease {
 			return true
 		}
@@ -267,22 +300,6 @@ func (ch *Channel) Busy() bool {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	return ch.busyLocked()
-}
-
-func (ch *Channel) reap(pid uint32) {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.ring == nil || ch.broken.Load() {
-		return
-	}
-	if err := ch.ring.Check(); err != nil {
-		ch.setBrokenLocked(err)
-		return
-	}
-	if n := ch.ring.Reap(); n > 0 {
-		ch.log("reap").Debugf("reaped %d dead members", n)
-	}
-	ch.ring.SetAgentHeartbeat(pid)
 }
 
 // Handle is a front end's hold on a channel's ring (an open file): while
@@ -313,9 +330,11 @@ func (ch *Channel) Open() (*Handle, error) {
 // Ring returns the mapped ring.
 func (h *Handle) Ring() *channel.Ring { return h.ring }
 
-// Backing returns the ring's shm file (nil for a segment without one),
-// for a front end that serves it directly (FUSE passthrough).
-func (h *Handle) Backing() *os.File { return h.seg.File() }
+// Backing opens the ring's shm file, for a front end that serves it
+// directly (FUSE passthrough); the caller closes it. A SysV ring has no
+// file (an error wrapping shm.ErrNotShared). The registry holds no
+// descriptor per channel.
+func (h *Handle) Backing() (*os.File, error) { return h.seg.OpenFile() }
 
 // Memory returns the ring's mapped bytes.
 func (h *Handle) Memory() []byte { return h.seg.Bytes() }
@@ -400,13 +419,36 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 	if c.Backing != nil {
 		kind = *c.Backing
 	}
-	old := ch.meta
-	ch.destroyLocked()
-	if err := ch.format(cfg, kind); err != nil {
+	held := cost(cfg)
+	if err := ch.ns.book.reserve(ch.NS, held, ch.held); err != nil {
 		ch.lastErr = err.Error()
-		ch.setBrokenLocked(err)
-		return channel.Config{}, fmt.Errorf("%w: %w", ErrBroken, err)
+		log.WithError(err).Warn("configuration refused")
+		return cur, err
 	}
+	// The new ring is made beside the old one and swapped in only once it
+	// exists: a change that does not fit leaves the channel as it was.
+	seg, ring, err := ch.makeRing(cfg, kind, ringFile+".new")
+	if err == nil && seg.Kind() == shm.POSIX {
+		if err = seg.Rename(ringFile); err != nil {
+			ring.Close()
+			seg.Close()
+			seg.Remove()
+		}
+	}
+	if err != nil {
+		ch.ns.book.move(held, ch.held)
+		ch.lastErr = err.Error()
+		log.WithError(err).Warn("configuration not applied; the channel keeps its ring")
+		return cur, err
+	}
+	ch.held = held
+	old := ch.meta
+	oldSeg := ch.seg
+	ch.unmapLocked()
+	// A POSIX ring was replaced by the rename (Remove then finds another
+	// file at its path and removes nothing); a SysV one is removed here.
+	oldSeg.Remove()
+	ch.install(seg, ring)
 	if err := writeMeta(ch.dir, ch.meta); err != nil {
 		ch.meta = old
 		log.WithError(err).Error("persist metadata")
@@ -419,12 +461,14 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 
 // carriedLocked reports whether any queue has ever had a message.
 func (ch *Channel) carriedLocked() bool {
-	for q := 0; q < ch.ring.Queues(); q++ {
-		if ch.ring.QueueStats(q).Tail>>32 != 0 {
-			return true
+	carried := false
+	err := guard(func() error {
+		for q := 0; q < ch.ring.Queues(); q++ {
+			carried = carried || ch.ring.QueueStats(q).Tail>>32 != 0
 		}
-	}
-	return false
+		return nil
+	})
+	return carried || err != nil // a ring that faults is not re-created under its users
 }
 
 func (ch *Channel) backingLocked() Backing {
@@ -432,4 +476,16 @@ func (ch *Channel) backingLocked() Backing {
 		return BackingSysV
 	}
 	return BackingPOSIX
+}
+
+// recoveredCost is what a recovered channel counts against its quota: its
+// ring's, or for a broken one what its metadata recorded.
+func (ch *Channel) recoveredCost() Usage {
+	switch {
+	case ch.ring != nil:
+		return cost(ch.ring.Config())
+	case ch.meta.Config != nil:
+		return cost(channel.Config{Type: ch.meta.Config.Type, Capacity: ch.meta.Config.Capacity, MemberSlots: ch.meta.Config.MemberSlots})
+	}
+	return Usage{Channels: 1}
 }

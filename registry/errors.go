@@ -15,4 +15,9 @@ var (
 	ErrInvalidConfig = errors.New("registry: invalid channel configuration")
 	ErrBroken        = errors.New("registry: channel broken")
 	ErrClosed        = errors.New("registry: closed")
+	// ErrNoSpace: the node has no room for the ring (its tmpfs is full).
+	ErrNoSpace = errors.New("registry: no space for the ring")
+	// ErrQuota: the namespace's quota (channels, bytes or member slots)
+	// does not allow it.
+	ErrQuota = errors.New("registry: namespace quota exceeded")
 )

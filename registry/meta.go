@@ -30,7 +30,8 @@ type meta struct {
 	GID    uint32      `json:"gid"`
 	Mode   uint32      `json:"mode"`
 	Config *configMeta `json:"config,omitempty"`
-	SysV   *sysvMeta   `json:"sysv,omitempty"` // a SysV ring (none: POSIX)
+	SysV   *sysvMeta   `json:"sysv,omitempty"`  // a SysV ring (none: POSIX)
+	Quota  *Quota      `json:"quota,omitempty"` // namespaces: set by SetQuota or at creation
 }
 
 func (m meta) attr() Attr { return Attr{UID: m.UID, GID: m.GID, Mode: m.Mode & 0o7777} }

@@ -29,6 +29,7 @@ type Options struct {
 	StateDir string         // tmpfs directory for rings and metadata
 	Defaults channel.Config // configuration of new channels (zero fields: channel defaults)
 	Log      logrus.FieldLogger
+	Quota    *Quota // quota of new namespaces; nil: DefaultQuota
 }
 
 // Registry holds every namespace and channel of a node and their state in
@@ -40,8 +41,10 @@ type Options struct {
 type Registry struct {
 	dir      string
 	defaults channel.Config
+	quota    Quota // of new namespaces
 	log      logrus.FieldLogger
 	events   hub
+	sched    schedule // the reaper's next visits
 
 	mu     sync.Mutex
 	nss    map[string]*Namespace
@@ -69,8 +72,12 @@ func New(o Options) (*Registry, error) {
 	if o.Log != nil {
 		log = o.Log
 	}
+	q := DefaultQuota
+	if o.Quota != nil {
+		q = *o.Quota
+	}
 	return &Registry{
-		dir: o.StateDir, defaults: def, log: log.WithField("component", "registry"),
+		dir: o.StateDir, defaults: def, quota: q, log: log.WithField("component", "registry"),
 		nss: map[string]*Namespace{}, ptKnown: make(chan struct{}),
 	}, nil
 }
@@ -83,14 +90,46 @@ func (r *Registry) StateDir() string { return r.dir }
 func (r *Registry) Defaults() channel.Config { return r.defaults }
 
 // SetPassthrough records whether the FUSE front end serves ring files by
-// passthrough (its config files show it).
+// passthrough (its config files show it). With passthrough, clients map
+// rings through the mount only, so the state directory and every POSIX
+// backing file become root's alone (0700, 0600): no tenant can then
+// truncate a ring under the agent or grow a backing file past its size.
 func (r *Registry) SetPassthrough(on bool) {
 	r.passthrough.Store(on)
 	r.ptOnce.Do(func() { close(r.ptKnown) })
+	if !on {
+		return
+	}
+	if err := os.Chmod(r.dir, 0o700); err != nil {
+		r.log.WithError(err).Warn("cannot make the state directory root-only")
+	}
+	r.eachChannel(func(ch *Channel) {
+		ch.mu.Lock()
+		ch.syncBacking()
+		ch.mu.Unlock()
+	})
 }
 
 // ptWait bounds how long Passthrough waits for SetPassthrough.
 const ptWait = 5 * time.Second
+
+// eachChannel calls f for every channel, in no order, without sorting
+// or copying them all.
+func (r *Registry) eachChannel(f func(*Channel)) {
+	r.mu.Lock()
+	nss := make([]*Namespace, 0, len(r.nss))
+	for _, ns := range r.nss {
+		nss = append(nss, ns)
+	}
+	r.mu.Unlock()
+	for _, ns := range nss {
+		ns.mu.Lock()
+		for _, ch := range ns.channels {
+			f(ch)
+		}
+		ns.mu.Unlock()
+	}
+}
 
 // Passthrough reports what SetPassthrough recorded. The kernel may send
 // requests (a client reading config) as soon as the mount exists, before
@@ -147,7 +186,7 @@ func (r *Registry) recoverNamespace(name string) error {
 	if r.nss[name] != nil {
 		return nil // recovered already
 	}
-	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns := r.newNamespace(name, m)
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	for _, c := range chs {
@@ -156,6 +195,8 @@ func (r *Registry) recoverNamespace(name string) error {
 		}
 		ch := r.recoverChannel(ns, c.Name())
 		ns.channels[c.Name()] = ch
+		r.sched.push(ch, time.Time{})
+		ns.book.move(Usage{}, ch.held) // what exists is kept, even over the quota
 		ch.mu.Lock()
 		ch.emitLocked(Created, "")
 		if ch.broken.Load() {
@@ -227,11 +268,13 @@ func (r *Registry) CreateNamespace(name string, a Attr) (*Namespace, error) {
 	}
 	var m meta
 	m.setAttr(a)
+	q := r.quota
+	m.Quota = &q
 	if err := writeMeta(dir, m); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns := r.newNamespace(name, m)
 	r.nss[name] = ns
 	r.log.WithFields(logrus.Fields{"ns": name, "op": "create"}).Info("namespace created")
 	return ns, nil
@@ -273,19 +316,10 @@ func (r *Registry) Close() error {
 	return errors.Join(errs...)
 }
 
-// Reap checks every ring, marks a failing one broken, evicts dead members
-// and refreshes the agent heartbeat in every ring header.
-func (r *Registry) Reap() {
-	pid := uint32(os.Getpid())
-	for _, ch := range r.Channels() {
-		ch.reap(pid)
-	}
-}
-
 // RunReaper reaps at once and then every interval until ctx is done; it
 // returns nil then.
 func (r *Registry) RunReaper(ctx context.Context, interval time.Duration) error {
-	r.Reap()
+	r.reapPass(interval)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -293,15 +327,27 @@ func (r *Registry) RunReaper(ctx context.Context, interval time.Duration) error 
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			r.Reap()
+			r.reapPass(interval)
 		}
 	}
+}
+
+// newNamespace makes the namespace of meta m; its quota is m's, or the
+// registry's for a namespace that has none recorded.
+func (r *Registry) newNamespace(name string, m meta) *Namespace {
+	ns := &Namespace{Name: name, reg: r, meta: m, channels: map[string]*Channel{}}
+	ns.book.quota = r.quota
+	if m.Quota != nil {
+		ns.book.quota = *m.Quota
+	}
+	return ns
 }
 
 // Namespace is a directory of channels.
 type Namespace struct {
 	Name string
 	reg  *Registry
+	book quotaBook
 
 	mu       sync.Mutex // guards meta, channels, removed
 	meta     meta
@@ -395,24 +441,34 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	if ns.channels[name] != nil {
 		return nil, fmt.Errorf("%w: channel %s/%s", ErrExists, ns.Name, name)
 	}
+	held := cost(cfg)
+	if err := ns.book.reserve(ns.Name, held, Usage{}); err != nil {
+		ns.reg.log.WithFields(logrus.Fields{"ns": ns.Name, "channel": name, "op": "create"}).WithError(err).Warn("channel refused")
+		return nil, err
+	}
+	fail := func(err error) (*Channel, error) {
+		ns.book.move(held, Usage{})
+		return nil, err
+	}
 	dir := filepath.Join(ns.reg.dir, ns.Name, name)
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("registry: create channel %s/%s: %w", ns.Name, name, err)
+		return fail(fmt.Errorf("registry: create channel %s/%s: %w", ns.Name, name, err))
 	}
-	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: ns.reg}
+	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: ns.reg, ns: ns, held: held}
 	ch.meta.setAttr(o.Attr)
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if err := ch.format(cfg, o.Backing); err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return fail(err)
 	}
 	if err := writeMeta(dir, ch.meta); err != nil {
 		ch.destroyLocked()
 		os.RemoveAll(dir)
-		return nil, err
+		return fail(err)
 	}
 	ns.channels[name] = ch
+	ns.reg.sched.push(ch, time.Time{})
 	ch.log("create").WithField("size", ch.seg.Size()).Info("channel created")
 	ch.emitLocked(Created, "")
 	return ch, nil
@@ -438,6 +494,7 @@ func (ns *Namespace) RemoveChannel(name string) error {
 	}
 	ch.closed = true
 	delete(ns.channels, name)
+	ns.book.move(ch.held, Usage{})
 	ch.log("remove").Info("channel removed")
 	ch.emitLocked(Removed, "")
 	return nil

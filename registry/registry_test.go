@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -661,4 +662,314 @@ func attachSysV(t *testing.T, id int) *channel.Ring {
 	}
 	t.Cleanup(func() { r.Close() })
 	return r
+}
+
+// A capacity change that does not fit in the tmpfs is refused with
+// ErrNoSpace and leaves the channel as it was: not broken, same ring,
+// messages still flowing. So is a new channel that does not fit.
+func TestFullTmpfs(t *testing.T) {
+	r := newRegistry(t, testenv.Tmpfs(t, 2<<20))
+	ns, err := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := ns.CreateChannel("a", CreateOptions{Config: &channel.Config{Capacity: 512 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ch.Config()
+	if _, err := ch.Reconfigure(Change{Capacity: ptr(uint64(2 << 20))}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("reconfigure beyond the tmpfs: %v, want ErrNoSpace", err)
+	}
+	if ch.Broken() || ch.Config() != before || !strings.Contains(ch.LastError(), "space") {
+		t.Fatalf("after a refused change: broken %v, config %+v (was %+v), error %q", ch.Broken(), ch.Config(), before, ch.LastError())
+	}
+	h, err := ch.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	sub, _ := h.NewSubscriber(channel.SubscriberOptions{})
+	defer sub.Close()
+	pub, _ := h.NewPublisher(channel.PublisherOptions{})
+	defer pub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.Next(ctx, nil); err != nil || string(m) != "still here" {
+		t.Fatalf("read %q, %v", m, err)
+	}
+	if _, err := ns.CreateChannel("b", CreateOptions{Config: &channel.Config{Capacity: 2 << 20}}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a channel larger than the tmpfs: %v, want ErrNoSpace", err)
+	}
+	if _, err := ns.Channel("b"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the refused channel exists: %v", err)
+	}
+}
+
+// TestQuota: each limit of a namespace's quota refuses what would exceed
+// it with ErrQuota and a reason, keeps what exists, is given back by a
+// removal, and survives a restart.
+func TestQuota(t *testing.T) {
+	small := channel.Config{Capacity: 4096, MemberSlots: 8}
+	size := small.WithDefaults().Size()
+	for _, tc := range []struct {
+		name  string
+		quota Quota
+		grow  Change // refused on the second channel
+		want  string
+	}{
+		{"channels", Quota{Channels: 2}, Change{}, "channels"},
+		{"bytes", Quota{Bytes: 2 * size}, Change{Capacity: ptr(uint64(8192))}, "ring bytes"},
+		{"member slots", Quota{MemberSlots: 16}, Change{MemberSlots: ptr(uint32(9))}, "member slots"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := testenv.ShmDir(t, "shimmy-registry-test-")
+			r := newRegistry(t, dir)
+			ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+			if got := ns.Quota(); got != DefaultQuota {
+				t.Fatalf("new namespace quota %+v, want the default %+v", got, DefaultQuota)
+			}
+			if err := ns.SetQuota(tc.quota); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"a", "b"} {
+				if _, err := ns.CreateChannel(name, CreateOptions{Config: &small}); err != nil {
+					t.Fatalf("create %s within the quota: %v", name, err)
+				}
+			}
+			b, _ := ns.Channel("b")
+			if tc.grow != (Change{}) {
+				before := b.Config()
+				if _, err := b.Reconfigure(tc.grow); !errors.Is(err, ErrQuota) || !strings.Contains(b.LastError(), tc.want) {
+					t.Errorf("growing over the quota: %v (error %q), want ErrQuota naming %s", err, b.LastError(), tc.want)
+				}
+				if b.Config() != before || b.Broken() {
+					t.Errorf("refused change altered the channel: %+v", b.Config())
+				}
+			}
+			if _, err := ns.CreateChannel("c", CreateOptions{Config: &small}); !errors.Is(err, ErrQuota) || !strings.Contains(ns.QuotaError(), tc.want) {
+				t.Errorf("third channel: %v (namespace error %q), want ErrQuota naming %s", err, ns.QuotaError(), tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "ns", "c")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("refused channel left state: %v", err)
+			}
+			want := Usage{Channels: 2, Bytes: 2 * size, MemberSlots: 16}
+			if u := ns.Usage(); u != want {
+				t.Errorf("usage %+v, want %+v", u, want)
+			}
+			if err := ns.RemoveChannel("a"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ns.CreateChannel("c", CreateOptions{Config: &small}); err != nil {
+				t.Errorf("after a removal: %v", err)
+			}
+			r.Close()
+			r2 := newRegistry(t, dir)
+			ns2, _ := r2.Namespace("ns")
+			if ns2.Quota() != tc.quota || ns2.Usage() != want {
+				t.Errorf("recovered quota %+v usage %+v, want %+v %+v", ns2.Quota(), ns2.Usage(), tc.quota, want)
+			}
+		})
+	}
+}
+
+// TestTruncatedBacking: with passthrough the state directory and backing
+// files are root's alone; if root (or anyone) still shrinks a ring file
+// under the agent, the fault marks that channel broken instead of killing
+// the agent, and the other channels go on.
+func TestTruncatedBacking(t *testing.T) {
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	r := newRegistry(t, dir)
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o777})
+	evil, _ := ns.CreateChannel("evil", CreateOptions{Attr: Attr{UID: 65534, GID: 65534, Mode: 0o700}})
+	victim, _ := ns.CreateChannel("victim", CreateOptions{})
+	r.SetPassthrough(true)
+	for path, want := range map[string]os.FileMode{dir: 0o700, evil.Backing().Path: 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != want || st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s: %v uid %d gid %d, want root's %v", path, fi.Mode(), st.Uid, st.Gid, want)
+		}
+	}
+	if err := os.Truncate(evil.Backing().Path, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.Reap()
+	if !evil.Broken() || !strings.Contains(evil.BrokenReason(), "fault") {
+		t.Fatalf("truncated ring: broken %v (%q), want broken by a fault", evil.Broken(), evil.BrokenReason())
+	}
+	if st := evil.Stats(); !st.Broken {
+		t.Errorf("stats of the truncated channel: %+v", st)
+	}
+	h, err := victim.Open()
+	if err != nil || victim.Broken() {
+		t.Fatalf("other channel: %v, broken %v", err, victim.Broken())
+	}
+	defer h.Close()
+	if beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat]))); beat == 0 {
+		t.Error("other channel got no heartbeat")
+	}
+	if err := ns.RemoveChannel("evil"); err != nil {
+		t.Errorf("remove the broken channel: %v", err)
+	}
+}
+
+// TestSlowReap: a channel whose reap does not return (a crafted ring
+// would take seconds) holds up neither the reaping pass, nor another
+// channel's heartbeat, nor anyone's stats, nor its own removal.
+func TestSlowReap(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	evil, _ := ns.CreateChannel("evil", CreateOptions{})
+	victim, _ := ns.CreateChannel("victim", CreateOptions{})
+	stuck, release := make(chan struct{}), make(chan struct{})
+	reapHook = func(ch *Channel) {
+		if ch == evil {
+			close(stuck)
+			<-release
+		}
+	}
+	t.Cleanup(func() { reapHook = nil })
+	passed := make(chan struct{})
+	go func() {
+		r.Reap()
+		close(passed)
+	}()
+	<-stuck
+	returned := make(chan Stats, 2)
+	go func() {
+		returned <- evil.Stats()
+		returned <- victim.Stats()
+		<-passed
+		close(returned)
+	}()
+	wait.Eventually(t, 10*time.Second, func() error {
+		if len(returned) < 2 {
+			return errors.New("stats or the reaping pass wait for the stuck reap")
+		}
+		return nil
+	})
+	<-passed
+	h, _ := victim.Open()
+	if beat := atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat]))); beat == 0 {
+		t.Error("the other channel got no heartbeat while one reap was stuck")
+	}
+	h.Close()
+	r.Reap() // skips the channel whose reap still runs
+	if err := ns.RemoveChannel("evil"); err != nil {
+		t.Errorf("remove while its reap is stuck: %v", err)
+	}
+	close(release)
+}
+
+// TestNoDescriptorPerChannel: idle channels hold their mapping only, not
+// a file descriptor each (the process limit would cap the channels of a
+// node); a Handle still opens the backing file on demand.
+func TestNoDescriptorPerChannel(t *testing.T) {
+	const n = 200
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skipf("no /proc/self/fd: %v", err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	r := newRegistry(t, dir)
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	small := channel.Config{Capacity: 4096}
+	for i := range n {
+		if _, err := ns.CreateChannel(fmt.Sprint("c", i), CreateOptions{Config: &small}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Reap()
+	if grew := fds() - before; grew >= n/2 {
+		t.Errorf("%d channels hold %d more descriptors", n, grew)
+	}
+	r.Close()
+	r2 := newRegistry(t, dir)
+	if grew := fds() - before; grew >= n/2 {
+		t.Errorf("%d recovered channels hold %d more descriptors", n, grew)
+	}
+	ch, _ := r2.Channel("ns", "c7")
+	h, err := ch.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	f, err := h.Backing()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != small.WithDefaults().Size() {
+		t.Errorf("backing file opened on demand: %v, %v", fi, err)
+	}
+}
+
+// TestIdleChannelsNotVisited: the reaper visits a ring with members every
+// pass interval but leaves a ring without members alone between its rare
+// visits, so idle channels cost no CPU (its heartbeat shows each visit).
+func TestIdleChannelsNotVisited(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	idle, _ := ns.CreateChannel("idle", CreateOptions{})
+	busy, _ := ns.CreateChannel("busy", CreateOptions{})
+	hi, _ := idle.Open()
+	defer hi.Close()
+	hb, _ := busy.Open()
+	defer hb.Close()
+	sub, _ := hb.NewSubscriber(channel.SubscriberOptions{})
+	defer sub.Close()
+	beat := func(h *Handle) uint64 {
+		return atomic.LoadUint64((*uint64)(unsafe.Pointer(&h.Memory()[channel.OffAgentBeat])))
+	}
+	r.Reap()
+	idle0, busy0 := beat(hi), beat(hb)
+	if idle0 == 0 || busy0 == 0 {
+		t.Fatalf("first pass: heartbeats %d %d", idle0, busy0)
+	}
+	wait.Eventually(t, 10*time.Second, func() error {
+		r.Reap()
+		if beat(hb) == busy0 {
+			return errors.New("the ring with a member is not visited again")
+		}
+		return nil
+	})
+	if b := beat(hi); b != idle0 {
+		t.Errorf("the ring without members was visited again within its idle period (heartbeat %d -> %d)", idle0, b)
+	}
+}
+
+// TestStatsNoWait: while a channel's lock is held (a new ring being made
+// for a change), the metrics collector's read returns the last snapshot
+// at once instead of waiting.
+func TestStatsNoWait(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	ch, _ := ns.CreateChannel("ch", CreateOptions{})
+	want := ch.StatsNoWait()
+	ch.mu.Lock()
+	got := make(chan Stats, 1)
+	go func() { got <- ch.StatsNoWait() }()
+	var st Stats
+	wait.Eventually(t, 10*time.Second, func() error {
+		select {
+		case st = <-got:
+			return nil
+		default:
+			return errors.New("StatsNoWait waits for the channel's lock")
+		}
+	})
+	ch.mu.Unlock()
+	if st != want || st.Epoch == 0 {
+		t.Errorf("snapshot while locked %+v, want the last one %+v", st, want)
+	}
 }

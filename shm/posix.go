@@ -238,3 +238,59 @@ func OpenPOSIX(path string, minSize int64) (*Segment, error) {
 	}
 	return seg, nil
 }
+
+// Rename gives a POSIX object the name name in its directory, replacing
+// whatever had that name (rename(2) is atomic), so that a caller can build
+// a new object beside the one it replaces and swap them in one step. The
+// mapping is unaffected.
+func (s *Segment) Rename(name string) error {
+	if s.kind != POSIX {
+		return fmt.Errorf("shm: rename %s: not a POSIX object: %w", s, ErrNotShared)
+	}
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	path := filepath.Join(filepath.Dir(s.path), name)
+	if err := os.Rename(s.path, path); err != nil {
+		return fmt.Errorf("shm: rename %s: %w", s.path, err)
+	}
+	s.path = path
+	return nil
+}
+
+// CloseFile closes the open file of a POSIX object and keeps the mapping,
+// so that a process holding many idle segments does not hold a descriptor
+// for each (File is nil afterwards; OpenFile gives a new one).
+func (s *Segment) CloseFile() error {
+	if s.file == nil {
+		return nil
+	}
+	err := s.file.Close()
+	s.file = nil
+	if err != nil {
+		return fmt.Errorf("shm: close %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// OpenFile opens the POSIX object again read-write, for a caller that
+// needs a descriptor (FUSE passthrough); the caller closes it. If the path
+// now names another file than the mapped one, it fails with ErrNotFound.
+func (s *Segment) OpenFile() (*os.File, error) {
+	if s.kind != POSIX {
+		return nil, fmt.Errorf("shm: open %s: not a POSIX object: %w", s, ErrNotShared)
+	}
+	f, err := os.OpenFile(s.path, os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("shm: open %s: %w", s.path, ErrNotFound)
+		}
+		return nil, fmt.Errorf("shm: open %s: %w", s.path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Dev != s.dev || st.Ino != s.ino {
+		f.Close()
+		return nil, fmt.Errorf("shm: open %s: path now names a different file: %w", s.path, ErrNotFound)
+	}
+	return f, nil
+}

@@ -134,15 +134,20 @@ func (s *Segment) SetOwner(uid, gid int, perm os.FileMode) error {
 		}
 		return nil
 	}
-	if s.file == nil {
-		return fmt.Errorf("shm: set owner of %s: %w", s.path, os.ErrClosed)
+	f := s.file
+	if f == nil { // CloseFile closed it
+		var err error
+		if f, err = s.OpenFile(); err != nil {
+			return err
+		}
+		defer f.Close()
 	}
-	return errors.Join(s.file.Chown(uid, gid), s.file.Chmod(perm.Perm()))
+	return errors.Join(f.Chown(uid, gid), f.Chmod(perm.Perm()))
 }
 
 // File returns the open file of a POSIX object, so a FUSE layer can pass it
-// through to clients; nil for SysV. The Segment owns the file: the caller
-// must not close it, and it is closed by Close.
+// through to clients; nil for SysV and after CloseFile. The Segment owns
+// the file: the caller must not close it, and it is closed by Close.
 func (s *Segment) File() *os.File { return s.file }
 
 // String describes the segment for logs.

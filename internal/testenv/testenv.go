@@ -147,3 +147,16 @@ func MustRead(t testing.TB, fd int, size int) string {
 	}
 	return string(buf[:n])
 }
+
+// Tmpfs mounts a tmpfs of size bytes on a fresh directory, unmounted at
+// cleanup: a state directory that fills up. Without the right to mount
+// (not root) the test is skipped.
+func Tmpfs(t testing.TB, size int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0755", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
