@@ -191,7 +191,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 				if !block {
 					return 0, ErrWouldBlock
 				}
-				if err := p.w.pause(&p.qh.SpaceFutex, &p.qh.SpaceWaiters, func() bool { return p.room(end) }); err != nil {
+				if err := p.w.pause(r.parks[p.q][1], func() bool { return p.room(end) }); err != nil {
 					return 0, err
 				}
 				continue

@@ -116,6 +116,10 @@ type Ring struct {
 	local map[uint32]*member // members owned by this process, for heartbeats
 	beat  chan struct{}
 	unmap func() error // set by MapFile: Close unmaps what it mapped
+
+	// Where this process's goroutines wait: parks[q][0] on the queue's
+	// DataFutex, parks[q][1] on its SpaceFutex.
+	parks [2][2]*park
 }
 
 // Format writes a fresh header for cfg into mem (which must be zeroed or
@@ -214,6 +218,8 @@ func Open(mem []byte) (*Ring, error) {
 	for q := uint64(0); q < cfg.queues(); q++ {
 		r.data[q] = d.DataOffset + q*cfg.Capacity
 		r.queues[q] = (*queueHeader)(unsafe.Pointer(&mem[OffQueues+q*QueueHeaderLen]))
+		qh := r.queues[q]
+		r.parks[q] = [2]*park{newPark(&qh.DataFutex, &qh.DataWaiters), newPark(&qh.SpaceFutex, &qh.SpaceWaiters)}
 	}
 	return r, nil
 }

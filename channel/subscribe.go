@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // Start says where a new subscriber begins.
@@ -42,6 +43,7 @@ type Subscriber struct {
 	// the ring, before every wait and whenever a writer waits for space
 	// (see flush).
 	dirtyN, dirtyB uint64
+	stuck          stuckClaim // see Reader.stuck
 }
 
 // cursorEveryMsgs bounds how far the shared Cursor of a pubsub subscriber may
@@ -216,14 +218,13 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 	}
 	r := s.r
 	s.w.reset()
-	stuck := int64(0)
 	for polls := 0; ; polls++ {
 		// While spinning, poll the commit word alone: loading Tail on every
 		// poll would take its cache line from the publishers each message.
 		// Once spinning ends, every poll is a full read again.
 		if block && polls&1023 != 1023 && s.w.spinning() && !r.tagged(s.q, s.cur) {
 			s.flush()
-			if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, nil); err != nil {
+			if err := s.w.pause(r.parks[s.q][0], nil); err != nil {
 				return nil, err
 			}
 			continue
@@ -254,17 +255,13 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			// A publisher claimed this frame and has not committed it.
 			// If it died, unblock it once its lease has run out (the clock
 			// is read now and then: a live publisher commits in far less).
-			now := monotonic()
-			if stuck == 0 {
-				stuck = now
-			} else if now-stuck > int64(r.cfg.Lease)/4 {
+			if now := monotonic(); s.stuck.due(s.cur, now, r.cfg.Lease/4) {
 				r.unblockClaim(s.q, s.cur, now)
-				stuck = now
 			}
 		}
 		s.flush()
 		cur := s.cur
-		if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, func() bool {
+		if err := s.w.pause(r.parks[s.q][0], func() bool {
 			_, _, st, _ := r.read(s.q, cur)
 			return st != readEmpty && st != readClaimed
 		}); err != nil {
@@ -384,6 +381,27 @@ func (r *Ring) oldest(q int, tail pos) pos {
 		}
 	}
 	return tail
+}
+
+// stuckClaim times how long a reader has found the same claim uncommitted.
+type stuckClaim struct {
+	at    pos
+	since int64 // clock reading when the reader first found it; 0: none
+}
+
+// due reports whether the claim at p has been found uncommitted for
+// longer than every since it was first found (or since the last time due
+// said so): time to try unblocking it.
+func (c *stuckClaim) due(p pos, now int64, every time.Duration) bool {
+	if c.since == 0 || c.at != p {
+		c.at, c.since = p, now
+		return false
+	}
+	if now-c.since <= int64(every) {
+		return false
+	}
+	c.since = now
+	return true
 }
 
 // unblockClaim pads over the claim at position p of queue q if every
