@@ -200,6 +200,12 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 	}
 	atomic.StoreUint64(&s.PendingLen, 0)
 	atomic.CompareAndSwapUint32(&s.State, MemberDead, MemberFree)
+	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
+		// Writers it held back wait no longer than the eviction, and a
+		// waiter of its own process notices it now.
+		wake(&r.queues[q].SpaceFutex, &r.queues[q].SpaceWaiters)
+		wake(&r.queues[q].DataFutex, &r.queues[q].DataWaiters)
+	}
 	return true
 }
 

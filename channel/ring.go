@@ -108,6 +108,7 @@ type Ring struct {
 	capUnits   uint32
 	chunkUnits uint32
 	chunkShift uint32 // log2(chunkUnits): the index is on the per-claim path
+	claimReach uint32 // units a claim waiting for room reaches past the tail: padding and one largest frame
 	members    uint64 // offset of member table
 	data       [2]uint64
 	queues     [2]*queueHeader
@@ -212,6 +213,7 @@ func Open(mem []byte) (*Ring, error) {
 		capUnits:   uint32(cfg.Capacity >> unitShift),
 		chunkUnits: uint32(cfg.Capacity>>unitShift) / IndexChunks,
 		chunkShift: uint32(bits.TrailingZeros64(cfg.Capacity>>unitShift) - bits.TrailingZeros64(IndexChunks)),
+		claimReach: uint32(2 * align16(FrameHeaderLen+uint64(cfg.MaxMessage)) >> unitShift),
 		members:    HeaderLen,
 		local:      map[uint32]*member{},
 	}

@@ -43,6 +43,7 @@ type Subscriber struct {
 	// the ring, before every wait and whenever a writer waits for space
 	// (see flush).
 	dirtyN, dirtyB uint64
+	shared         pos        // the Cursor last stored
 	stuck          stuckClaim // see Reader.stuck
 }
 
@@ -80,7 +81,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		atomic.StoreUint64(&m.s.Cursor, uint64(c))
 		lim := uint32(atomic.LoadUint64(&qh.Limit))
 		if r.cfg.Policy == PolicyOverwrite || udist(c.units(), lim) < 1<<31 {
-			s.cur = c
+			s.cur, s.shared = c, c
 			return s, nil
 		}
 	}
@@ -206,7 +207,11 @@ func (s *Subscriber) flush() {
 	// Sequentially consistent: wake looks at SpaceWaiters next, and a
 	// release store could pass that load (section 11 of the ABI).
 	storeSeqCst(&s.m.s.Cursor, uint64(s.cur))
-	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	old := s.shared
+	s.shared = s.cur
+	if atomic.LoadUint32(&s.qh.SpaceWaiters) != 0 && s.r.mayHold(s.q, old.units()) {
+		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	}
 }
 
 func (s *Subscriber) peek(block bool) ([]byte, error) {
@@ -270,6 +275,16 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 	}
 }
 
+// mayHold reports whether a member of queue q whose position was at
+// units can have held back a writer waiting for room: one more than a lap
+// less one claim's reach behind the tail. A writer waits for a claim that
+// ends at most claimReach past a tail it read, and the tail only moves on,
+// so a position nearer the tail than that blocked no one, and whoever
+// moves it need not wake writers (section 11 of the ABI).
+func (r *Ring) mayHold(q int, units uint32) bool {
+	return udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), units) > r.capUnits-r.claimReach
+}
+
 // tagged reports whether the commit word at p carries p's tag: a frame is
 // committed there (it still needs read's checks).
 func (r *Ring) tagged(q int, p pos) bool {
@@ -283,7 +298,7 @@ func (s *Subscriber) resync() {
 	n := uint64(c.seq() - s.cur.seq())
 	s.lost += n
 	atomic.AddUint64(&s.m.s.Lost, n)
-	s.cur = c
+	s.cur, s.shared = c, c
 	s.dirtyN, s.dirtyB = 0, 0
 	atomic.StoreUint64(&s.m.s.Cursor, uint64(c))
 }
@@ -481,5 +496,6 @@ func (r *Ring) padDead(q int, s *memberSlot, p pos, stale uint64) bool {
 	atomic.CompareAndSwapUint64(&s.PendingLen, n, 0)
 	atomic.AddUint64(&qh.Reaped, 1)
 	wake(&qh.DataFutex, &qh.DataWaiters)
+	wake(&qh.SpaceFutex, &qh.SpaceWaiters) // the claim held writers back too
 	return true
 }
