@@ -156,9 +156,10 @@ func wake(word, waiters *uint32) {
 // keeps the runtime's processor until the runtime takes it back: a
 // thousand subscribers asleep in one process were a thousand threads that
 // every publish woke at once, and they starved the heartbeat goroutine
-// past the lease. So one goroutine at most sleeps on the word itself (it
-// has no context to watch); the others wait on a channel that one sleeper
-// goroutine closes each time it wakes up, whatever their number.
+// past the lease. So one goroutine at most sleeps on the word itself (as
+// before: the fastest wake-up, for the common case of one waiter); the
+// others wait on a channel that one sleeper goroutine closes each time it
+// wakes up, whatever their number.
 type park struct {
 	word, waiters *uint32
 
@@ -187,13 +188,22 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 		pk.mu.Unlock()
 		return
 	}
-	if done == nil && !pk.direct {
+	if !pk.direct {
 		pk.direct = true
 		pk.mu.Unlock()
 		atomic.AddUint32(pk.waiters, 1)
 		v := atomic.LoadUint32(pk.word)
 		if !ready() {
+			stop := func() bool { return false }
+			if done != nil {
+				// A cancelled caller must not sleep out the timeout.
+				stop = context.AfterFunc(ctx, func() {
+					atomic.AddUint32(pk.word, 1)
+					futexWake(pk.word)
+				})
+			}
 			futexWait(pk.word, v, d)
+			stop()
 		}
 		atomic.AddUint32(pk.waiters, ^uint32(0))
 		pk.mu.Lock()
