@@ -490,7 +490,13 @@ func (p *Publisher) commit() error {
 		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, units)
 	}
 	p.m.clearPending()
-	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	if r.cfg.Type == TypeStream {
+		// Each record goes to one reader: wake one sleeper per record, not
+		// the herd (a woken reader that leaves without one passes it on).
+		wakeN(&p.qh.DataFutex, &p.qh.DataWaiters, len(p.run.lens))
+	} else {
+		wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	}
 	if udist(tail, p.run.at.units()) > r.capUnits-r.claimReach {
 		// A claim this old may hold back a writer waiting for room
 		// (raiseLimit): its record's clearing is progress to wake it for,

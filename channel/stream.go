@@ -126,10 +126,16 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 				r.unblockClaim(rd.q, h, now)
 			}
 		}
-		if err := rd.w.pause(r.parks[rd.q][0], func() bool {
+		ready := func() bool {
 			_, _, st, _ := r.read(rd.q, pos(atomic.LoadUint64(&rd.qh.Head)))
 			return st != readEmpty && st != readClaimed
-		}); err != nil {
+		}
+		if err := rd.w.pause(r.parks[rd.q][0], ready); err != nil {
+			if ready() {
+				// This reader may have been the one woken for the record:
+				// pass the wake-up on to another.
+				wakeN(&rd.qh.DataFutex, &rd.qh.DataWaiters, 1)
+			}
 			return buf, err
 		}
 	}

@@ -143,12 +143,16 @@ func (w *waiter) check() error {
 }
 
 // wake bumps word and wakes all sleepers if anyone announced a sleep.
-func wake(word, waiters *uint32) {
+func wake(word, waiters *uint32) { wakeN(word, waiters, 1<<31-1) }
+
+// wakeN bumps word and wakes up to n sleepers if anyone announced a sleep:
+// competing stream readers, of which one takes each new record.
+func wakeN(word, waiters *uint32, n int) {
 	if atomic.LoadUint32(waiters) == 0 {
 		return
 	}
 	atomic.AddUint32(word, 1)
-	futexWake(word)
+	futexWakeN(word, n)
 }
 
 // park is where the goroutines of this process wait on one futex word.
@@ -168,7 +172,7 @@ type park struct {
 	n       int           // goroutines waiting on gen
 	running bool          // the sleeper goroutine sleeps on word for them
 	direct  bool          // a goroutine sleeps on word itself
-	closed  bool          // the ring is closing: no new sleeper
+	closed  bool          // the ring closed: no sleeper goroutine any more
 	done    chan struct{} // closed when the running sleeper returns
 }
 
@@ -184,26 +188,28 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 		done = ctx.Done()
 	}
 	pk.mu.Lock()
-	if pk.closed {
-		pk.mu.Unlock()
-		return
-	}
-	if !pk.direct {
+	if !pk.direct || pk.closed {
 		pk.direct = true
 		pk.mu.Unlock()
 		atomic.AddUint32(pk.waiters, 1)
 		v := atomic.LoadUint32(pk.word)
 		if !ready() {
-			stop := func() bool { return false }
-			if done != nil {
-				// A cancelled caller must not sleep out the timeout.
-				stop = context.AfterFunc(ctx, func() {
+			if done == nil {
+				futexWait(pk.word, v, d)
+			} else {
+				// A cancelled caller must not sleep out the timeout. The
+				// wake-up touches the ring: it is over before wait returns.
+				woke := make(chan struct{})
+				stop := context.AfterFunc(ctx, func() {
 					atomic.AddUint32(pk.word, 1)
 					futexWake(pk.word)
+					close(woke)
 				})
+				futexWait(pk.word, v, d)
+				if !stop() {
+					<-woke
+				}
 			}
-			futexWait(pk.word, v, d)
-			stop()
 		}
 		atomic.AddUint32(pk.waiters, ^uint32(0))
 		pk.mu.Lock()
@@ -278,8 +284,10 @@ func futexWait(word *uint32, val uint32, d time.Duration) {
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
-func futexWake(word *uint32) {
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(1<<31-1), 0, 0, 0)
+func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
+
+func futexWakeN(word *uint32, n int) {
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(n), 0, 0, 0)
 }
 
 // Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG.
