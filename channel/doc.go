@@ -26,9 +26,11 @@
 //
 //   - Dead subscriber (block policy): publishers are held back by the
 //     slowest live subscriber. A publisher that finds no room recomputes
-//     that limit at each wake-up (at least every 50 ms while it waits) and
-//     evicts subscribers whose lease expired, so it goes on about Lease
-//     after the death. Ring.Reap (called by the agent, or by anyone)
+//     that limit (or, while the subscriber that held it last is still
+//     live and still in the way, only looks at that one) at each wake-up
+//     (at least every min(Lease/4, 500 ms) while it waits) and evicts
+//     subscribers whose lease expired, so it goes on about Lease after
+//     the death. Ring.Reap (called by the agent, or by anyone)
 //     evicts them too. With the overwrite policy dead subscribers hold
 //     no one back; Reap frees their slots.
 //

@@ -155,7 +155,7 @@ func peerErrOK(err error) bool {
 
 // peerSleepy waits on the futex words soon: the first publisher and
 // reader of FuzzHostilePeer use it, in a few of their blocking calls (each
-// may sleep the whole 50 ms bound, since no one else publishes); the others
+// may sleep its whole safety timeout, since no one else publishes); the others
 // poll (IdleBusy), which sees their short deadlines at once.
 var peerSleepy = Idle{Spins: 50, Yields: 5}
 

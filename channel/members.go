@@ -84,14 +84,13 @@ func (m *member) clearPending() {
 	}
 }
 
-// heartbeat refreshes the lease with a CAS from the value this member
-// stored last: a reaper that evicted it (Lease 0) or a new owner of the
-// slot (its own Lease) makes the CAS fail, and this member stops.
-func (m *member) heartbeat() {
+// heartbeat refreshes the lease to now with a CAS from the value this
+// member stored last: a reaper that evicted it (Lease 0) or a new owner of
+// the slot (its own Lease) makes the CAS fail, and this member stops.
+func (m *member) heartbeat(now uint64) {
 	if m.alive() != nil {
 		return
 	}
-	now := uint64(monotonic())
 	if !atomic.CompareAndSwapUint64(&m.s.Lease, m.lease, now) {
 		m.dead.Store(true)
 		return
@@ -134,7 +133,11 @@ func (r *Ring) untrack(m *member) {
 }
 
 // heartbeats refreshes the leases of this process's members four times a
-// lease, so that a live but busy member is never taken for dead.
+// lease, so that a live but busy member is never taken for dead. A pass
+// reads the clock once and costs one CAS per member (a few thousand take
+// well under a millisecond), so it keeps up with every member a ring can
+// hold; what made it fall behind was a process's sleepers starving it of
+// the processor, which parks prevent.
 func (r *Ring) heartbeats(stop chan struct{}) {
 	t := time.NewTicker(r.cfg.Lease / 4)
 	defer t.Stop()
@@ -145,8 +148,9 @@ func (r *Ring) heartbeats(stop chan struct{}) {
 		case <-t.C:
 		}
 		r.mu.Lock()
+		now := uint64(monotonic())
 		for _, m := range r.local {
-			m.heartbeat()
+			m.heartbeat(now)
 		}
 		r.mu.Unlock()
 	}
@@ -196,6 +200,12 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 	}
 	atomic.StoreUint64(&s.PendingLen, 0)
 	atomic.CompareAndSwapUint32(&s.State, MemberDead, MemberFree)
+	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
+		// Writers it held back wait no longer than the eviction, and a
+		// waiter of its own process notices it now.
+		wake(&r.queues[q].SpaceFutex, &r.queues[q].SpaceWaiters)
+		wake(&r.queues[q].DataFutex, &r.queues[q].DataWaiters)
+	}
 	return true
 }
 
@@ -361,6 +371,10 @@ func (r *Ring) Close() error {
 	r.mu.Unlock()
 	for _, m := range ms {
 		m.release()
+	}
+	for q := uint64(0); q < r.cfg.queues(); q++ {
+		r.parks[q][0].close()
+		r.parks[q][1].close()
 	}
 	r.mu.Lock()
 	unmap := r.unmap

@@ -35,6 +35,16 @@ type Publisher struct {
 	out   bool   // a claim is outstanding
 	batch bool   // ... and it came from ClaimBatch
 	ex    bool   // exclusive: Tail is ours to store
+	slow  slowest
+}
+
+// slowest is the subscriber that held the limit at the last scan of the
+// member table: while it still blocks a claim, so does the limit, and a
+// publisher that lacks room looks at its slot alone instead of scanning
+// them all again each time it wakes.
+type slowest struct {
+	slot uint32 // slot+1; 0: none known
+	gen  uint32
 }
 
 // Claim is a frame reserved for a message: fill Buf, then Commit it.
@@ -139,6 +149,7 @@ func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error)
 // run is the publisher's claim in flight: its first data frame and the
 // offset and payload length of each of its frames.
 type run struct {
+	at    pos      // the claim's start (its padding at the wrap, if any)
 	fp    pos      // first data frame (after any padding at the wrap)
 	off   []uint64 // frame offsets in the data region
 	lens  []int    // payload bytes
@@ -191,7 +202,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 				if !block {
 					return 0, ErrWouldBlock
 				}
-				if err := p.w.pause(&p.qh.SpaceFutex, &p.qh.SpaceWaiters, func() bool { return p.room(end) }); err != nil {
+				if err := p.w.pause(r.parks[p.q][1], func() bool { return p.room(end) }); err != nil {
 					return 0, err
 				}
 				continue
@@ -256,7 +267,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 			fp = mkpos(t.seq(), t.units()+uint32(pad>>unitShift))
 		}
 		r.index(p.q, t, fp, next)
-		p.run.fp = fp
+		p.run.at, p.run.fp = t, fp
 		p.run.off = p.run.off[:0]
 		p.run.lens = append(p.run.lens[:0], sizes[:k]...)
 		for i, n := range p.run.lens {
@@ -312,15 +323,16 @@ func (p *Publisher) exclusive() error {
 // its first data frame (publishers do not pass a claim that is neither
 // committed nor padded; the padding at the wrap before it, committed at
 // once, they may).
-func (p *Publisher) owns() error {
+func (p *Publisher) owns() (tail uint32, err error) {
 	if err := p.m.alive(); err != nil {
-		return err
+		return 0, err
 	}
-	if t := pos(atomic.LoadUint64(&p.qh.Tail)); udist(t.units(), p.run.fp.units()) > p.r.capUnits {
+	t := pos(atomic.LoadUint64(&p.qh.Tail)).units()
+	if udist(t, p.run.fp.units()) > p.r.capUnits {
 		p.m.dead.Store(true)
-		return fmt.Errorf("%w: claim at %d was lapped", ErrEvicted, p.run.fp.units())
+		return 0, fmt.Errorf("%w: claim at %d was lapped", ErrEvicted, p.run.fp.units())
 	}
-	return nil
+	return t, nil
 }
 
 // room reports whether a claim ending at units end fits: it may not reach
@@ -342,7 +354,39 @@ func (p *Publisher) room(end uint32) bool {
 	if udist(end, uint32(atomic.LoadUint64(&p.qh.Limit))) <= r.capUnits {
 		return true
 	}
-	return udist(end, r.raiseLimit(p.q)) <= r.capUnits
+	if p.slow.blocks(r, p.q, end) {
+		return false
+	}
+	limit, slot := r.raiseLimit(p.q)
+	p.slow = slowest{}
+	if slot >= 0 {
+		p.slow = slowest{slot: uint32(slot) + 1, gen: atomic.LoadUint32(&r.slot(uint32(slot)).Gen)}
+	}
+	return udist(end, limit) <= r.capUnits
+}
+
+// testHookScan, set only by tests, runs at each scan of the member table
+// for the limit.
+var testHookScan func()
+
+// blocks reports whether the slowest subscriber seen last is still the
+// same live member of queue q and its cursor still leaves no room for a
+// claim ending at end: then the limit does not either, whatever the other
+// slots hold. Anything else (it moved on, left, expired, or the slot
+// changed hands) calls for a scan.
+func (sl slowest) blocks(r *Ring, q int, end uint32) bool {
+	if sl.slot == 0 || sl.slot > r.cfg.MemberSlots {
+		return false
+	}
+	s := r.slot(sl.slot - 1)
+	if atomic.LoadUint32(&s.State) != MemberActive || atomic.LoadUint32(&s.Role) != RoleSubscriber|uint32(q)<<8 {
+		return false
+	}
+	c := pos(atomic.LoadUint64(&s.Cursor)).units()
+	if atomic.LoadUint32(&s.Gen) != sl.gen || r.expired(s, monotonic()) {
+		return false
+	}
+	return udist(end, c) > r.capUnits && udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), c) <= r.capUnits
 }
 
 // raiseLimit recomputes the oldest position publishers of queue q must not
@@ -350,12 +394,18 @@ func (p *Publisher) room(end uint32) bool {
 // in flight and, with the block policy, the slowest live subscriber
 // (evicting subscribers whose lease expired). With neither, the limit is
 // the tail: nothing holds publishers back. A claim made after this scan
-// starts at or after the tail it read, so a stored limit stays safe.
-func (r *Ring) raiseLimit(q int) uint32 {
+// starts at or after the tail it read, so a stored limit stays safe. It
+// also returns the slot of the subscriber that holds the limit, -1 if none
+// does (a claim, or nothing).
+func (r *Ring) raiseLimit(q int) (uint32, int) {
+	if testHookScan != nil {
+		testHookScan()
+	}
 	qh := r.queues[q]
 	tail := pos(atomic.LoadUint64(&qh.Tail)).units()
 	now := monotonic()
 	var lag uint32
+	slowest := -1
 	for i := uint32(0); i < r.cfg.MemberSlots; i++ {
 		s := r.slot(i)
 		if atomic.LoadUint32(&s.State) != MemberActive {
@@ -371,7 +421,7 @@ func (r *Ring) raiseLimit(q int) uint32 {
 				continue
 			}
 			if d := udist(tail, pos(atomic.LoadUint64(&s.Pending)).units()); d <= r.capUnits && d > lag {
-				lag = d
+				lag, slowest = d, -1
 			}
 			continue
 		}
@@ -386,17 +436,17 @@ func (r *Ring) raiseLimit(q int) uint32 {
 			continue
 		}
 		if d := udist(tail, c.units()); d <= r.capUnits && d > lag {
-			lag = d
+			lag, slowest = d, int(i)
 		}
 	}
 	limit := tail - lag
 	for {
 		old := atomic.LoadUint64(&qh.Limit)
 		if udist(limit, uint32(old)) > 1<<31 || uint32(old) == limit {
-			return uint32(old) // someone stored a newer limit
+			return uint32(old), slowest // someone stored a newer limit
 		}
 		if atomic.CompareAndSwapUint64(&qh.Limit, old, uint64(limit)) {
-			return limit
+			return limit, slowest
 		}
 	}
 }
@@ -425,7 +475,8 @@ func (p *Publisher) Commit(c Claim) error {
 // commit before wake's look at DataWaiters (section 11 of the ABI).
 func (p *Publisher) commit() error {
 	p.out = false
-	if err := p.owns(); err != nil {
+	tail, err := p.owns()
+	if err != nil {
 		return err
 	}
 	r := p.r
@@ -439,7 +490,22 @@ func (p *Publisher) commit() error {
 		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, units)
 	}
 	p.m.clearPending()
-	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	if r.cfg.Type == TypeStream {
+		// Each record goes to one reader: wake one sleeper per record, not
+		// the herd (a woken reader that leaves without one passes it on).
+		wakeN(&p.qh.DataFutex, &p.qh.DataWaiters, len(p.run.lens))
+	} else {
+		wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	}
+	if udist(tail, p.run.at.units()) > r.capUnits-r.claimReach {
+		// A claim this old may hold back a writer waiting for room
+		// (raiseLimit): its record's clearing is progress to wake it for,
+		// stored sequentially consistent before the look at the waiters.
+		if p.m.alive() == nil {
+			atomic.StoreUint64(&p.m.s.PendingLen, 0)
+		}
+		wake(&p.qh.SpaceFutex, &p.qh.SpaceWaiters)
+	}
 	p.m.counted(uint64(len(p.run.lens)))
 	return nil
 }
@@ -447,7 +513,7 @@ func (p *Publisher) commit() error {
 // abort turns an outstanding claim into padding, if it is still ours.
 func (p *Publisher) abort() {
 	p.out = false
-	if p.owns() != nil {
+	if _, err := p.owns(); err != nil {
 		return
 	}
 	// The frames took sequence numbers: the padding passes readers on to
@@ -458,6 +524,7 @@ func (p *Publisher) abort() {
 	p.r.padClaim(p.q, p.run.fp, end, p.run.stale)
 	p.m.clearPending()
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
+	wake(&p.qh.SpaceFutex, &p.qh.SpaceWaiters)
 }
 
 func commitWord(units, lenFlags uint32) uint64 { return uint64(lenFlags)<<32 | uint64(units) }

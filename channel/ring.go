@@ -108,6 +108,7 @@ type Ring struct {
 	capUnits   uint32
 	chunkUnits uint32
 	chunkShift uint32 // log2(chunkUnits): the index is on the per-claim path
+	claimReach uint32 // units a claim waiting for room reaches past the tail: padding and one largest frame
 	members    uint64 // offset of member table
 	data       [2]uint64
 	queues     [2]*queueHeader
@@ -116,6 +117,10 @@ type Ring struct {
 	local map[uint32]*member // members owned by this process, for heartbeats
 	beat  chan struct{}
 	unmap func() error // set by MapFile: Close unmaps what it mapped
+
+	// Where this process's goroutines wait: parks[q][0] on the queue's
+	// DataFutex, parks[q][1] on its SpaceFutex.
+	parks [2][2]*park
 }
 
 // Format writes a fresh header for cfg into mem (which must be zeroed or
@@ -208,12 +213,15 @@ func Open(mem []byte) (*Ring, error) {
 		capUnits:   uint32(cfg.Capacity >> unitShift),
 		chunkUnits: uint32(cfg.Capacity>>unitShift) / IndexChunks,
 		chunkShift: uint32(bits.TrailingZeros64(cfg.Capacity>>unitShift) - bits.TrailingZeros64(IndexChunks)),
+		claimReach: uint32(2 * align16(FrameHeaderLen+uint64(cfg.MaxMessage)) >> unitShift),
 		members:    HeaderLen,
 		local:      map[uint32]*member{},
 	}
 	for q := uint64(0); q < cfg.queues(); q++ {
 		r.data[q] = d.DataOffset + q*cfg.Capacity
 		r.queues[q] = (*queueHeader)(unsafe.Pointer(&mem[OffQueues+q*QueueHeaderLen]))
+		qh := r.queues[q]
+		r.parks[q] = [2]*park{newPark(&qh.DataFutex, &qh.DataWaiters), newPark(&qh.SpaceFutex, &qh.SpaceWaiters)}
 	}
 	return r, nil
 }

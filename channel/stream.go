@@ -23,6 +23,9 @@ type Reader struct {
 	qh *queueHeader
 	m  *member
 	w  waiter
+	// stuck times a claim Head cannot pass, across calls: a caller that
+	// waits in short calls must still unblock a dead publisher's claim.
+	stuck stuckClaim
 }
 
 // NewReader joins a stream ring as a reader of queue o.Queue.
@@ -65,12 +68,11 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 	}
 	r := rd.r
 	rd.w.reset()
-	stuck := int64(0)
 	for polls := 0; ; polls++ {
 		h := pos(atomic.LoadUint64(&rd.qh.Head))
 		// While spinning, poll the commit word alone (see Subscriber.peek).
 		if block && polls&1023 != 1023 && rd.w.spinning() && !r.tagged(rd.q, h) {
-			if err := rd.w.pause(&rd.qh.DataFutex, &rd.qh.DataWaiters, nil); err != nil {
+			if err := rd.w.pause(r.parks[rd.q][0], nil); err != nil {
 				return buf, err
 			}
 			continue
@@ -120,18 +122,20 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			return buf, ErrWouldBlock
 		}
 		if st == readClaimed {
-			now := monotonic()
-			if stuck == 0 {
-				stuck = now
-			} else if now-stuck > int64(r.cfg.Lease)/4 {
+			if now := monotonic(); rd.stuck.due(h, now, r.cfg.Lease/4) {
 				r.unblockClaim(rd.q, h, now)
-				stuck = now
 			}
 		}
-		if err := rd.w.pause(&rd.qh.DataFutex, &rd.qh.DataWaiters, func() bool {
+		ready := func() bool {
 			_, _, st, _ := r.read(rd.q, pos(atomic.LoadUint64(&rd.qh.Head)))
 			return st != readEmpty && st != readClaimed
-		}); err != nil {
+		}
+		if err := rd.w.pause(r.parks[rd.q][0], ready); err != nil {
+			if ready() {
+				// This reader may have been the one woken for the record:
+				// pass the wake-up on to another.
+				wakeN(&rd.qh.DataFutex, &rd.qh.DataWaiters, 1)
+			}
 			return buf, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // Start says where a new subscriber begins.
@@ -42,6 +43,8 @@ type Subscriber struct {
 	// the ring, before every wait and whenever a writer waits for space
 	// (see flush).
 	dirtyN, dirtyB uint64
+	shared         pos        // the Cursor last stored
+	stuck          stuckClaim // see Reader.stuck
 }
 
 // cursorEveryMsgs bounds how far the shared Cursor of a pubsub subscriber may
@@ -78,7 +81,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		atomic.StoreUint64(&m.s.Cursor, uint64(c))
 		lim := uint32(atomic.LoadUint64(&qh.Limit))
 		if r.cfg.Policy == PolicyOverwrite || udist(c.units(), lim) < 1<<31 {
-			s.cur = c
+			s.cur, s.shared = c, c
 			return s, nil
 		}
 	}
@@ -204,7 +207,11 @@ func (s *Subscriber) flush() {
 	// Sequentially consistent: wake looks at SpaceWaiters next, and a
 	// release store could pass that load (section 11 of the ABI).
 	storeSeqCst(&s.m.s.Cursor, uint64(s.cur))
-	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	old := s.shared
+	s.shared = s.cur
+	if atomic.LoadUint32(&s.qh.SpaceWaiters) != 0 && s.r.mayHold(s.q, old.units()) {
+		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	}
 }
 
 func (s *Subscriber) peek(block bool) ([]byte, error) {
@@ -216,14 +223,13 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 	}
 	r := s.r
 	s.w.reset()
-	stuck := int64(0)
 	for polls := 0; ; polls++ {
 		// While spinning, poll the commit word alone: loading Tail on every
 		// poll would take its cache line from the publishers each message.
 		// Once spinning ends, every poll is a full read again.
 		if block && polls&1023 != 1023 && s.w.spinning() && !r.tagged(s.q, s.cur) {
 			s.flush()
-			if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, nil); err != nil {
+			if err := s.w.pause(r.parks[s.q][0], nil); err != nil {
 				return nil, err
 			}
 			continue
@@ -254,23 +260,29 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			// A publisher claimed this frame and has not committed it.
 			// If it died, unblock it once its lease has run out (the clock
 			// is read now and then: a live publisher commits in far less).
-			now := monotonic()
-			if stuck == 0 {
-				stuck = now
-			} else if now-stuck > int64(r.cfg.Lease)/4 {
+			if now := monotonic(); s.stuck.due(s.cur, now, r.cfg.Lease/4) {
 				r.unblockClaim(s.q, s.cur, now)
-				stuck = now
 			}
 		}
 		s.flush()
 		cur := s.cur
-		if err := s.w.pause(&s.qh.DataFutex, &s.qh.DataWaiters, func() bool {
+		if err := s.w.pause(r.parks[s.q][0], func() bool {
 			_, _, st, _ := r.read(s.q, cur)
 			return st != readEmpty && st != readClaimed
 		}); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// mayHold reports whether a member of queue q whose position was at
+// units can have held back a writer waiting for room: one more than a lap
+// less one claim's reach behind the tail. A writer waits for a claim that
+// ends at most claimReach past a tail it read, and the tail only moves on,
+// so a position nearer the tail than that blocked no one, and whoever
+// moves it need not wake writers (section 11 of the ABI).
+func (r *Ring) mayHold(q int, units uint32) bool {
+	return udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), units) > r.capUnits-r.claimReach
 }
 
 // tagged reports whether the commit word at p carries p's tag: a frame is
@@ -286,7 +298,7 @@ func (s *Subscriber) resync() {
 	n := uint64(c.seq() - s.cur.seq())
 	s.lost += n
 	atomic.AddUint64(&s.m.s.Lost, n)
-	s.cur = c
+	s.cur, s.shared = c, c
 	s.dirtyN, s.dirtyB = 0, 0
 	atomic.StoreUint64(&s.m.s.Cursor, uint64(c))
 }
@@ -386,6 +398,27 @@ func (r *Ring) oldest(q int, tail pos) pos {
 	return tail
 }
 
+// stuckClaim times how long a reader has found the same claim uncommitted.
+type stuckClaim struct {
+	at    pos
+	since int64 // clock reading when the reader first found it; 0: none
+}
+
+// due reports whether the claim at p has been found uncommitted for
+// longer than every since it was first found (or since the last time due
+// said so): time to try unblocking it.
+func (c *stuckClaim) due(p pos, now int64, every time.Duration) bool {
+	if c.since == 0 || c.at != p {
+		c.at, c.since = p, now
+		return false
+	}
+	if now-c.since <= int64(every) {
+		return false
+	}
+	c.since = now
+	return true
+}
+
 // unblockClaim pads over the claim at position p of queue q if every
 // publisher that recorded a claim covering p is dead: what a reader stuck
 // at p does. It scans the member table once.
@@ -463,5 +496,6 @@ func (r *Ring) padDead(q int, s *memberSlot, p pos, stale uint64) bool {
 	atomic.CompareAndSwapUint64(&s.PendingLen, n, 0)
 	atomic.AddUint64(&qh.Reaped, 1)
 	wake(&qh.DataFutex, &qh.DataWaiters)
+	wake(&qh.SpaceFutex, &qh.SpaceWaiters) // the claim held writers back too
 	return true
 }

@@ -3,6 +3,7 @@ package channel
 import (
 	"context"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -45,9 +46,17 @@ var (
 	IdleSleep = Idle{}
 )
 
-// maxSleep bounds one futex sleep so that a waiter re-checks its lease,
-// reaps dead members and sees a cancelled context.
-const maxSleep = 50 * time.Millisecond
+// maxSleep bounds the safety timeout of a futex sleep (see
+// Ring.sleepFor).
+const maxSleep = 500 * time.Millisecond
+
+// sleepFor is the safety timeout of one sleep: min(Lease/4, maxSleep).
+// Wake-ups do the work; the timeout is there because the trust model lets
+// any peer skip them (a Python client cannot call futex, a hostile one can
+// zero the waiter counts), and because a reader stuck on a dead
+// publisher's claim must look again every Lease/4 (and a publisher
+// blocked by a dead subscriber within about a lease) when no agent reaps.
+func (r *Ring) sleepFor() time.Duration { return min(r.cfg.Lease/4, maxSleep) }
 
 // waiter runs one wait loop of an idle strategy.
 type waiter struct {
@@ -58,11 +67,12 @@ type waiter struct {
 	spinDone bool
 	ctx      context.Context
 	lease    *member
+	sleep    time.Duration // safety timeout of one sleep
 }
 
 // newWaiter returns a waiter for idle, ready to wait.
 func newWaiter(idle Idle, lease *member) waiter {
-	w := waiter{idle: idle, lease: lease}
+	w := waiter{idle: idle, lease: lease, sleep: lease.r.sleepFor()}
 	w.reset()
 	return w
 }
@@ -95,8 +105,9 @@ func (w *waiter) spun() {
 }
 
 // pause waits a little. ready is re-checked after announcing a sleep, so a
-// wake-up between the check and the sleep is never lost.
-func (w *waiter) pause(word, waiters *uint32, ready func() bool) error {
+// wake-up between the check and the sleep is never lost; without ready
+// pause never sleeps (it returns for the caller to look again).
+func (w *waiter) pause(pk *park, ready func() bool) error {
 	w.n++
 	if !w.spinDone {
 		w.spun()
@@ -112,15 +123,10 @@ func (w *waiter) pause(word, waiters *uint32, ready func() bool) error {
 		runtime.Gosched()
 		return w.check()
 	}
-	if err := w.check(); err != nil {
+	if err := w.check(); err != nil || ready == nil {
 		return err
 	}
-	atomic.AddUint32(waiters, 1)
-	v := atomic.LoadUint32(word)
-	if ready == nil || !ready() {
-		futexWait(word, v, maxSleep)
-	}
-	atomic.AddUint32(waiters, ^uint32(0))
+	pk.wait(w.ctx, ready, w.sleep)
 	return nil
 }
 
@@ -137,12 +143,139 @@ func (w *waiter) check() error {
 }
 
 // wake bumps word and wakes all sleepers if anyone announced a sleep.
-func wake(word, waiters *uint32) {
+func wake(word, waiters *uint32) { wakeN(word, waiters, 1<<31-1) }
+
+// wakeN bumps word and wakes up to n sleepers if anyone announced a sleep:
+// competing stream readers, of which one takes each new record.
+func wakeN(word, waiters *uint32, n int) {
 	if atomic.LoadUint32(waiters) == 0 {
 		return
 	}
 	atomic.AddUint32(word, 1)
-	futexWake(word)
+	futexWakeN(word, n)
+}
+
+// park is where the goroutines of this process wait on one futex word.
+// Each sleeper on a futex is an OS thread, and a blocking system call
+// keeps the runtime's processor until the runtime takes it back: a
+// thousand subscribers asleep in one process were a thousand threads that
+// every publish woke at once, and they starved the heartbeat goroutine
+// past the lease. So one goroutine at most sleeps on the word itself (as
+// before: the fastest wake-up, for the common case of one waiter); the
+// others wait on a channel that one sleeper goroutine closes each time it
+// wakes up, whatever their number.
+type park struct {
+	word, waiters *uint32
+
+	mu      sync.Mutex
+	gen     chan struct{} // closed when the sleeper wakes up
+	n       int           // goroutines waiting on gen
+	running bool          // the sleeper goroutine sleeps on word for them
+	direct  bool          // a goroutine sleeps on word itself
+	closed  bool          // the ring closed: no sleeper goroutine any more
+	done    chan struct{} // closed when the running sleeper returns
+}
+
+func newPark(word, waiters *uint32) *park {
+	return &park{word: word, waiters: waiters, gen: make(chan struct{})}
+}
+
+// wait sleeps until word changes, ctx is done, or d passes, unless ready
+// reports true after the sleep was announced.
+func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
+	var done <-chan struct{}
+	if ctx != nil {
+		done = ctx.Done()
+	}
+	pk.mu.Lock()
+	if !pk.direct || pk.closed {
+		pk.direct = true
+		pk.mu.Unlock()
+		atomic.AddUint32(pk.waiters, 1)
+		v := atomic.LoadUint32(pk.word)
+		if !ready() {
+			if done == nil {
+				futexWait(pk.word, v, d)
+			} else {
+				// A cancelled caller must not sleep out the timeout. The
+				// wake-up touches the ring: it is over before wait returns.
+				woke := make(chan struct{})
+				stop := context.AfterFunc(ctx, func() {
+					atomic.AddUint32(pk.word, 1)
+					futexWake(pk.word)
+					close(woke)
+				})
+				futexWait(pk.word, v, d)
+				if !stop() {
+					<-woke
+				}
+			}
+		}
+		atomic.AddUint32(pk.waiters, ^uint32(0))
+		pk.mu.Lock()
+		pk.direct = false
+		pk.mu.Unlock()
+		return
+	}
+	if !pk.running {
+		// Announced, and the word read, before this goroutine's re-check:
+		// a waker that comes after the re-check bumps the word after v
+		// was read, and the sleeper's first futex call returns at once.
+		pk.running = true
+		pk.done = make(chan struct{})
+		atomic.AddUint32(pk.waiters, 1)
+		go pk.sleep(atomic.LoadUint32(pk.word), d, pk.done)
+	}
+	pk.n++
+	gen := pk.gen
+	pk.mu.Unlock()
+	if !ready() {
+		select {
+		case <-gen:
+		case <-done:
+		}
+	}
+	pk.mu.Lock()
+	pk.n--
+	pk.mu.Unlock()
+}
+
+// sleep is the sleeper goroutine: it sleeps on the word for the
+// goroutines waiting on gen and wakes them all each time it wakes up. It
+// reads the word before it wakes them, so that a waker that comes after
+// their re-check always finds it asleep on the value before its bump. It
+// stays announced in waiters while it runs, and leaves when no one waits.
+func (pk *park) sleep(v uint32, d time.Duration, done chan struct{}) {
+	defer close(done)
+	for {
+		futexWait(pk.word, v, d)
+		pk.mu.Lock()
+		if !pk.closed {
+			v = atomic.LoadUint32(pk.word)
+		}
+		close(pk.gen)
+		pk.gen = make(chan struct{})
+		if pk.n == 0 || pk.closed {
+			pk.running = false
+			atomic.AddUint32(pk.waiters, ^uint32(0))
+			pk.mu.Unlock()
+			return
+		}
+		pk.mu.Unlock()
+	}
+}
+
+// close stops the sleeper goroutine before the ring's memory goes away.
+func (pk *park) close() {
+	pk.mu.Lock()
+	pk.closed = true
+	running, done := pk.running, pk.done
+	pk.mu.Unlock()
+	if running {
+		atomic.AddUint32(pk.word, 1)
+		futexWake(pk.word)
+		<-done
+	}
 }
 
 func futexWait(word *uint32, val uint32, d time.Duration) {
@@ -151,8 +284,10 @@ func futexWait(word *uint32, val uint32, d time.Duration) {
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
-func futexWake(word *uint32) {
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(1<<31-1), 0, 0, 0)
+func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
+
+func futexWakeN(word *uint32, n int) {
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(n), 0, 0, 0)
 }
 
 // Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG.

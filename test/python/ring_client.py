@@ -19,7 +19,7 @@ a publisher run by this script must be the ONLY publisher of its queue, and
 joins are not atomic (this script scans slots from the last one down and
 re-checks its claim; still, join Python clients one at a time). Python cannot
 sleep on a futex either: the script polls, and its peers, whose sleeps are
-bounded to 50 ms, notice its progress without a wake-up. Shared words are
+bounded by their safety timeout, notice its progress without a wake-up. Shared words are
 read and written through memoryview casts, which use single aligned 4- and
 8-byte accesses; on x86-64 those are also ordered as the protocol needs.
 Other architectures need fences Python cannot issue, so the script refuses
@@ -228,7 +228,7 @@ class Ring:
 
     def wake(self, q, word, waiters):
         # No futex from Python: bump the word so a peer about to sleep does
-        # not; sleepers wake within their 50 ms bound anyway (section 11).
+        # not; sleepers wake within their safety timeout anyway (section 11).
         qh = self.qh(q)
         if self.u32(qh + waiters) != 0:
             self.set32(qh + word, self.u32(qh + word) + 1)
