@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -134,7 +135,6 @@ func (r *Reconciler) enqueueNamespace(obj any) {
 // Run reconciles with the given number of workers until ctx ends.
 func (r *Reconciler) Run(ctx context.Context, workers int) error {
 	defer utilruntime.HandleCrash()
-	defer r.queue.ShutDown()
 	r.kube.Start(ctx.Done())
 	r.shimmy.Start(ctx.Done())
 	defer r.kube.Shutdown()
@@ -143,13 +143,22 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 		return fmt.Errorf("node: informers did not sync: %w", ctx.Err())
 	}
 	r.log.Info("reconciler running")
+	var wg sync.WaitGroup
 	for i := 0; i < workers; i++ {
-		go wait.UntilWithContext(ctx, func(ctx context.Context) {
-			for r.next() {
-			}
-		}, time.Second)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wait.UntilWithContext(ctx, func(ctx context.Context) {
+				for r.next() {
+				}
+			}, time.Second)
+		}()
 	}
 	<-ctx.Done()
+	// No worker touches the registry once Run has returned: its owner may
+	// close it then.
+	r.queue.ShutDown()
+	wg.Wait()
 	return nil
 }
 
