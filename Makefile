@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet verbs bench bench-deps bench-full fuzz clean
+.PHONY: build run test vet verbs k8s-bins codegen bench bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -24,8 +24,19 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-test: vet verbs
+# The Kubernetes tests (test/k8s) run etcd and kube-apiserver built from the
+# tool module hack/k8s-bins; building them first keeps a cold build (minutes)
+# out of the tests' timeout. A warm cache (.cache/k8s-bins) returns at once.
+test: vet verbs k8s-bins
 	$(GO) test $(TEST_FLAGS) ./...
+
+k8s-bins:
+	hack/k8s-bins/build.sh >/dev/null
+
+# Regenerates deep copies, clientset, listers, informers and the CRD from
+# k8s/apis (TestGeneratedUpToDate checks that this was done).
+codegen:
+	hack/update-codegen.sh
 
 # The verbs transport backend builds only with its tag and libibverbs-dev
 # (.ci/run installs it): vet it and run its tests (without an RDMA device
