@@ -149,9 +149,14 @@ type pubHandle struct {
 
 	mu      sync.Mutex
 	pub     *channel.Publisher
-	partial []byte
+	partial []byte // publines: the line so far, at most max bytes
+	skip    bool   // publines: dropping an over-long line up to its newline
 	closed  bool
 }
+
+// keepPartial is the largest partial-line buffer an idle publines file
+// keeps between lines.
+const keepPartial = 4096
 
 var (
 	_ = (gofs.FileWriter)((*pubHandle)(nil))
@@ -187,36 +192,69 @@ func (h *pubHandle) Write(ctx context.Context, data []byte, off int64) (uint32, 
 		}
 		return uint32(len(data)), 0
 	}
-	// Line mode: bytes up to each newline complete a message (the newline
-	// is not part of it). On an error, report the bytes consumed so far so
-	// a retry does not publish a line twice.
+	return h.writeLines(ctx, data)
+}
+
+// writeLines: bytes up to each newline complete a message (the newline is
+// not part of it). On an error, the bytes consumed so far are reported
+// (the error comes with the next write), so a retry does not publish a
+// line twice. A line longer than max_message fails with EMSGSIZE and is
+// dropped up to its newline, however many writes it spans: its tail never
+// becomes a message of its own.
+func (h *pubHandle) writeLines(ctx context.Context, data []byte) (uint32, syscall.Errno) {
 	done := 0
 	for done < len(data) {
 		i := bytes.IndexByte(data[done:], '\n')
+		if h.skip {
+			if i < 0 {
+				return uint32(len(data)), 0
+			}
+			h.skip = false
+			done += i + 1
+			continue
+		}
 		if i < 0 {
 			if len(h.partial)+len(data)-done > h.max {
-				h.partial = h.partial[:0]
-				return partialResult(done, syscall.EMSGSIZE)
+				return h.overlong(done)
 			}
 			h.partial = append(h.partial, data[done:]...)
-			done = len(data)
 			break
+		}
+		if len(h.partial)+i > h.max {
+			return h.overlong(done)
 		}
 		line := data[done : done+i]
 		if len(h.partial) > 0 {
 			line = append(h.partial, line...)
 		}
 		if errno := h.publish(ctx, line); errno != 0 {
-			if errno == syscall.EMSGSIZE {
-				h.partial = h.partial[:0] // drop the oversized line, keep going next time
-				done += i + 1
-			}
 			return partialResult(done, errno)
 		}
-		h.partial = h.partial[:0]
+		h.dropPartial()
 		done += i + 1
 	}
-	return uint32(done), 0
+	return uint32(len(data)), 0
+}
+
+// overlong refuses the line that starts at data[done:] (with what is kept
+// of it from earlier writes): the lines before it are reported written,
+// and the write that starts with it gets EMSGSIZE and drops it.
+func (h *pubHandle) overlong(done int) (uint32, syscall.Errno) {
+	if done > 0 {
+		return uint32(done), 0
+	}
+	h.dropPartial()
+	h.skip = true
+	return 0, syscall.EMSGSIZE
+}
+
+// dropPartial empties the partial line, keeping its buffer only if small.
+func (h *pubHandle) dropPartial() {
+	if cap(h.partial) > keepPartial {
+		h.partial = nil
+		return
+	}
+	h.partial = h.partial[:0]
 }
 
 func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
@@ -230,6 +268,7 @@ func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
 func (h *pubHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.skip = false
 	if !h.lines || len(h.partial) == 0 || h.closed {
 		return 0
 	}

@@ -34,6 +34,7 @@ func (xattrless) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 type Root struct {
 	gofs.Inode
 	xattrless
+	fixedNames
 	reg *registry.Registry
 	log logrus.FieldLogger
 }
@@ -107,6 +108,7 @@ func (r *Root) Rmdir(ctx context.Context, name string) syscall.Errno {
 type nsNode struct {
 	gofs.Inode
 	xattrless
+	fixedNames
 	root *Root
 	ns   *registry.Namespace
 }
@@ -176,6 +178,7 @@ func (n *nsNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 type chanNode struct {
 	gofs.Inode
 	xattrless
+	fixedNames
 	root *Root
 	ch   *registry.Channel
 }
