@@ -20,6 +20,7 @@ type hold struct {
 	root *Root
 	ch   *registry.Channel
 	h    *registry.Handle
+	cm   *closeMark
 }
 
 func (n *fileNode) hold() (hold, syscall.Errno) {
@@ -27,7 +28,7 @@ func (n *fileNode) hold() (hold, syscall.Errno) {
 	if err != nil {
 		return hold{}, toErrno(err)
 	}
-	return hold{root: n.root, ch: n.ch, h: h}, 0
+	return hold{root: n.root, ch: n.ch, h: h, cm: new(closeMark)}, 0
 }
 
 // errno maps an error of the ring to what the file client sees; a corrupt
@@ -99,6 +100,7 @@ var (
 	_ = (gofs.FilePassthroughFder)((*ringHandle)(nil))
 	_ = (gofs.FileReader)((*ringHandle)(nil))
 	_ = (gofs.FileWriter)((*ringHandle)(nil))
+	_ = (gofs.FileFlusher)((*ringHandle)(nil))
 	_ = (gofs.FileReleaser)((*ringHandle)(nil))
 )
 
@@ -111,6 +113,7 @@ func (h *ringHandle) PassthroughFd() (int, bool) {
 }
 
 func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.use()
 	mem := h.h.Memory()
 	if mem == nil {
 		return nil, syscall.EIO
@@ -124,6 +127,7 @@ func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 }
 
 func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.use()
 	mem := h.h.Memory()
 	if mem == nil {
 		return 0, syscall.EIO
@@ -134,8 +138,14 @@ func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(copy(mem[off:], data)), 0
 }
 
+func (h *ringHandle) Flush(ctx context.Context) syscall.Errno {
+	h.flush()
+	return 0
+}
+
 func (h *ringHandle) Release(ctx context.Context) syscall.Errno {
 	h.h.Close()
+	h.released()
 	return 0
 }
 
@@ -186,6 +196,7 @@ func (h *pubHandle) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	if h.closed {
 		return 0, syscall.EBADF
 	}
+	h.use()
 	if !h.lines {
 		if errno := h.publish(ctx, data); errno != 0 {
 			return 0, errno
@@ -268,6 +279,7 @@ func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
 func (h *pubHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.flush()
 	h.skip = false
 	if !h.lines || len(h.partial) == 0 || h.closed {
 		return 0
@@ -286,6 +298,7 @@ func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
 	h.closed = true
 	h.pub.Close()
 	h.h.Close()
+	h.released()
 	return 0
 }
 
@@ -309,6 +322,7 @@ type subHandle struct {
 
 var (
 	_ = (gofs.FileReader)((*subHandle)(nil))
+	_ = (gofs.FileFlusher)((*subHandle)(nil))
 	_ = (gofs.FileReleaser)((*subHandle)(nil))
 )
 
@@ -342,6 +356,7 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if h.closed {
 		return nil, syscall.EBADF
 	}
+	h.use()
 	out := dest[:0]
 	for {
 		first := len(out) == 0
@@ -388,6 +403,13 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	return fuse.ReadResultData(out), 0
 }
 
+// Flush does not take h.mu: a read blocked in another thread of the
+// closing process holds it.
+func (h *subHandle) Flush(ctx context.Context) syscall.Errno {
+	h.flush()
+	return 0
+}
+
 func (h *subHandle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -401,5 +423,6 @@ func (h *subHandle) Release(ctx context.Context) syscall.Errno {
 		h.rd.Close()
 	}
 	h.h.Close()
+	h.released()
 	return 0
 }

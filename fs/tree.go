@@ -12,6 +12,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -35,8 +36,9 @@ type Root struct {
 	gofs.Inode
 	xattrless
 	fixedNames
-	reg *registry.Registry
-	log logrus.FieldLogger
+	reg     *registry.Registry
+	log     logrus.FieldLogger
+	closing *closing
 }
 
 // NewRoot returns the root node serving reg; nil log: logrus's standard
@@ -45,7 +47,7 @@ func NewRoot(reg *registry.Registry, log logrus.FieldLogger) *Root {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Root{reg: reg, log: log.WithField("component", "fs")}
+	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing()}
 }
 
 // Registry returns the registry the tree serves.
@@ -170,8 +172,17 @@ func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.
 	return n.chInode(ctx, name, ch, out), 0
 }
 
+// Rmdir of a channel whose only holders are files closed a moment ago
+// waits (briefly, interruptibly) for the kernel's asynchronous RELEASE of
+// them, then removes it.
 func (n *nsNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	return toErrno(n.ns.RemoveChannel(name))
+	err := n.ns.RemoveChannel(name)
+	if errors.Is(err, registry.ErrBusy) {
+		if ch, cerr := n.ns.Channel(name); cerr == nil && n.root.closing.wait(ctx, ch) {
+			err = n.ns.RemoveChannel(name)
+		}
+	}
+	return toErrno(err)
 }
 
 // chanNode is a channel directory: its files depend on the channel type.
