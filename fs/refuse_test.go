@@ -92,9 +92,7 @@ func TestRingTruncate(t *testing.T) {
 func TestPubLinesOverlong(t *testing.T) {
 	f := mountFS(t)
 	dir := f.mkchan(t, "ns", "ch")
-	ctl := open(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
-	mustWrite(t, ctl, "capacity 64K\nmax_message 64\n")
-	unix.Close(ctl)
+	configure(t, dir, "capacity 64K\nmax_message 64\n")
 	msg := open(t, filepath.Join(dir, "msg"), unix.O_RDONLY|unix.O_NONBLOCK)
 	pl := open(t, filepath.Join(dir, "publines"), unix.O_WRONLY)
 	long := strings.Repeat("x", 65)
