@@ -60,7 +60,7 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 		return nil, 0, o.errno(err)
 	}
 	h := &pubHandle{hold: o, pub: p, lines: n.spec.kind == kindPubLines, nonblock: nonblock, max: int(o.h.Ring().Config().MaxMessage)}
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	return h, pubOpenFlags, 0
 }
 
 func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -87,6 +87,21 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	h.scratch = make([]byte, 0, h.max)
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
+
+// pubOpenFlags keep a writer waiting for room out of the way of the
+// file's other writers. The kernel holds the inode lock around every
+// write to a FUSE file, exclusively unless the file is opened with
+// FOPEN_PARALLEL_DIRECT_WRITES and the write ends within the file's size;
+// an exclusive holder waiting in the agent would leave every other writer
+// of the file asleep uninterruptibly (even with O_NONBLOCK, even after
+// SIGKILL). So: parallel direct writes, FOPEN_STREAM (the kernel passes
+// position 0 for every write) and a size of pubSize (fileAttr), within
+// which every write ends. Writes with O_APPEND and truncation (O_TRUNC)
+// still take the lock exclusively: docs/filesystem.md says so.
+const pubOpenFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES | fuse.FOPEN_STREAM
+
+// pubSize is the size the pub files report.
+const pubSize = 1 << 62
 
 // ringHandle serves the ring file. With passthrough the kernel reads,
 // writes and maps the shm file directly; otherwise reads and writes come

@@ -120,8 +120,11 @@ func fileAttr(a *fuse.Attr, ch *registry.Channel, s fileSpec) {
 		t = time.Now()
 	}
 	a.SetTimes(&t, &t, &t)
-	if s.kind == kindRing && cfg.Capacity != 0 {
+	switch {
+	case s.kind == kindRing && cfg.Capacity != 0:
 		a.Size = uint64(cfg.Size())
+	case s.kind == kindPub || s.kind == kindPubLines:
+		a.Size = pubSize
 	}
 }
 
