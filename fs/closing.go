@@ -40,19 +40,18 @@ func (c *closing) add(ch *registry.Channel, d int) {
 
 // wait waits until no file of ch is between close and release, at most
 // releaseWait or until ctx ends (the rmdir was interrupted). It reports
-// whether there was something to wait for and it is gone.
+// whether none is left (perhaps none ever was: a release may have come
+// just before, so the caller tries again either way).
 func (c *closing) wait(ctx context.Context, ch *registry.Channel) bool {
 	t := time.NewTimer(releaseWait)
 	defer t.Stop()
-	waited := false
 	for {
 		c.mu.Lock()
 		n, changed := c.n[ch], c.changed
 		c.mu.Unlock()
 		if n == 0 {
-			return waited
+			return true
 		}
-		waited = true
 		select {
 		case <-changed:
 		case <-ctx.Done():
