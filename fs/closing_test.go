@@ -27,7 +27,7 @@ func TestRmdirAfterClose(t *testing.T) {
 		busy := 0
 		for i := 0; i < 60; i++ {
 			dir := f.mkchan(t, "ns", "ch")
-			fd := open(t, filepath.Join(dir, file.name), file.flags)
+			fd := openOwned(t, filepath.Join(dir, file.name), file.flags)
 			if err := unix.Close(fd); err != nil {
 				t.Fatal(err)
 			}
@@ -42,5 +42,22 @@ func TestRmdirAfterClose(t *testing.T) {
 		if busy > 0 {
 			t.Errorf("rmdir right after closing %s: EBUSY in %d of 60 rounds", file.name, busy)
 		}
+	}
+}
+
+// openOwned opens path for a test that closes the descriptor itself (and
+// checks that close): unlike open, nothing closes it again at cleanup,
+// when its number may belong to another file (the FUSE server's own).
+func openOwned(t *testing.T, path string, flags int) int {
+	t.Helper()
+	for {
+		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("open %s: %v", path, err)
+		}
+		return fd
 	}
 }

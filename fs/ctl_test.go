@@ -46,7 +46,7 @@ func TestCtlAppliesAtClose(t *testing.T) {
 	// close applies it all with one new ring.
 	dir := f.mkchan(t, "ns", "lines")
 	before := readKV(t, filepath.Join(dir, "config"))
-	ctl := open(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
+	ctl := openOwned(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
 	for _, line := range []string{"type stream\n", "capacity 64K\n", "lease 500ms\n"} {
 		mustWrite(t, ctl, line)
 		if cfg := readKV(t, filepath.Join(dir, "config")); cfg["epoch"] != before["epoch"] || cfg["type"] != "pubsub" {
@@ -64,9 +64,9 @@ func TestCtlAppliesAtClose(t *testing.T) {
 	// reports EBUSY and nothing changes.
 	dir = f.mkchan(t, "ns", "late")
 	before = readKV(t, filepath.Join(dir, "config"))
-	ctl = open(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
+	ctl = openOwned(t, filepath.Join(dir, "ctl"), unix.O_WRONLY)
 	mustWrite(t, ctl, "capacity 8K\n")
-	sub := open(t, filepath.Join(dir, "sub"), unix.O_RDONLY)
+	sub := openOwned(t, filepath.Join(dir, "sub"), unix.O_RDONLY)
 	if err := unix.Close(ctl); err != unix.EBUSY {
 		t.Errorf("close of ctl on a channel busy since the write: %v, want EBUSY", err)
 	}

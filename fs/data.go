@@ -84,7 +84,6 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 		o.h.Close()
 		return nil, 0, o.errno(err)
 	}
-	h.scratch = make([]byte, 0, h.max)
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -318,22 +317,31 @@ func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
 }
 
 // subHandle delivers messages: in line mode as many whole messages as fit
-// the read buffer, each ending in a newline; in message mode exactly one
-// raw message per read.
+// the read buffer, each ending in a newline, a message longer than the
+// buffer continued across reads; in message mode exactly one raw message
+// per read(2). It keeps no buffer sized for the channel's largest message:
+// only the message being delivered, and between messages at most
+// keepScratch bytes.
 type subHandle struct {
 	hold
 	lines    bool
 	nonblock bool
 	max      int
 
-	mu      sync.Mutex
-	sub     *registry.Subscriber // pubsub: its losses count in the channel's stats
-	rd      *channel.Reader      // stream
-	scratch []byte
-	pending []byte // a message taken from the ring but not yet delivered
-	has     bool
-	closed  bool
+	mu       sync.Mutex
+	sub      *registry.Subscriber // pubsub: its losses count in the channel's stats
+	rd       *channel.Reader      // stream
+	scratch  []byte
+	pending  []byte // a message taken from the ring, newline included in line mode
+	sent     int    // bytes of pending already delivered
+	has      bool
+	boundary bool // message mode: a message just ended a full piece (see Read)
+	closed   bool
 }
+
+// keepScratch is the largest message buffer a reader keeps between
+// messages.
+const keepScratch = 64 << 10
 
 var (
 	_ = (gofs.FileReader)((*subHandle)(nil))
@@ -360,9 +368,20 @@ func (h *subHandle) next(ctx context.Context, block bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h.lines && (len(msg) == 0 || msg[len(msg)-1] != '\n') {
+		msg = append(msg, '\n')
+	}
 	h.scratch = msg[:0]
-	h.pending, h.has = msg, true
+	h.pending, h.has, h.sent = msg, true, 0
 	return msg, nil
+}
+
+// delivered ends the pending message.
+func (h *subHandle) delivered() {
+	h.has, h.sent, h.pending = false, 0, nil
+	if cap(h.scratch) > keepScratch {
+		h.scratch = nil
+	}
 }
 
 func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -372,6 +391,9 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		return nil, syscall.EBADF
 	}
 	h.use()
+	if !h.lines {
+		return h.readMsg(ctx, dest)
+	}
 	out := dest[:0]
 	for {
 		first := len(out) == 0
@@ -387,35 +409,51 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 			}
 			return nil, h.errno(err)
 		}
-		if !h.lines {
-			if len(msg) == 0 {
-				h.has = false // a 0-byte read would mean end of file: skip it
-				continue
-			}
-			if len(msg) > len(dest) {
-				return nil, syscall.EMSGSIZE
-			}
-			h.has = false
-			return fuse.ReadResultData(append(out, msg...)), 0
-		}
-		need := len(msg)
-		nl := len(msg) == 0 || msg[len(msg)-1] != '\n'
-		if nl {
-			need++
-		}
-		if need > len(dest)-len(out) {
-			if first {
-				return nil, syscall.EMSGSIZE
+		rest := msg[h.sent:]
+		if room := len(dest) - len(out); len(rest) > room {
+			if first { // too long for this read: continue it in the next
+				h.sent += room
+				out = append(out, rest[:room]...)
 			}
 			break
 		}
-		out = append(out, msg...)
-		if nl {
-			out = append(out, '\n')
-		}
-		h.has = false
+		out = append(out, rest...)
+		h.delivered()
 	}
 	return fuse.ReadResultData(out), 0
+}
+
+// readMsg delivers one message. The kernel hands a read(2) larger than
+// maxIO to the agent in pieces of maxIO bytes, for as long as they come
+// back full; so a message larger than a piece is continued across the
+// pieces, and a message that fits neither the buffer nor a piece gives
+// EMSGSIZE. After a message that ended a full piece exactly, the next piece
+// (of the same read(2), or the next read(2)) gets EINTR rather than the
+// next message, which would otherwise be glued to it.
+func (h *subHandle) readMsg(ctx context.Context, dest []byte) (fuse.ReadResult, syscall.Errno) {
+	if h.boundary {
+		h.boundary = false
+		return nil, syscall.EINTR
+	}
+	for {
+		msg, err := h.next(ctx, !h.nonblock)
+		if err != nil {
+			return nil, h.errno(err)
+		}
+		if len(msg) == 0 {
+			h.delivered() // a 0-byte read would mean end of file: skip it
+			continue
+		}
+		if h.sent == 0 && len(msg) > len(dest) && len(dest) < maxIO {
+			return nil, syscall.EMSGSIZE
+		}
+		n := copy(dest, msg[h.sent:])
+		if h.sent += n; h.sent == len(msg) {
+			h.delivered()
+			h.boundary = n == maxIO
+		}
+		return fuse.ReadResultData(dest[:n]), 0
+	}
 }
 
 // Flush does not take h.mu: a read blocked in another thread of the

@@ -24,8 +24,8 @@ func TestWriterWaitingForRoom(t *testing.T) {
 	dir := f.mkchan(t, "ns", "ch")
 	configure(t, dir, "capacity 4096\nmax_message 512\n")
 	pubPath := filepath.Join(dir, "pub")
-	sub := open(t, filepath.Join(dir, "msg"), unix.O_RDONLY)
-	fill := open(t, pubPath, unix.O_WRONLY|unix.O_NONBLOCK)
+	sub := openOwned(t, filepath.Join(dir, "msg"), unix.O_RDONLY)
+	fill := openOwned(t, pubPath, unix.O_WRONLY|unix.O_NONBLOCK)
 	sent := 0
 	for ; ; sent++ {
 		if _, err := write(fill, []byte("f")); err != nil { // any message takes a 32-byte frame or more
