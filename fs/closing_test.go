@@ -45,19 +45,3 @@ func TestRmdirAfterClose(t *testing.T) {
 	}
 }
 
-// openOwned opens path for a test that closes the descriptor itself (and
-// checks that close): unlike open, nothing closes it again at cleanup,
-// when its number may belong to another file (the FUSE server's own).
-func openOwned(t *testing.T, path string, flags int) int {
-	t.Helper()
-	for {
-		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		return fd
-	}
-}

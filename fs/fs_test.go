@@ -87,6 +87,7 @@ func (f *testFS) mkchan(t *testing.T, ns, ch string) string {
 
 var (
 	open      = testenv.Open
+	openOwned = testenv.OpenOwned
 	read      = testenv.Read
 	write     = testenv.Write
 	mustWrite = testenv.MustWrite
