@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -39,6 +40,7 @@ type Root struct {
 	reg     *registry.Registry
 	log     logrus.FieldLogger
 	closing *closing
+	started time.Time
 }
 
 // NewRoot returns the root node serving reg; nil log: logrus's standard
@@ -47,7 +49,7 @@ func NewRoot(reg *registry.Registry, log logrus.FieldLogger) *Root {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing()}
+	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing(), started: time.Now()}
 }
 
 // Registry returns the registry the tree serves.
@@ -63,8 +65,7 @@ var (
 )
 
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
-	out.Nlink = 2
+	dirAttr(&out.Attr, registry.Attr{Mode: 0o755}, r.started)
 	return 0
 }
 
@@ -77,7 +78,7 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 }
 
 func (r *Root) nsInode(ctx context.Context, name string, ns *registry.Namespace, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ns.Attr())
+	dirAttr(&out.Attr, ns.Attr(), r.started)
 	if c := r.GetChild(name); c != nil {
 		if n, ok := c.Operations().(*nsNode); ok && n.ns == ns {
 			return c
@@ -91,7 +92,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ns := range r.reg.Namespaces() {
 		es = append(es, fuse.DirEntry{Name: ns.Name, Mode: syscall.S_IFDIR})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(es), 0
 }
 
 func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -126,7 +127,7 @@ var (
 )
 
 func (n *nsNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ns.Attr())
+	dirAttr(&out.Attr, n.ns.Attr(), n.root.started)
 	return 0
 }
 
@@ -134,7 +135,7 @@ func (n *nsNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAtt
 	if err := n.ns.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ns.Attr())
+	dirAttr(&out.Attr, n.ns.Attr(), n.root.started)
 	return 0
 }
 
@@ -147,7 +148,7 @@ func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 }
 
 func (n *nsNode) chInode(ctx context.Context, name string, ch *registry.Channel, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ch.Attr())
+	dirAttr(&out.Attr, ch.Attr(), chanTime(ch))
 	if c := n.GetChild(name); c != nil {
 		if cn, ok := c.Operations().(*chanNode); ok && cn.ch == ch {
 			return c
@@ -161,7 +162,7 @@ func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ch := range n.ns.Channels() {
 		es = append(es, fuse.DirEntry{Name: ch.Name, Mode: syscall.S_IFDIR})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(es), 0
 }
 
 func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -203,7 +204,7 @@ var (
 )
 
 func (n *chanNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ch.Attr())
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
 	return 0
 }
 
@@ -211,7 +212,7 @@ func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	if err := n.ch.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ch.Attr())
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
 	return 0
 }
 
@@ -234,8 +235,17 @@ func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	for _, s := range filesFor(n.ch) {
 		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(es), 0
 }
+
+// listDir lists es after "." and "..", as ls -a expects.
+func listDir(es []fuse.DirEntry) gofs.DirStream {
+	dots := []fuse.DirEntry{{Name: ".", Mode: syscall.S_IFDIR}, {Name: "..", Mode: syscall.S_IFDIR}}
+	return gofs.NewListDirStream(append(dots, es...))
+}
+
+// chanTime is when the channel's ring was made (its epoch is wall-clock ns).
+func chanTime(ch *registry.Channel) time.Time { return time.Unix(0, int64(ch.Config().Epoch)) }
 
 // callerAttr: the uid and gid of the process behind a FUSE request, and
 // the mode it asked for.
@@ -247,8 +257,11 @@ func callerAttr(ctx context.Context, mode uint32) registry.Attr {
 	return a
 }
 
-func dirAttr(a *fuse.Attr, m registry.Attr) {
+// dirAttr: a directory's owner and mode, and its times: t (the agent's
+// start for the root and namespaces, the ring's creation for a channel).
+func dirAttr(a *fuse.Attr, m registry.Attr, t time.Time) {
 	a.Mode = syscall.S_IFDIR | m.Mode&0o7777
+	a.SetTimes(&t, &t, &t)
 	a.Uid, a.Gid = m.UID, m.GID
 	a.Nlink = 2
 }
