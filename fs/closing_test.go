@@ -44,4 +44,3 @@ func TestRmdirAfterClose(t *testing.T) {
 		}
 	}
 }
-

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"bytes"
+	"encoding/binary"
 	"os"
 	"testing"
 	"time"
@@ -8,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestDirTimesAndDots: directories carry real times (not 1970), and the
-// root and namespaces list "." and "..", as ls -la expects.
+// TestDirTimesAndDots: directories carry real times (not 1970) and list
+// "." and "..", as ls -la expects.
 func TestDirTimesAndDots(t *testing.T) {
 	start := time.Now().Add(-time.Minute)
 	f := mountFS(t)
@@ -30,9 +32,6 @@ func TestDirTimesAndDots(t *testing.T) {
 		d.Close()
 		if err != nil {
 			t.Fatal(err)
-		}
-		if p == dir {
-			continue // TODO: a channel directory's listing still lacks . and .. (go-fuse drops them there)
 		}
 		raw := rawNames(t, p)
 		if len(raw) != len(names)+2 || raw[0] != "." || raw[1] != ".." {
@@ -56,6 +55,13 @@ func rawNames(t *testing.T, dir string) []string {
 		if n == 0 {
 			return names
 		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+		// unix.ParseDirent drops "." and "..": walk the linux_dirent64
+		// records (ino 8, off 8, reclen 2, type 1, name) by hand.
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			name := b[19:reclen]
+			names = append(names, string(name[:bytes.IndexByte(name, 0)]))
+			b = b[reclen:]
+		}
 	}
 }

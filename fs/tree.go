@@ -92,7 +92,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ns := range r.reg.Namespaces() {
 		es = append(es, fuse.DirEntry{Name: ns.Name, Mode: syscall.S_IFDIR})
 	}
-	return listDir(es), 0
+	return listDir(r.StableAttr().Ino, es), 0
 }
 
 func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -162,7 +162,7 @@ func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ch := range n.ns.Channels() {
 		es = append(es, fuse.DirEntry{Name: ch.Name, Mode: syscall.S_IFDIR})
 	}
-	return listDir(es), 0
+	return listDir(n.StableAttr().Ino, es), 0
 }
 
 func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -235,12 +235,14 @@ func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	for _, s := range filesFor(n.ch) {
 		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
 	}
-	return listDir(es), 0
+	return listDir(n.StableAttr().Ino, es), 0
 }
 
-// listDir lists es after "." and "..", as ls -a expects.
-func listDir(es []fuse.DirEntry) gofs.DirStream {
-	dots := []fuse.DirEntry{{Name: ".", Mode: syscall.S_IFDIR}, {Name: "..", Mode: syscall.S_IFDIR}}
+// listDir lists es after "." (inode ino) and ".." as ls -a expects. The
+// entries need an inode number: readers skip entries whose number is 0.
+// ".." says 1, the root's, the only parent whose number is fixed.
+func listDir(ino uint64, es []fuse.DirEntry) gofs.DirStream {
+	dots := []fuse.DirEntry{{Name: ".", Mode: syscall.S_IFDIR, Ino: ino}, {Name: "..", Mode: syscall.S_IFDIR, Ino: 1}}
 	return gofs.NewListDirStream(append(dots, es...))
 }
 
