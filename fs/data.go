@@ -21,6 +21,7 @@ type hold struct {
 	root *Root
 	ch   *registry.Channel
 	h    *registry.Handle
+	cm   *closeMark
 }
 
 func (n *fileNode) hold() (hold, syscall.Errno) {
@@ -28,7 +29,7 @@ func (n *fileNode) hold() (hold, syscall.Errno) {
 	if err != nil {
 		return hold{}, toErrno(err)
 	}
-	return hold{root: n.root, ch: n.ch, h: h}, 0
+	return hold{root: n.root, ch: n.ch, h: h, cm: new(closeMark)}, 0
 }
 
 // errno maps an error of the ring to what the file client sees; a corrupt
@@ -64,7 +65,7 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 		return nil, 0, o.errno(err)
 	}
 	h := &pubHandle{hold: o, pub: p, lines: n.spec.kind == kindPubLines, nonblock: nonblock, max: int(o.h.Ring().Config().MaxMessage)}
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	return h, pubOpenFlags, 0
 }
 
 func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -88,9 +89,23 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 		o.h.Close()
 		return nil, 0, o.errno(err)
 	}
-	h.scratch = make([]byte, 0, h.max)
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
+
+// pubOpenFlags keep a writer waiting for room out of the way of the
+// file's other writers. The kernel holds the inode lock around every
+// write to a FUSE file, exclusively unless the file is opened with
+// FOPEN_PARALLEL_DIRECT_WRITES and the write ends within the file's size;
+// an exclusive holder waiting in the agent would leave every other writer
+// of the file asleep uninterruptibly (even with O_NONBLOCK, even after
+// SIGKILL). So: parallel direct writes, FOPEN_STREAM (the kernel passes
+// position 0 for every write) and a size of pubSize (fileAttr), within
+// which every write ends. Writes with O_APPEND and truncation (O_TRUNC)
+// still take the lock exclusively: docs/filesystem.md says so.
+const pubOpenFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES | fuse.FOPEN_STREAM
+
+// pubSize is the size the pub files report.
+const pubSize = 1 << 62
 
 // ringHandle serves the ring file. With passthrough the kernel maps the
 // shm file directly; reads and writes always come through the agent
@@ -105,6 +120,7 @@ var (
 	_ = (gofs.FilePassthroughFder)((*ringHandle)(nil))
 	_ = (gofs.FileReader)((*ringHandle)(nil))
 	_ = (gofs.FileWriter)((*ringHandle)(nil))
+	_ = (gofs.FileFlusher)((*ringHandle)(nil))
 	_ = (gofs.FileReleaser)((*ringHandle)(nil))
 )
 
@@ -121,6 +137,7 @@ func (h *ringHandle) PassthroughFd() (int, bool) {
 }
 
 func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.use()
 	mem := h.h.Memory()
 	if mem == nil {
 		return nil, syscall.EIO
@@ -134,6 +151,7 @@ func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 }
 
 func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.use()
 	mem := h.h.Memory()
 	if mem == nil {
 		return 0, syscall.EIO
@@ -144,11 +162,17 @@ func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(copy(mem[off:], data)), 0
 }
 
+func (h *ringHandle) Flush(ctx context.Context) syscall.Errno {
+	h.flush()
+	return 0
+}
+
 func (h *ringHandle) Release(ctx context.Context) syscall.Errno {
 	if h.backing != nil {
 		h.backing.Close()
 	}
 	h.h.Close()
+	h.released()
 	return 0
 }
 
@@ -162,9 +186,14 @@ type pubHandle struct {
 
 	mu      sync.Mutex
 	pub     *channel.Publisher
-	partial []byte
+	partial []byte // publines: the line so far, at most max bytes
+	skip    bool   // publines: dropping an over-long line up to its newline
 	closed  bool
 }
+
+// keepPartial is the largest partial-line buffer an idle publines file
+// keeps between lines.
+const keepPartial = 4096
 
 var (
 	_ = (gofs.FileWriter)((*pubHandle)(nil))
@@ -194,42 +223,76 @@ func (h *pubHandle) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	if h.closed {
 		return 0, syscall.EBADF
 	}
+	h.use()
 	if !h.lines {
 		if errno := h.publish(ctx, data); errno != 0 {
 			return 0, errno
 		}
 		return uint32(len(data)), 0
 	}
-	// Line mode: bytes up to each newline complete a message (the newline
-	// is not part of it). On an error, report the bytes consumed so far so
-	// a retry does not publish a line twice.
+	return h.writeLines(ctx, data)
+}
+
+// writeLines: bytes up to each newline complete a message (the newline is
+// not part of it). On an error, the bytes consumed so far are reported
+// (the error comes with the next write), so a retry does not publish a
+// line twice. A line longer than max_message fails with EMSGSIZE and is
+// dropped up to its newline, however many writes it spans: its tail never
+// becomes a message of its own.
+func (h *pubHandle) writeLines(ctx context.Context, data []byte) (uint32, syscall.Errno) {
 	done := 0
 	for done < len(data) {
 		i := bytes.IndexByte(data[done:], '\n')
+		if h.skip {
+			if i < 0 {
+				return uint32(len(data)), 0
+			}
+			h.skip = false
+			done += i + 1
+			continue
+		}
 		if i < 0 {
 			if len(h.partial)+len(data)-done > h.max {
-				h.partial = h.partial[:0]
-				return partialResult(done, syscall.EMSGSIZE)
+				return h.overlong(done)
 			}
 			h.partial = append(h.partial, data[done:]...)
-			done = len(data)
 			break
+		}
+		if len(h.partial)+i > h.max {
+			return h.overlong(done)
 		}
 		line := data[done : done+i]
 		if len(h.partial) > 0 {
 			line = append(h.partial, line...)
 		}
 		if errno := h.publish(ctx, line); errno != 0 {
-			if errno == syscall.EMSGSIZE {
-				h.partial = h.partial[:0] // drop the oversized line, keep going next time
-				done += i + 1
-			}
 			return partialResult(done, errno)
 		}
-		h.partial = h.partial[:0]
+		h.dropPartial()
 		done += i + 1
 	}
-	return uint32(done), 0
+	return uint32(len(data)), 0
+}
+
+// overlong refuses the line that starts at data[done:] (with what is kept
+// of it from earlier writes): the lines before it are reported written,
+// and the write that starts with it gets EMSGSIZE and drops it.
+func (h *pubHandle) overlong(done int) (uint32, syscall.Errno) {
+	if done > 0 {
+		return uint32(done), 0
+	}
+	h.dropPartial()
+	h.skip = true
+	return 0, syscall.EMSGSIZE
+}
+
+// dropPartial empties the partial line, keeping its buffer only if small.
+func (h *pubHandle) dropPartial() {
+	if cap(h.partial) > keepPartial {
+		h.partial = nil
+		return
+	}
+	h.partial = h.partial[:0]
 }
 
 func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
@@ -243,6 +306,8 @@ func partialResult(done int, errno syscall.Errno) (uint32, syscall.Errno) {
 func (h *pubHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.flush()
+	h.skip = false
 	if !h.lines || len(h.partial) == 0 || h.closed {
 		return 0
 	}
@@ -260,29 +325,40 @@ func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
 	h.closed = true
 	h.pub.Close()
 	h.h.Close()
+	h.released()
 	return 0
 }
 
 // subHandle delivers messages: in line mode as many whole messages as fit
-// the read buffer, each ending in a newline; in message mode exactly one
-// raw message per read.
+// the read buffer, each ending in a newline, a message longer than the
+// buffer continued across reads; in message mode exactly one raw message
+// per read(2). It keeps no buffer sized for the channel's largest message:
+// only the message being delivered, and between messages at most
+// keepScratch bytes.
 type subHandle struct {
 	hold
 	lines    bool
 	nonblock bool
 	max      int
 
-	mu      sync.Mutex
-	sub     *registry.Subscriber // pubsub: its losses count in the channel's stats
-	rd      *channel.Reader      // stream
-	scratch []byte
-	pending []byte // a message taken from the ring but not yet delivered
-	has     bool
-	closed  bool
+	mu       sync.Mutex
+	sub      *registry.Subscriber // pubsub: its losses count in the channel's stats
+	rd       *channel.Reader      // stream
+	scratch  []byte
+	pending  []byte // a message taken from the ring, newline included in line mode
+	sent     int    // bytes of pending already delivered
+	has      bool
+	boundary bool // message mode: a message just ended a full piece (see Read)
+	closed   bool
 }
+
+// keepScratch is the largest message buffer a reader keeps between
+// messages.
+const keepScratch = 64 << 10
 
 var (
 	_ = (gofs.FileReader)((*subHandle)(nil))
+	_ = (gofs.FileFlusher)((*subHandle)(nil))
 	_ = (gofs.FileReleaser)((*subHandle)(nil))
 )
 
@@ -305,9 +381,20 @@ func (h *subHandle) next(ctx context.Context, block bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h.lines && (len(msg) == 0 || msg[len(msg)-1] != '\n') {
+		msg = append(msg, '\n')
+	}
 	h.scratch = msg[:0]
-	h.pending, h.has = msg, true
+	h.pending, h.has, h.sent = msg, true, 0
 	return msg, nil
+}
+
+// delivered ends the pending message.
+func (h *subHandle) delivered() {
+	h.has, h.sent, h.pending = false, 0, nil
+	if cap(h.scratch) > keepScratch {
+		h.scratch = nil
+	}
 }
 
 func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -315,6 +402,10 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, syscall.EBADF
+	}
+	h.use()
+	if !h.lines {
+		return h.readMsg(ctx, dest)
 	}
 	out := dest[:0]
 	for {
@@ -331,35 +422,58 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 			}
 			return nil, h.errno(err)
 		}
-		if !h.lines {
-			if len(msg) == 0 {
-				h.has = false // a 0-byte read would mean end of file: skip it
-				continue
-			}
-			if len(msg) > len(dest) {
-				return nil, syscall.EMSGSIZE
-			}
-			h.has = false
-			return fuse.ReadResultData(append(out, msg...)), 0
-		}
-		need := len(msg)
-		nl := len(msg) == 0 || msg[len(msg)-1] != '\n'
-		if nl {
-			need++
-		}
-		if need > len(dest)-len(out) {
-			if first {
-				return nil, syscall.EMSGSIZE
+		rest := msg[h.sent:]
+		if room := len(dest) - len(out); len(rest) > room {
+			if first { // too long for this read: continue it in the next
+				h.sent += room
+				out = append(out, rest[:room]...)
 			}
 			break
 		}
-		out = append(out, msg...)
-		if nl {
-			out = append(out, '\n')
-		}
-		h.has = false
+		out = append(out, rest...)
+		h.delivered()
 	}
 	return fuse.ReadResultData(out), 0
+}
+
+// readMsg delivers one message. The kernel hands a read(2) larger than
+// maxIO to the agent in pieces of maxIO bytes, for as long as they come
+// back full; so a message larger than a piece is continued across the
+// pieces, and a message that fits neither the buffer nor a piece gives
+// EMSGSIZE. After a message that ended a full piece exactly, the next piece
+// (of the same read(2), or the next read(2)) gets EINTR rather than the
+// next message, which would otherwise be glued to it.
+func (h *subHandle) readMsg(ctx context.Context, dest []byte) (fuse.ReadResult, syscall.Errno) {
+	if h.boundary {
+		h.boundary = false
+		return nil, syscall.EINTR
+	}
+	for {
+		msg, err := h.next(ctx, !h.nonblock)
+		if err != nil {
+			return nil, h.errno(err)
+		}
+		if len(msg) == 0 {
+			h.delivered() // a 0-byte read would mean end of file: skip it
+			continue
+		}
+		if h.sent == 0 && len(msg) > len(dest) && len(dest) < maxIO {
+			return nil, syscall.EMSGSIZE
+		}
+		n := copy(dest, msg[h.sent:])
+		if h.sent += n; h.sent == len(msg) {
+			h.delivered()
+			h.boundary = n == maxIO
+		}
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+}
+
+// Flush does not take h.mu: a read blocked in another thread of the
+// closing process holds it.
+func (h *subHandle) Flush(ctx context.Context) syscall.Errno {
+	h.flush()
+	return 0
 }
 
 func (h *subHandle) Release(ctx context.Context) syscall.Errno {
@@ -375,5 +489,6 @@ func (h *subHandle) Release(ctx context.Context) syscall.Errno {
 		h.rd.Close()
 	}
 	h.h.Close()
+	h.released()
 	return 0
 }

@@ -120,8 +120,11 @@ func fileAttr(a *fuse.Attr, ch *registry.Channel, s fileSpec) {
 		t = time.Now()
 	}
 	a.SetTimes(&t, &t, &t)
-	if s.kind == kindRing && cfg.Capacity != 0 {
+	switch {
+	case s.kind == kindRing && cfg.Capacity != 0:
 		a.Size = uint64(cfg.Size())
+	case s.kind == kindPub || s.kind == kindPubLines:
+		a.Size = pubSize
 	}
 }
 
@@ -146,9 +149,14 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
-// Setattr accepts truncation as a no-op, so that "echo x > pub" (open with
-// O_TRUNC) works; owner and mode follow the channel directory.
+// Setattr accepts truncation of the data and text files as a no-op, so
+// that "echo x > pub" (open with O_TRUNC) works; the ring's size is the
+// channel's (ctl changes it), so resizing it is EPERM. Owner and mode
+// follow the channel directory.
 func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if size, ok := in.GetSize(); ok && n.spec.kind == kindRing && size != uint64(n.ch.Config().Size()) {
+		return syscall.EPERM
+	}
 	if _, ok := in.GetMode(); ok {
 		return syscall.EPERM
 	}

@@ -43,7 +43,7 @@ func Mount(dir string, reg *registry.Registry, o MountOptions) (*fuse.Server, bo
 			Name:              "shimmy",
 			DirectMountStrict: true,
 			AllowOther:        o.AllowOther,
-			MaxWrite:          1 << 20,
+			MaxWrite:          maxIO,
 			DisableXAttrs:     true,
 			Debug:             o.Debug,
 			Logger:            log.New(debugWriter(lg), "fuse: ", 0),
@@ -63,6 +63,10 @@ func Mount(dir string, reg *registry.Registry, o MountOptions) (*fuse.Server, bo
 	}
 	return server, pt, nil
 }
+
+// maxIO is the largest read or write the kernel passes to the agent in one
+// request (max_write; max_read follows it): larger ones come in pieces.
+const maxIO = 1 << 20
 
 // debugWriter is where go-fuse's own log lines go: lg at debug level.
 func debugWriter(lg logrus.FieldLogger) io.Writer {

@@ -12,7 +12,9 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -35,8 +37,11 @@ func (xattrless) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 type Root struct {
 	gofs.Inode
 	xattrless
-	reg *registry.Registry
-	log logrus.FieldLogger
+	fixedNames
+	reg     *registry.Registry
+	log     logrus.FieldLogger
+	closing *closing
+	started time.Time
 }
 
 // NewRoot returns the root node serving reg; nil log: logrus's standard
@@ -45,7 +50,7 @@ func NewRoot(reg *registry.Registry, log logrus.FieldLogger) *Root {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Root{reg: reg, log: log.WithField("component", "fs")}
+	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing(), started: time.Now()}
 }
 
 // Registry returns the registry the tree serves.
@@ -61,8 +66,7 @@ var (
 )
 
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
-	out.Nlink = 2
+	dirAttr(&out.Attr, registry.Attr{Mode: 0o755}, r.started)
 	return 0
 }
 
@@ -75,7 +79,7 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 }
 
 func (r *Root) nsInode(ctx context.Context, name string, ns *registry.Namespace, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ns.Attr())
+	dirAttr(&out.Attr, ns.Attr(), r.started)
 	if c := r.GetChild(name); c != nil {
 		if n, ok := c.Operations().(*nsNode); ok && n.ns == ns {
 			return c
@@ -89,7 +93,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ns := range r.reg.Namespaces() {
 		es = append(es, fuse.DirEntry{Name: ns.Name, Mode: syscall.S_IFDIR})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(r.StableAttr().Ino, es), 0
 }
 
 func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -108,6 +112,7 @@ func (r *Root) Rmdir(ctx context.Context, name string) syscall.Errno {
 type nsNode struct {
 	gofs.Inode
 	xattrless
+	fixedNames
 	root *Root
 	ns   *registry.Namespace
 }
@@ -123,7 +128,7 @@ var (
 )
 
 func (n *nsNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ns.Attr())
+	dirAttr(&out.Attr, n.ns.Attr(), n.root.started)
 	return 0
 }
 
@@ -131,7 +136,7 @@ func (n *nsNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAtt
 	if err := n.ns.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ns.Attr())
+	dirAttr(&out.Attr, n.ns.Attr(), n.root.started)
 	return 0
 }
 
@@ -151,7 +156,7 @@ func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 }
 
 func (n *nsNode) chInode(ctx context.Context, name string, ch *registry.Channel, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ch.Attr())
+	dirAttr(&out.Attr, ch.Attr(), chanTime(ch))
 	if c := n.GetChild(name); c != nil {
 		if cn, ok := c.Operations().(*chanNode); ok && cn.ch == ch {
 			return c
@@ -165,7 +170,7 @@ func (n *nsNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, ch := range n.ns.Channels() {
 		es = append(es, fuse.DirEntry{Name: ch.Name, Mode: syscall.S_IFDIR})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(n.StableAttr().Ino, es), 0
 }
 
 func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -176,14 +181,24 @@ func (n *nsNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.
 	return n.chInode(ctx, name, ch, out), 0
 }
 
+// Rmdir of a channel whose only holders are files closed a moment ago
+// waits (briefly, interruptibly) for the kernel's asynchronous RELEASE of
+// them, then removes it.
 func (n *nsNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	return toErrno(n.ns.RemoveChannel(name))
+	err := n.ns.RemoveChannel(name)
+	if errors.Is(err, registry.ErrBusy) {
+		if ch, cerr := n.ns.Channel(name); cerr == nil && n.root.closing.wait(ctx, ch) {
+			err = n.ns.RemoveChannel(name)
+		}
+	}
+	return toErrno(err)
 }
 
 // chanNode is a channel directory: its files depend on the channel type.
 type chanNode struct {
 	gofs.Inode
 	xattrless
+	fixedNames
 	root *Root
 	ch   *registry.Channel
 }
@@ -197,7 +212,7 @@ var (
 )
 
 func (n *chanNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ch.Attr())
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
 	return 0
 }
 
@@ -205,7 +220,7 @@ func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	if err := n.ch.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ch.Attr())
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
 	return 0
 }
 
@@ -228,8 +243,19 @@ func (n *chanNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	for _, s := range filesFor(n.ch) {
 		es = append(es, fuse.DirEntry{Name: s.name, Mode: syscall.S_IFREG})
 	}
-	return gofs.NewListDirStream(es), 0
+	return listDir(n.StableAttr().Ino, es), 0
 }
+
+// listDir lists es after "." (inode ino) and ".." as ls -a expects. The
+// entries need an inode number: readers skip entries whose number is 0.
+// ".." says 1, the root's, the only parent whose number is fixed.
+func listDir(ino uint64, es []fuse.DirEntry) gofs.DirStream {
+	dots := []fuse.DirEntry{{Name: ".", Mode: syscall.S_IFDIR, Ino: ino}, {Name: "..", Mode: syscall.S_IFDIR, Ino: 1}}
+	return gofs.NewListDirStream(append(dots, es...))
+}
+
+// chanTime is when the channel's ring was made (its epoch is wall-clock ns).
+func chanTime(ch *registry.Channel) time.Time { return time.Unix(0, int64(ch.Config().Epoch)) }
 
 // callerAttr: the uid and gid of the process behind a FUSE request, and
 // the mode it asked for.
@@ -241,8 +267,11 @@ func callerAttr(ctx context.Context, mode uint32) registry.Attr {
 	return a
 }
 
-func dirAttr(a *fuse.Attr, m registry.Attr) {
+// dirAttr: a directory's owner and mode, and its times: t (the agent's
+// start for the root and namespaces, the ring's creation for a channel).
+func dirAttr(a *fuse.Attr, m registry.Attr, t time.Time) {
 	a.Mode = syscall.S_IFDIR | m.Mode&0o7777
+	a.SetTimes(&t, &t, &t)
 	a.Uid, a.Gid = m.UID, m.GID
 	a.Nlink = 2
 }

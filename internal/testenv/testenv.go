@@ -92,8 +92,17 @@ func QuietLog() *logrus.Logger {
 // Open opens path with raw syscalls, which keep test file descriptors away
 // from the Go poller, retrying EINTR (the Go runtime preempts with
 // signals, which FUSE turns into interrupts) as libc's callers do. The
-// descriptor is closed at cleanup.
+// descriptor is closed at cleanup: a test that closes it itself uses
+// OpenOwned, or the cleanup closes whatever file has its number by then.
 func Open(t testing.TB, path string, flags int) int {
+	t.Helper()
+	fd := OpenOwned(t, path, flags)
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// OpenOwned is Open for a test that closes the descriptor itself.
+func OpenOwned(t testing.TB, path string, flags int) int {
 	t.Helper()
 	for {
 		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
@@ -103,7 +112,6 @@ func Open(t testing.TB, path string, flags int) int {
 		if err != nil {
 			t.Fatalf("open %s: %v", path, err)
 		}
-		t.Cleanup(func() { unix.Close(fd) })
 		return fd
 	}
 }
