@@ -464,7 +464,7 @@ func (ch *Channel) carriedLocked() bool {
 	carried := false
 	err := guard(func() error {
 		for q := 0; q < ch.ring.Queues(); q++ {
-			carried = carried || ch.ring.QueueStats(q).Tail>>32 != 0
+			carried = carried || ch.ring.QueueStats(q).Tail.Seq() != 0
 		}
 		return nil
 	})
