@@ -42,9 +42,11 @@ codegen:
 # (.ci/run installs it): vet it and run its tests (without an RDMA device
 # they check that it reports "no RDMA device"; see docs/remote.md).
 verbs:
-	@test -e /usr/include/infiniband/verbs.h || { echo "libibverbs-dev is missing (apt-get install libibverbs-dev)"; exit 1; }
-	$(GO) vet -tags verbs ./rdma/...
-	$(GO) test -tags verbs -count=1 ./rdma/verbs/
+	@if [ ! -e /usr/include/infiniband/verbs.h ]; then \
+		echo "verbs: skipped: libibverbs-dev is missing (apt-get install libibverbs-dev; .ci/run installs it)"; \
+	else \
+		$(GO) vet -tags verbs ./rdma/... && $(GO) test -tags verbs -count=1 ./rdma/verbs/; \
+	fi
 
 # Ring benchmarks against a bare SPSC ring, a Unix socket pair and a
 # futex wake-up, all measured in the same run.
