@@ -127,11 +127,12 @@ func FormatStats(s registry.Stats) []byte {
 func ParseStats(b []byte) (registry.Stats, error) {
 	var s registry.Stats
 	var errs fieldErrs
+	fields := map[string]*uint64{
+		"messages": &s.Messages, "bytes": &s.Bytes, "publishers": &s.Publishers, "subscribers": &s.Subscribers,
+		"lag_max": &s.LagMax, "lost": &s.Lost, "reaped": &s.Reaped, "epoch": &s.Epoch,
+	}
 	for _, kv := range Parse(b) {
-		dst := map[string]*uint64{
-			"messages": &s.Messages, "bytes": &s.Bytes, "publishers": &s.Publishers, "subscribers": &s.Subscribers,
-			"lag_max": &s.LagMax, "lost": &s.Lost, "reaped": &s.Reaped, "epoch": &s.Epoch,
-		}[kv.Key]
+		dst := fields[kv.Key]
 		switch {
 		case dst != nil:
 			*dst = errs.uint(kv, 64)
