@@ -113,9 +113,9 @@ func fileAttr(a *fuse.Attr, ch *registry.Channel, s fileSpec) {
 	a.Mode = syscall.S_IFREG | filePerm(m.Mode, s.kind)
 	a.Uid, a.Gid = m.UID, m.GID
 	a.Nlink = 1
-	// Times: the channel's creation (its epoch is wall-clock ns); stats
-	// changes all the time, so it says now.
-	t := time.Unix(0, int64(cfg.Epoch))
+	// Times: the channel's creation; stats changes all the time, so it
+	// says now.
+	t := chanTime(cfg)
 	if s.kind == kindStats {
 		t = time.Now()
 	}
@@ -127,6 +127,9 @@ func fileAttr(a *fuse.Attr, ch *registry.Channel, s fileSpec) {
 		a.Size = pubSize
 	}
 }
+
+// chanTime is when the channel's ring was made (its epoch is wall-clock ns).
+func chanTime(cfg channel.Config) time.Time { return time.Unix(0, int64(cfg.Epoch)) }
 
 // fileNode is one file of a channel directory.
 type fileNode struct {

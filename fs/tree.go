@@ -156,7 +156,7 @@ func (n *nsNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 }
 
 func (n *nsNode) chInode(ctx context.Context, name string, ch *registry.Channel, out *fuse.EntryOut) *gofs.Inode {
-	dirAttr(&out.Attr, ch.Attr(), chanTime(ch))
+	dirAttr(&out.Attr, ch.Attr(), chanTime(ch.Config()))
 	if c := n.GetChild(name); c != nil {
 		if cn, ok := c.Operations().(*chanNode); ok && cn.ch == ch {
 			return c
@@ -212,7 +212,7 @@ var (
 )
 
 func (n *chanNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch.Config()))
 	return 0
 }
 
@@ -220,7 +220,7 @@ func (n *chanNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	if err := n.ch.SetAttr(func(a *registry.Attr) { applySetattr(a, in) }); err != nil {
 		return toErrno(err)
 	}
-	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch))
+	dirAttr(&out.Attr, n.ch.Attr(), chanTime(n.ch.Config()))
 	return 0
 }
 
@@ -253,9 +253,6 @@ func listDir(ino uint64, es []fuse.DirEntry) gofs.DirStream {
 	dots := []fuse.DirEntry{{Name: ".", Mode: syscall.S_IFDIR, Ino: ino}, {Name: "..", Mode: syscall.S_IFDIR, Ino: 1}}
 	return gofs.NewListDirStream(append(dots, es...))
 }
-
-// chanTime is when the channel's ring was made (its epoch is wall-clock ns).
-func chanTime(ch *registry.Channel) time.Time { return time.Unix(0, int64(ch.Config().Epoch)) }
 
 // callerAttr: the uid and gid of the process behind a FUSE request, and
 // the mode it asked for.
