@@ -107,7 +107,7 @@ func (s *Subscriber) Next(ctx context.Context, buf []byte) ([]byte, error) {
 	if err := s.check(); err != nil {
 		return buf, err
 	}
-	if !s.Valid() {
+	if !s.unlapped() {
 		s.viewed = 0
 		s.resync()
 		return s.Next(ctx, buf)
@@ -141,7 +141,7 @@ func (s *Subscriber) TryNext(buf []byte) ([]byte, error) {
 		if err := s.check(); err != nil {
 			return buf, err
 		}
-		if s.Valid() {
+		if s.unlapped() {
 			s.Done()
 			return buf, nil
 		}
@@ -166,6 +166,16 @@ func (s *Subscriber) Peek(ctx context.Context) ([]byte, error) {
 func (s *Subscriber) Valid() bool {
 	if s.r.cfg.Policy == PolicyBlock {
 		return s.m.alive() == nil
+	}
+	return s.unlapped()
+}
+
+// unlapped is Valid once check has passed: with the block policy, check
+// already asked whether this subscriber is still a member, and the
+// per-message path does not ask twice.
+func (s *Subscriber) unlapped() bool {
+	if s.r.cfg.Policy == PolicyBlock {
+		return true
 	}
 	t := pos(atomic.LoadUint64(&s.qh.Tail))
 	return udist(t.units(), s.cur.units()) <= s.r.capUnits
