@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet verbs k8s-bins codegen bench bench-deps bench-full fuzz clean
+.PHONY: build run test vet verbs k8s-bins images codegen bench bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -32,6 +32,16 @@ test: vet verbs k8s-bins
 
 k8s-bins:
 	hack/k8s-bins/build.sh >/dev/null
+
+# The container images (shimmy:dev, shimmy-client:dev) as docker-archive
+# tars built from static binaries, no registry: $(IMAGES)/*.tar. LOAD=ctr
+# imports them into containerd (namespace k8s.io, socket CONTAINERD),
+# LOAD=docker into Docker.
+IMAGES     ?= .cache/images
+LOAD       ?=
+CONTAINERD ?= /run/containerd/containerd.sock
+images:
+	$(GO) run ./hack/images -out $(IMAGES) -load "$(LOAD)" -address $(CONTAINERD)
 
 # Regenerates deep copies, clientset, listers, informers and the CRD from
 # k8s/apis (TestGeneratedUpToDate checks that this was done).
