@@ -16,6 +16,7 @@ package main
 
 import (
 	"bytes"
+	"debug/elf"
 	"flag"
 	"fmt"
 	"log"
@@ -142,6 +143,9 @@ func busyboxFiles() ([]image.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (apt-get install busybox-static)", err)
 	}
+	if err := checkStatic(busybox); err != nil {
+		return nil, err
+	}
 	list, err := exec.Command(busybox, "--list").Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s --list: %w", busybox, err)
@@ -153,6 +157,22 @@ func busyboxFiles() ([]image.File, error) {
 		}
 	}
 	return fs, nil
+}
+
+// checkStatic fails for a dynamically linked binary, which would not run
+// in an image without its libraries.
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked: apt-get install busybox-static", path)
+		}
+	}
+	return nil
 }
 
 // writeArchive writes img to path, replacing it only once complete.

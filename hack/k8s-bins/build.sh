@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane the integration tests run (kube-apiserver,
-# etcd, kubectl) from this tool module, with the Go module proxy alone, into
+# Builds the Kubernetes binaries the integration tests run (etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and, for the
+# real-node tests, kubelet) from this tool module, with the Go module proxy alone, into
 # .cache/k8s-bins/<key>/ at the repository's root, where <key> hashes this
 # module's go.mod and go.sum and the Go version. A warm cache builds nothing.
 # Prints the binaries' directory on stdout; progress goes to stderr.
@@ -12,7 +13,7 @@ cd "$here"
 key=$( { cat go.mod go.sum; go env GOVERSION; } | sha256sum | cut -c1-16)
 cache="$root/.cache/k8s-bins"
 out="$cache/$key"
-bins=(kube-apiserver etcd kubectl)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd kubectl)
 
 warm() {
   local b
@@ -43,7 +44,9 @@ trap 'rm -rf "$tmp"' EXIT
 echo "k8s-bins: building ${bins[*]} $version into $out (cold: several minutes)" >&2
 start=$SECONDS
 CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3
 mv "$tmp/server" "$tmp/etcd"   # go names the etcd main after its path, .../server/v3
 rm -rf "$out"
 mv "$tmp" "$out"

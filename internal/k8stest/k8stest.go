@@ -115,7 +115,7 @@ func Start(t testing.TB) *Cluster {
 	token := randomHex(t)
 	write(t, filepath.Join(dir, "tokens.csv"), token+",admin,admin,system:masters\n")
 	writeServiceAccountKey(t, filepath.Join(dir, "sa.key"))
-	port := freePort(t)
+	port := FreePort(t)
 	c.run(t, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
@@ -140,11 +140,18 @@ func Start(t testing.TB) *Cluster {
 	return c
 }
 
-// run starts a server whose output goes to a log file in the cluster's
-// directory, shown when the test fails; it is stopped at cleanup.
+// run starts a server whose log is in the cluster's directory.
 func (c *Cluster) run(t testing.TB, name, path string, args ...string) {
 	t.Helper()
-	logPath := filepath.Join(c.dir, name+".log")
+	Serve(t, c.dir, name, path, args...)
+}
+
+// Serve starts a server whose output goes to dir/<name>.log, shown when
+// the test fails. It is interrupted (killed after 20 s) by the returned
+// stop, which returns how it exited, or at cleanup.
+func Serve(t testing.TB, dir, name, path string, args ...string) (stop func() error) {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -158,21 +165,30 @@ func (c *Cluster) run(t testing.TB, name, path string, args ...string) {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); logf.Close(); close(done) }()
+	var once sync.Once
+	stop = func() error {
+		once.Do(func() {
+			cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+		})
+		return waitErr
+	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		stop()
 		if t.Failed() {
 			if b, err := os.ReadFile(logPath); err == nil {
 				t.Logf("%s log (tail):\n%s", name, tail(b, 4000))
 			}
 		}
 	})
+	return stop
 }
 
 // waitReady polls /readyz, then the default service account's namespace,
@@ -235,13 +251,13 @@ func (c *Cluster) writeKubeconfig(t testing.TB) {
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	return "127.0.0.1:" + strconv.Itoa(freePort(t))
+	return "127.0.0.1:" + strconv.Itoa(FreePort(t))
 }
 
-// freePort asks the kernel for a free port. Another process may take it
+// FreePort asks the kernel for a free port. Another process may take it
 // before the server binds it; the server then fails to start and the test
 // says so, which is rare enough on a test machine.
-func freePort(t testing.TB) int {
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -297,4 +313,25 @@ func (c *Cluster) Apply(t testing.TB, paths ...string) {
 	if _, err := c.Kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// StartControllers runs kube-controller-manager (its default controllers:
+// DaemonSets, Deployments, garbage collection, node lifecycle, ...) and
+// kube-scheduler against the cluster until the test ends, for tests whose
+// workloads need them; Start alone runs neither.
+func (c *Cluster) StartControllers(t testing.TB) {
+	t.Helper()
+	bin := Binaries(t)
+	c.run(t, "kube-controller-manager", filepath.Join(bin, "kube-controller-manager"),
+		"--kubeconfig", c.Kubeconfig,
+		"--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(FreePort(t)),
+		"--service-account-private-key-file", filepath.Join(c.dir, "sa.key"),
+		"--use-service-account-credentials=false",
+		"--v", "0")
+	c.run(t, "kube-scheduler", filepath.Join(bin, "kube-scheduler"),
+		"--kubeconfig", c.Kubeconfig,
+		"--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(FreePort(t)),
+		"--v", "0")
 }

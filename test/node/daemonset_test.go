@@ -1,0 +1,91 @@
+package node
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/shimmy-dev/shimmy/internal/k8snode"
+	"github.com/shimmy-dev/shimmy/internal/k8stest"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
+	"github.com/shimmy-dev/shimmy/internal/wait"
+)
+
+const daemonSet = "deploy/agent/daemonset.yaml"
+
+// testAgentDaemonSet: the agent runs as the DaemonSet of deploy/ (the
+// controllers create its pod, the scheduler binds it); its FUSE mount,
+// made in its container, reaches the host through Bidirectional
+// propagation and the wiring pod through HostToContainer, and the pod's
+// containers talk through mmap and the files as with an agent on the
+// host. Deleting the DaemonSet unmounts cleanly.
+func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
+	state := testenv.ShmDir(t, "k8snode-state-")
+	port := strconv.Itoa(k8stest.FreePort(t))
+
+	if _, err := c.Kubectl("", "create", "namespace", "shimmy-system"); err != nil {
+		t.Fatal(err)
+	}
+	// The manifest as users apply it, but for the host paths (this test's
+	// node, not the machine's /run/shimmy) and the health port (tests run
+	// in parallel on one host network).
+	manifest := readManifest(t, daemonSet,
+		"hostPath: {path: /run/shimmy,", "hostPath: {path: "+mnt+",",
+		"hostPath: {path: /dev/shm/shimmy,", "hostPath: {path: "+state+",",
+		"9477", port)
+	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl("", "-n", "shimmy-system", "rollout", "status", "daemonset/shimmy-agent", "--timeout", PodTimeout.String()); err != nil {
+		t.Fatal(err)
+	}
+	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
+
+	if err := os.MkdirAll(filepath.Join(mnt, "default", "pod"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	checkWiring(t, c, n, mnt, "pod")
+	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
+		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
+	}
+
+	if _, err := c.Kubectl(manifest, "delete", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	cs := c.Clientset(t)
+	wait.Eventually(t, PodTimeout, func() error {
+		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d agent pods left", len(pods.Items))
+		}
+		return nil
+	})
+	checkUnmounted(t, mnt)
+}
+
+// readManifest reads a manifest of the repository, replacing each old
+// string (which must occur) with its new one.
+func readManifest(t *testing.T, path string, oldnew ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(k8stest.RepoRoot(t), path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(s, oldnew[i]) {
+			t.Fatalf("%s has no %q to replace", path, oldnew[i])
+		}
+		s = strings.ReplaceAll(s, oldnew[i], oldnew[i+1])
+	}
+	return s
+}
