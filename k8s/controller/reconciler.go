@@ -202,6 +202,8 @@ func (r *Reconciler) next(ctx context.Context) bool {
 	defer r.queue.Done(key)
 	recheck, err := r.reconcile(ctx, key)
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// Stopping: the next leader takes it from here.
 	case err != nil:
 		r.log.WithError(err).WithField("channel", key.String()).Warn("reconcile failed; retrying")
 		r.queue.AddRateLimited(key)
