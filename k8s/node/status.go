@@ -46,7 +46,7 @@ type statusWriter struct {
 	queue        workqueue.TypedRateLimitingInterface[cache.ObjectName]
 
 	mu      sync.Mutex
-	want    map[cache.ObjectName]outcome   // channels the node holds (or tried to)
+	want    map[cache.ObjectName]outcome        // channels the node holds (or tried to)
 	written map[cache.ObjectName]*v1.NodeStatus // last applied; nil: absent
 	last    map[cache.ObjectName]time.Time      // when last written
 }
