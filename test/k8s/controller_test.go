@@ -23,10 +23,14 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/shimmy-dev/shimmy/internal/k8stest"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	v1 "github.com/shimmy-dev/shimmy/k8s/apis/shimmy/v1alpha1"
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
+	shimmyv1alpha1 "github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned/typed/shimmy/v1alpha1"
 	"github.com/shimmy-dev/shimmy/k8s/controller"
+	k8snode "github.com/shimmy-dev/shimmy/k8s/node"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // The identities of deploy/rbac.
@@ -46,6 +50,7 @@ func TestController(t *testing.T) {
 	t.Run("AgentCannotWriteSpec", func(t *testing.T) { testAgentCannotWriteSpec(t, c) })
 	t.Run("Status", func(t *testing.T) { testStatus(t, c) })
 	t.Run("LeaderElection", func(t *testing.T) { testLeaderElection(t, c) })
+	t.Run("WithAgents", func(t *testing.T) { testWithAgents(t, c) })
 }
 
 // install: the namespace, the CRD and the RBAC manifests pass the
@@ -290,21 +295,7 @@ func runController(t *testing.T, c *k8stest.Cluster, identity, lease string, tim
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(ctx) }()
-	var stopped bool
-	var result error
-	stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			result = <-done
-		}
-		return result
-	}
-	t.Cleanup(func() { stop() })
-	return stop, writes
+	return k8stest.Go(t, ctl.Run), writes
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)
@@ -548,4 +539,95 @@ func testLeaderElection(t *testing.T, c *k8stest.Cluster) {
 	if writes[follower].Load() == 0 || writes[leader].Load() != stoppedAt {
 		t.Errorf("after the handover: %s wrote %d times, the stopped %s %d more", follower, writes[follower].Load(), leader, writes[leader].Load()-stoppedAt)
 	}
+}
+
+// runAgent runs a node reconciler for node, with a registry of its own, as
+// the agent ServiceAccount, until the test ends.
+func runAgent(t *testing.T, c *k8stest.Cluster, node, mirror string) *registry.Registry {
+	t.Helper()
+	reg, err := registry.New(registry.Options{StateDir: testenv.ShmDir(t, "kctl-"+node), Log: testenv.QuietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	cfg := as(c, agentSA)
+	r, err := k8snode.New(k8snode.Options{Node: node, Kube: kubeClient(t, cfg), Shimmy: shimmyClient(t, cfg), Registry: reg,
+		Log: testenv.QuietLog(), MirrorAddress: mirror, IdlePoll: 100 * time.Millisecond, StatusInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k8stest.Go(t, func(ctx context.Context) error { return r.Run(ctx, 2) })
+	return reg
+}
+
+// testWithAgents: real node reconcilers (as the agent ServiceAccount) and
+// a controller (as its own) bring a channel selected on two nodes to
+// Ready with a two-node mirroring plan, and to Degraded when a spec change
+// needs an idle channel that is in use.
+func testWithAgents(t *testing.T, c *k8stest.Cluster) {
+	ctx := context.Background()
+	runController(t, c, "with-agents", "with-agents", time.Minute)
+	regs := map[string]*registry.Registry{}
+	for node, addr := range map[string]string{"n1": "10.0.0.1:7000", "n2": "10.0.0.2:7000"} {
+		regs[node] = runAgent(t, c, node, addr)
+	}
+	ns := newNamespace(t, c, "with-agents")
+	newChannel(t, c, ns, "ch", true)
+	newPod(t, c, ns, "p1", "ch", "n1")
+	newPod(t, c, ns, "p2", "ch", "n2")
+	api := shimmyClient(t, c.Config).ShimmyV1alpha1().SharedMemoryChannels(ns)
+	readyOn := func(gen int64, nodes ...string) error {
+		ch, err := api.Get(ctx, "ch", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		entries := ch.Status.Nodes
+		if len(entries) != len(nodes) || ch.Generation != gen {
+			return fmt.Errorf("generation %d, entries %+v, want generation %d on %v", ch.Generation, entries, gen, nodes)
+		}
+		w := want{ready: "True", reason: v1.ReasonReconciled, degraded: "False", dreason: v1.ReasonReconciled,
+			peers: []v1.MirrorPeer{{Name: "n1", Address: "10.0.0.1:7000"}, {Name: "n2", Address: "10.0.0.2:7000"}}}
+		return w.check(ch, entries)
+	}
+	wait.Eventually(t, convergeWithin, func() error { return readyOn(1, "n1", "n2") })
+	for node, reg := range regs {
+		if _, err := reg.Channel(ns, "ch"); err != nil {
+			t.Errorf("%s: the agent made no channel: %v", node, err)
+		}
+	}
+	checkOwners(t, mustGet(t, api, "ch"))
+
+	// An open handle on n2 keeps its channel in use: a capacity change cannot
+	// reach it there, and the controller says so.
+	ch2, err := regs["n2"].Channel(ns, "ch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ch2.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := api.Patch(ctx, "ch", types.MergePatchType, []byte(`{"spec":{"capacity":"64Ki"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait.Eventually(t, convergeWithin, func() error {
+		ch := mustGet(t, api, "ch")
+		d := meta.FindStatusCondition(ch.Status.Conditions, v1.ConditionDegraded)
+		r := meta.FindStatusCondition(ch.Status.Conditions, v1.ConditionReady)
+		if ch.Status.ObservedGeneration != 2 || d == nil || r == nil || d.Status != "True" || d.Reason != v1.ReasonNeedsIdle ||
+			!strings.Contains(d.Message, "n2: NeedsIdle") || r.Status != "False" {
+			return fmt.Errorf("status %+v", ch.Status)
+		}
+		return nil
+	})
+}
+
+func mustGet(t *testing.T, api shimmyv1alpha1.SharedMemoryChannelInterface, name string) *v1.SharedMemoryChannel {
+	t.Helper()
+	ch, err := api.Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }
