@@ -335,3 +335,24 @@ func (c *Cluster) StartControllers(t testing.TB) {
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(FreePort(t)),
 		"--v", "0")
 }
+
+// Go runs a component's Run(ctx) in a goroutine until stop is called or
+// the test ends; stop cancels its context and returns what Run returned
+// (the same on every call). At cleanup an error is reported.
+func Go(t testing.TB, run func(ctx context.Context) error) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run ended with: %v", err)
+		}
+	})
+	return stop
+}
