@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet verbs k8s-bins images codegen bench bench-deps bench-full fuzz clean
+.PHONY: build run test vet verbs k8s-bins images node-images codegen bench bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -24,10 +24,11 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
-# The Kubernetes tests (test/k8s) run etcd and kube-apiserver built from the
-# tool module hack/k8s-bins; building them first keeps a cold build (minutes)
-# out of the tests' timeout. A warm cache (.cache/k8s-bins) returns at once.
-test: vet verbs k8s-bins
+# The Kubernetes tests (test/k8s, test/node) run etcd, kube-apiserver and the
+# rest built from the tool module hack/k8s-bins, and test/node runs the
+# images; building them first keeps a cold build (minutes) out of the tests'
+# timeout. A warm cache (.cache/k8s-bins, Go's build cache) returns at once.
+test: vet verbs k8s-bins node-images
 	$(GO) test $(TEST_FLAGS) ./...
 
 k8s-bins:
@@ -42,6 +43,15 @@ LOAD       ?=
 CONTAINERD ?= /run/containerd/containerd.sock
 images:
 	$(GO) run ./hack/images -out $(IMAGES) -load "$(LOAD)" -address $(CONTAINERD)
+
+# The images for test/node, where it can run (it skips, saying why, without
+# containerd; hack/images needs busybox-static; .ci/run installs both).
+node-images:
+	@if command -v containerd >/dev/null && dpkg -s busybox-static >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory images; \
+	else \
+		echo "node-images: skipped: containerd or busybox-static is missing (test/node will skip; .ci/run installs them)"; \
+	fi
 
 # Regenerates deep copies, clientset, listers, informers and the CRD from
 # k8s/apis (TestGeneratedUpToDate checks that this was done).

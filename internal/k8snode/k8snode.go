@@ -61,7 +61,7 @@ type Node struct {
 var tools = []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr"}
 
 // Need skips the test, saying why, when the machine cannot run a node:
-// not root, or containerd and runc not installed.
+// not root, or containerd, runc or busybox (for the images) not installed.
 func Need(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -71,6 +71,9 @@ func Need(t testing.TB) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("a Kubernetes node needs %s: apt-get install containerd runc (.ci/run installs them)", tool)
 		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("the node's images need busybox: apt-get install busybox-static (.ci/run installs it)")
 	}
 }
 

@@ -38,6 +38,7 @@ func TestSharedMemoryChannelAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("DryRunServer", func(t *testing.T) { testDryRun(t, c) })
+	t.Run("Kustomization", func(t *testing.T) { testKustomization(t, c) })
 	t.Run("Rejected", func(t *testing.T) { testRejected(t, c) })
 	t.Run("Defaults", func(t *testing.T) { testDefaults(t, cs) })
 	t.Run("Informer", func(t *testing.T) { testInformer(t, cs, c.Clientset(t)) })

@@ -17,10 +17,9 @@ import (
 	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
-const daemonSet = "deploy/agent/daemonset.yaml"
-
-// testAgentDaemonSet: the agent runs as the DaemonSet of deploy/ (the
-// controllers create its pod, the scheduler binds it); its FUSE mount,
+// testAgentDaemonSet: `kubectl apply -k deploy/` installs everything (the
+// namespace, the CRD, RBAC, the agent's DaemonSet); the controllers create
+// the agent's pod and the scheduler binds it; its FUSE mount,
 // made in its container, reaches the host through Bidirectional
 // propagation and the wiring pod through HostToContainer, and the pod's
 // containers talk through mmap and the files as with an agent on the
@@ -29,15 +28,12 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	state := testenv.ShmDir(t, "k8snode-state-")
 	port := strconv.Itoa(k8stest.FreePort(t))
 
-	if _, err := c.Kubectl("", "create", "namespace", "shimmy-system"); err != nil {
-		t.Fatal(err)
-	}
-	// The manifest as users apply it, but for the host paths (this test's
-	// node, not the machine's /run/shimmy) and the health port (tests run
-	// in parallel on one host network).
-	manifest := readManifest(t, daemonSet,
-		"hostPath: {path: /run/shimmy,", "hostPath: {path: "+mnt+",",
-		"hostPath: {path: /dev/shm/shimmy,", "hostPath: {path: "+state+",",
+	// The manifests as users apply them, but for the host paths (this
+	// test's node, not the machine's /run/shimmy) and the health port
+	// (tests run in parallel on one host network).
+	manifest := kustomize(t, c, "deploy",
+		"path: /run/shimmy\n", "path: "+mnt+"\n",
+		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
 		"9477", port)
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -72,18 +68,17 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	checkUnmounted(t, mnt)
 }
 
-// readManifest reads a manifest of the repository, replacing each old
-// string (which must occur) with its new one.
-func readManifest(t *testing.T, path string, oldnew ...string) string {
+// kustomize renders a kustomization of the repository (kubectl kustomize),
+// replacing each old string (which must occur) with its new one.
+func kustomize(t *testing.T, c *k8stest.Cluster, dir string, oldnew ...string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(k8stest.RepoRoot(t), path))
+	s, err := c.Kubectl("", "kustomize", filepath.Join(k8stest.RepoRoot(t), dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(b)
 	for i := 0; i < len(oldnew); i += 2 {
 		if !strings.Contains(s, oldnew[i]) {
-			t.Fatalf("%s has no %q to replace", path, oldnew[i])
+			t.Fatalf("kubectl kustomize %s has no %q to replace", dir, oldnew[i])
 		}
 		s = strings.ReplaceAll(s, oldnew[i], oldnew[i+1])
 	}
