@@ -38,10 +38,12 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
+	t.Log("applied deploy/, waiting for the agent's rollout")
 	if _, err := c.Kubectl("", "-n", "shimmy-system", "rollout", "status", "daemonset/shimmy-agent", "--timeout", PodTimeout.String()); err != nil {
 		t.Fatal(err)
 	}
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
+	t.Log("the agent's mount is on the host")
 
 	if err := os.MkdirAll(filepath.Join(mnt, "default", "pod"), 0o755); err != nil {
 		t.Fatal(err)
@@ -51,7 +53,8 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
 	}
 
-	if _, err := c.Kubectl(manifest, "delete", "-f", "-"); err != nil {
+	t.Log("deleting the agent's DaemonSet")
+	if _, err := c.Kubectl("", "-n", "shimmy-system", "delete", "daemonset", "shimmy-agent"); err != nil {
 		t.Fatal(err)
 	}
 	cs := c.Clientset(t)
