@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -295,6 +296,19 @@ func (c *Cluster) Apply(t testing.TB, paths ...string) {
 		}
 	}
 	if _, err := c.Kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BindPod creates a pod labelled app=<app> bound to nodeName: no scheduler
+// or kubelet runs, so it stays Pending, bound, as a scheduled pod is.
+func BindPod(t testing.TB, kube kubernetes.Interface, ns, name, app, nodeName string) {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
+		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+	}
+	if _, err := kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -163,11 +163,14 @@ func (r *Reconciler) enqueueNamespace(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
+	if pod, ok := obj.(*corev1.Pod); ok {
+		r.enqueueChannels(pod.Namespace)
 	}
-	chans, err := r.channels.SharedMemoryChannels(pod.Namespace).List(labels.Everything())
+}
+
+// enqueueChannels queues every channel of namespace ns.
+func (r *Reconciler) enqueueChannels(ns string) {
+	chans, err := r.channels.SharedMemoryChannels(ns).List(labels.Everything())
 	if err != nil {
 		return
 	}
@@ -402,7 +405,8 @@ func (r *Reconciler) namespace(name string) (*registry.Namespace, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ns, r.applyQuota(ns)
+	_, err = r.applyQuota(ns)
+	return ns, err
 }
 
 // create makes the channel, owned by the reconciler.

@@ -75,17 +75,10 @@ func (e env) namespace(t *testing.T, name string) {
 	}
 }
 
-// pod binds a pod labelled app=<app> to nodeName: no scheduler or kubelet
-// runs, so it stays Pending, bound, as a scheduled pod is.
+// pod binds a pod labelled app=<app> to nodeName.
 func (e env) pod(t *testing.T, ns, name, app, nodeName string) {
 	t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-	}
-	if _, err := e.kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	k8stest.BindPod(t, e.kube, ns, name, app, nodeName)
 }
 
 func (e env) channel(t *testing.T, ns, name, app, capacity string) {
