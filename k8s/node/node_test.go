@@ -137,6 +137,25 @@ func TestReconciler(t *testing.T) {
 		t.Errorf("team/jobs config %+v, want the spec's stream, block, 64 slots, 2s lease", cfg)
 	}
 
+	// A ring found corrupt on the node: the status says Broken, and why.
+	e.channel(t, "team", "fragile", "worker", "64Ki")
+	e.config(t, "team", "fragile", 64<<10)
+	fragile, err := e.reg.Channel("team", "fragile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fragile.MarkBroken(errors.New("test: ring corrupt"))
+	wait.Eventually(t, timeout, func() error {
+		smc, err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Get(ctx, "fragile", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if n := smc.Status.Nodes; len(n) != 1 || n[0].Name != node || n[0].State != v1.NodeBroken || n[0].Message != "test: ring corrupt" {
+			return fmt.Errorf("status nodes %+v, want this node Broken", n)
+		}
+		return nil
+	})
+
 	// A spec change reaches the idle channel.
 	smc, err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Get(ctx, "jobs", metav1.GetOptions{})
 	if err != nil {
