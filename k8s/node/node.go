@@ -367,8 +367,14 @@ func (r *Reconciler) ensureChannel(smc *v1.SharedMemoryChannel, o *outcome) (boo
 		}
 		return false, nil
 	}
-	// Reconfigure of the same settings is a no-op: the ring stays.
-	switch _, err := ch.Reconfigure(change); {
+	// Reconfigure of the same settings is a no-op: the ring stays. A
+	// channel in use is asked first, quietly: it is asked again every
+	// IdlePoll, and Reconfigure would log each refusal.
+	err = ch.CheckChange(change)
+	if err == nil {
+		_, err = ch.Reconfigure(change)
+	}
+	switch {
 	case errors.Is(err, registry.ErrBusy):
 		log.Debug("spec changed settings of a channel in use: waiting for it to be idle")
 		o.state, o.message = v1.NodeNeedsIdle, msgNeedsIdle

@@ -125,6 +125,9 @@ func (w *statusWriter) next(ctx context.Context) bool {
 	}
 	defer w.queue.Done(key)
 	if err := w.write(ctx, key); err != nil {
+		if ctx.Err() != nil {
+			return true // stopping: the next agent writes it
+		}
 		w.log.WithError(err).WithField("channel", key.String()).Warn("status write failed; retrying")
 		w.queue.AddRateLimited(key)
 		return true

@@ -425,8 +425,16 @@ func TestNodeAgent(t *testing.T) {
 	// rebuilds its view from the state directory and the API server.
 	f.waitMore(t, 100)
 	e.stopAgent(t)
+	// While no agent runs, messages flow, a resource goes and another
+	// comes: the new agent follows both.
+	if err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Delete(ctx, "third", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.channel(t, "team", "during", "telemetry", "64Ki")
 	f.waitMore(t, 100)
 	e.startAgent(t)
+	waitGone(t, e.dir("team", "third"))
+	waitKeys(t, filepath.Join(e.dir("team", "during"), "config"), map[string]string{"capacity": "65536"})
 	f.waitMore(t, 500)
 	if got := waitKeys(t, filepath.Join(tele, "config"), nil); got["epoch"] != epoch {
 		t.Errorf("epoch %s after the restart, was %s: the ring was re-created under its members", got["epoch"], epoch)
@@ -439,12 +447,12 @@ func TestNodeAgent(t *testing.T) {
 		return nil
 	})
 
-	// The pod goes: the idle channels it selected go (third), the one in
+	// The pod goes: the idle channels it selected go (during), the one in
 	// use stays until its members leave; the handmade one stays.
 	if err := e.kube.CoreV1().Pods("team").Delete(ctx, "p1", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, e.dir("team", "third"))
+	waitGone(t, e.dir("team", "during"))
 	if _, err := os.Stat(tele); err != nil {
 		t.Fatalf("channel in use removed: %v", err)
 	}
@@ -456,7 +464,7 @@ func TestNodeAgent(t *testing.T) {
 	e.entry(t, "team", "telemetry", nil)
 	e.entry(t, "team", "handmade", nil)
 
-	for _, name := range []string{"telemetry", "handmade", "third"} {
+	for _, name := range []string{"telemetry", "handmade", "during"} {
 		if err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
