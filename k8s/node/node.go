@@ -163,11 +163,14 @@ func (r *Reconciler) enqueueNamespace(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
+	if pod, ok := obj.(*corev1.Pod); ok {
+		r.enqueueChannels(pod.Namespace)
 	}
-	chans, err := r.channels.SharedMemoryChannels(pod.Namespace).List(labels.Everything())
+}
+
+// enqueueChannels queues every channel of namespace ns.
+func (r *Reconciler) enqueueChannels(ns string) {
+	chans, err := r.channels.SharedMemoryChannels(ns).List(labels.Everything())
 	if err != nil {
 		return
 	}
@@ -364,8 +367,14 @@ func (r *Reconciler) ensureChannel(smc *v1.SharedMemoryChannel, o *outcome) (boo
 		}
 		return false, nil
 	}
-	// Reconfigure of the same settings is a no-op: the ring stays.
-	switch _, err := ch.Reconfigure(change); {
+	// Reconfigure of the same settings is a no-op: the ring stays. A
+	// channel in use is asked first, quietly: it is asked again every
+	// IdlePoll, and Reconfigure would log each refusal.
+	err = ch.CheckChange(change)
+	if err == nil {
+		_, err = ch.Reconfigure(change)
+	}
+	switch {
 	case errors.Is(err, registry.ErrBusy):
 		log.Debug("spec changed settings of a channel in use: waiting for it to be idle")
 		o.state, o.message = v1.NodeNeedsIdle, msgNeedsIdle
@@ -402,7 +411,8 @@ func (r *Reconciler) namespace(name string) (*registry.Namespace, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ns, r.applyQuota(ns)
+	_, err = r.applyQuota(ns)
+	return ns, err
 }
 
 // create makes the channel, owned by the reconciler.

@@ -125,6 +125,9 @@ func (w *statusWriter) next(ctx context.Context) bool {
 	}
 	defer w.queue.Done(key)
 	if err := w.write(ctx, key); err != nil {
+		if ctx.Err() != nil {
+			return true // stopping: the next agent writes it
+		}
 		w.log.WithError(err).WithField("channel", key.String()).Warn("status write failed; retrying")
 		w.queue.AddRateLimited(key)
 		return true
@@ -212,15 +215,18 @@ type applyMeta struct {
 }
 
 type applyStatusFields struct {
-	Nodes []v1.NodeStatus `json:"nodes,omitempty"`
+	Nodes []v1.NodeStatus `json:"nodes"`
 }
 
 // apply writes the node's entry, or with e nil removes it: server-side
-// apply drops the fields its manager stops naming.
+// apply drops the fields its manager stops naming. The removal names an
+// empty list rather than none: were the entry the status's last field,
+// the status would become null, which the schema refuses.
 func (w *statusWriter) apply(ctx context.Context, key cache.ObjectName, e *v1.NodeStatus) error {
 	body := applyStatus{
 		APIVersion: v1.SchemeGroupVersion.String(), Kind: "SharedMemoryChannel",
 		Metadata: applyMeta{Name: key.Name, Namespace: key.Namespace},
+		Status:   applyStatusFields{Nodes: []v1.NodeStatus{}},
 	}
 	if e != nil {
 		body.Status.Nodes = []v1.NodeStatus{*e}

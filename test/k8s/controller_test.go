@@ -242,19 +242,6 @@ func newChannel(t *testing.T, c *k8stest.Cluster, ns, name string, mirror bool) 
 	return got
 }
 
-// newPod creates a pod labelled app=<app> bound to node (no scheduler, no
-// kubelet: it stays Pending, which counts as live).
-func newPod(t *testing.T, c *k8stest.Cluster, ns, name, app, node string) {
-	t.Helper()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-	}
-	if _, err := c.Clientset(t).CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // writeEntry writes a node's entry of a channel's status as that node's
 // agent does: server-side apply of the status subresource, with the
 // agent's field manager and the agent ServiceAccount's permissions.
@@ -415,7 +402,7 @@ func testStatus(t *testing.T, c *k8stest.Cluster) {
 			ns := newNamespace(t, c, "status-"+tc.name)
 			ch := newChannel(t, c, ns, "ch", tc.mirror)
 			if tc.name == "other-namespace-pods-do-not-count" {
-				newPod(t, c, "default", ns, "ch", "n9") // selected labels, wrong namespace
+				k8stest.BindPod(t, c.Clientset(t), "default", ns, "ch", "n9") // selected labels, wrong namespace
 			}
 			if tc.bump {
 				var err error
@@ -426,7 +413,7 @@ func testStatus(t *testing.T, c *k8stest.Cluster) {
 				}
 			}
 			for i, n := range tc.podsOn {
-				newPod(t, c, ns, fmt.Sprintf("p%d", i), "ch", n)
+				k8stest.BindPod(t, c.Clientset(t), ns, fmt.Sprintf("p%d", i), "ch", n)
 			}
 			var entries []v1.NodeStatus
 			for _, n := range tc.entries {
@@ -511,7 +498,7 @@ func testLeaderElection(t *testing.T, c *k8stest.Cluster) {
 	ns := newNamespace(t, c, "election")
 	ch := newChannel(t, c, ns, "ch", true)
 	api := shimmyClient(t, c.Config).ShimmyV1alpha1().SharedMemoryChannels(ns)
-	newPod(t, c, ns, "p", "ch", "n1")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p", "ch", "n1")
 	entries := []v1.NodeStatus{{Name: "n1", Members: 1, ObservedGeneration: ch.Generation, State: v1.NodeReady, MirrorAddress: "10.0.0.1:7000"}}
 	writeEntry(t, c, ns, "ch", entries[0])
 	ready := want{ready: "True", reason: v1.ReasonReconciled, degraded: "False", dreason: v1.ReasonReconciled}
@@ -542,7 +529,7 @@ func testLeaderElection(t *testing.T, c *k8stest.Cluster) {
 	})
 
 	// A second node joins: the new leader writes the mesh.
-	newPod(t, c, ns, "q", "ch", "n2")
+	k8stest.BindPod(t, c.Clientset(t), ns, "q", "ch", "n2")
 	entries = append(entries, v1.NodeStatus{Name: "n2", Members: 3, ObservedGeneration: ch.Generation, State: v1.NodeReady, MirrorAddress: "10.0.0.2:7000"})
 	writeEntry(t, c, ns, "ch", entries[1])
 	ready.peers = []v1.MirrorPeer{{Name: "n1", Address: "10.0.0.1:7000"}, {Name: "n2", Address: "10.0.0.2:7000"}}
@@ -584,8 +571,8 @@ func testWithAgents(t *testing.T, c *k8stest.Cluster) {
 	}
 	ns := newNamespace(t, c, "with-agents")
 	newChannel(t, c, ns, "ch", true)
-	newPod(t, c, ns, "p1", "ch", "n1")
-	newPod(t, c, ns, "p2", "ch", "n2")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p1", "ch", "n1")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p2", "ch", "n2")
 	api := shimmyClient(t, c.Config).ShimmyV1alpha1().SharedMemoryChannels(ns)
 	readyOn := func(gen int64, nodes ...string) error {
 		ch, err := api.Get(ctx, "ch", metav1.GetOptions{})
