@@ -267,7 +267,8 @@ func newMetrics() *metrics {
 }
 
 // handler serves /metrics from a private registry and /healthz, which
-// fails while this replica leads on a lease it could not renew in time.
+// fails when this replica leads but has not renewed the Lease for longer
+// than the lease duration plus the renew deadline (a stuck leader).
 func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.leader, m.writes, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
