@@ -127,6 +127,7 @@ func New(o Options) (*Reconciler, error) {
 	nss := r.cluster.Core().V1().Namespaces()
 	chans := r.shimmy.Shimmy().V1alpha1().SharedMemoryChannels()
 	r.pods, r.namespaces, r.channels = pods.Lister(), nss.Lister(), chans.Lister()
+	r.status.stored = r.storedEntry
 	r.synced = []cache.InformerSynced{pods.Informer().HasSynced, nss.Informer().HasSynced, chans.Informer().HasSynced}
 	onChannel := func(obj any) {
 		if name, err := cache.DeletionHandlingObjectToName(obj); err == nil {
@@ -245,6 +246,22 @@ func (r *Reconciler) next() bool {
 		r.queue.Forget(key)
 	}
 	return true
+}
+
+// storedEntry is this node's entry of the channel's status as the
+// informer last saw it (nil: none, or no such channel): after a restart
+// the agent does not write again what the API server already has.
+func (r *Reconciler) storedEntry(key cache.ObjectName) *v1.NodeStatus {
+	smc, err := r.channels.SharedMemoryChannels(key.Namespace).Get(key.Name)
+	if err != nil {
+		return nil
+	}
+	for _, n := range smc.Status.Nodes {
+		if n.Name == r.o.Node {
+			return &n
+		}
+	}
+	return nil
 }
 
 // onRegistryEvent queues the channel an event is about, and after a lost

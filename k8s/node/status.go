@@ -35,8 +35,9 @@ type outcome struct {
 // step with the reconciler's outcomes and the channel's members. Writes
 // are coalesced per channel (a key queued many times is written once) and
 // spaced by at least minGap per channel, so that a burst of changes
-// makes no write storm; an entry equal to the one last written is not
-// written again.
+// makes no write storm; an entry equal to the one last written (or, for
+// a channel not written since the agent started, to the one the API
+// server has) is not written again.
 type statusWriter struct {
 	node, mirror string
 	client       versioned.Interface
@@ -44,6 +45,9 @@ type statusWriter struct {
 	log          logrus.FieldLogger
 	minGap       time.Duration
 	queue        workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	// stored returns the node's entry as the API server has it (from the
+	// informer's cache), for a channel not written yet; nil: unknown.
+	stored func(cache.ObjectName) *v1.NodeStatus
 
 	mu      sync.Mutex
 	want    map[cache.ObjectName]outcome        // channels the node holds (or tried to)
@@ -169,6 +173,9 @@ func (w *statusWriter) write(ctx context.Context, key cache.ObjectName) error {
 	e := w.entry(key)
 	w.mu.Lock()
 	prev, known := w.written[key]
+	if !known && w.stored != nil {
+		prev, known = w.stored(key), true
+	}
 	wait := w.minGap - time.Since(w.last[key])
 	w.mu.Unlock()
 	if known && equalEntry(prev, e) {

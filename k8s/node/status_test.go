@@ -97,6 +97,27 @@ func TestStatusEntries(t *testing.T) {
 	}
 }
 
+// channels is a registry in tmpfs with the given channels in namespace
+// team.
+func channels(t *testing.T, names ...string) *registry.Registry {
+	t.Helper()
+	reg, err := registry.New(registry.Options{StateDir: testenv.ShmDir(t, "node-status-test"), Log: testenv.QuietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	ns, err := reg.CreateNamespace("team", registry.Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if _, err := ns.CreateChannel(name, registry.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reg
+}
+
 // countPatches is a fake clientset that records the node entries applied.
 func countPatches(t *testing.T) (*fake.Clientset, func() []*v1.NodeStatus) {
 	cs := fake.NewSimpleClientset()
@@ -127,16 +148,8 @@ func countPatches(t *testing.T) (*fake.Clientset, func() []*v1.NodeStatus) {
 // once per request, and no more often than the gap allows however fast
 // its members come and go.
 func TestStatusCoalesced(t *testing.T) {
-	reg, err := registry.New(registry.Options{StateDir: testenv.ShmDir(t, "node-status-test"), Log: testenv.QuietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	ns, err := reg.CreateNamespace("team", registry.Attr{Mode: 0o755})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := ns.CreateChannel("ch", registry.CreateOptions{})
+	reg := channels(t, "ch")
+	ch, err := reg.Channel("team", "ch")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,5 +231,32 @@ func TestStatusCoalesced(t *testing.T) {
 	got = waitWrites(len(applied()) + 1)
 	if got[len(got)-1] != nil {
 		t.Errorf("last write %+v, want the removal", got[len(got)-1])
+	}
+}
+
+// TestStatusNotRewritten: after a restart, an entry the API server
+// already has is not written again; one that differs is.
+func TestStatusNotRewritten(t *testing.T) {
+	reg := channels(t, "same", "changed")
+	cs, applied := countPatches(t)
+	w := newStatusWriter("node-a", "", cs, reg, testenv.QuietLog(), time.Millisecond)
+	stored := v1.NodeStatus{Name: "node-a", ObservedGeneration: 4, State: v1.NodeReady}
+	w.stored = func(cache.ObjectName) *v1.NodeStatus { e := stored; return &e }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.run(ctx, time.Hour) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	w.set(cache.ObjectName{Namespace: "team", Name: "same"}, outcome{generation: 4, state: v1.NodeReady})
+	w.set(cache.ObjectName{Namespace: "team", Name: "changed"}, outcome{generation: 5, state: v1.NodeReady})
+	wait.Eventually(t, 10*time.Second, func() error {
+		if n := len(applied()); n < 1 {
+			return fmt.Errorf("%d writes", n)
+		}
+		return nil
+	})
+	// The queue is worked in order: "same" was looked at first.
+	if got := applied(); len(got) != 1 || got[0] == nil || got[0].ObservedGeneration != 5 {
+		t.Errorf("writes %+v, want only the changed entry's", got)
 	}
 }
