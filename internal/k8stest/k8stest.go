@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -355,4 +356,17 @@ func Go(t testing.TB, run func(ctx context.Context) error) (stop func() error) {
 		}
 	})
 	return stop
+}
+
+// BindPod creates a pod labelled app=<app> bound to nodeName: no scheduler
+// or kubelet runs, so it stays Pending, bound, as a scheduled pod is.
+func BindPod(t testing.TB, kube kubernetes.Interface, ns, name, app, nodeName string) {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
+		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+	}
+	if _, err := kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,7 +85,7 @@ type Controller struct {
 	kube    kubernetes.Interface
 	rec     *Reconciler
 	metrics *metrics
-	ln      net.Listener
+	addr    atomic.Value // string: the metrics server's address
 }
 
 // New checks cfg and builds a Controller; Run (once) runs it.
@@ -107,6 +108,10 @@ func New(cfg Config) (*Controller, error) {
 		if *f.v <= 0 {
 			*f.v = f.def
 		}
+	}
+	// client-go's own rule, checked here so that New refuses what Run would.
+	if cfg.LeaseDuration <= cfg.RenewDeadline || float64(cfg.RenewDeadline) <= leaderelection.JitterFactor*float64(cfg.RetryPeriod) {
+		return nil, fmt.Errorf("%w: want lease duration > renew deadline > %.1f × retry period", ErrConfig, leaderelection.JitterFactor)
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = d.Workers
@@ -144,10 +149,8 @@ func New(cfg Config) (*Controller, error) {
 // MetricsAddr returns the address the metrics server listens on once Run
 // has started it ("" before, or when disabled).
 func (c *Controller) MetricsAddr() string {
-	if c.ln == nil {
-		return ""
-	}
-	return c.ln.Addr().String()
+	addr, _ := c.addr.Load().(string)
+	return addr
 }
 
 // Run stands for election and reconciles while leading, until ctx ends
@@ -161,7 +164,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("controller: metrics: %w", err)
 		}
-		c.ln = ln
+		c.addr.Store(ln.Addr().String())
 		srv := &http.Server{Handler: c.metrics.handler(watchdog), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
@@ -264,7 +267,8 @@ func newMetrics() *metrics {
 }
 
 // handler serves /metrics from a private registry and /healthz, which
-// fails while this replica leads on a lease it could not renew in time.
+// fails when this replica leads but has not renewed the Lease for longer
+// than the lease duration plus the renew deadline (a stuck leader).
 func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.leader, m.writes, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())

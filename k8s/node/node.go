@@ -127,6 +127,7 @@ func New(o Options) (*Reconciler, error) {
 	nss := r.cluster.Core().V1().Namespaces()
 	chans := r.shimmy.Shimmy().V1alpha1().SharedMemoryChannels()
 	r.pods, r.namespaces, r.channels = pods.Lister(), nss.Lister(), chans.Lister()
+	r.status.stored = r.storedEntry
 	r.synced = []cache.InformerSynced{pods.Informer().HasSynced, nss.Informer().HasSynced, chans.Informer().HasSynced}
 	onChannel := func(obj any) {
 		if name, err := cache.DeletionHandlingObjectToName(obj); err == nil {
@@ -163,11 +164,14 @@ func (r *Reconciler) enqueueNamespace(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
+	if pod, ok := obj.(*corev1.Pod); ok {
+		r.enqueueChannels(pod.Namespace)
 	}
-	chans, err := r.channels.SharedMemoryChannels(pod.Namespace).List(labels.Everything())
+}
+
+// enqueueChannels queues every channel of namespace ns.
+func (r *Reconciler) enqueueChannels(ns string) {
+	chans, err := r.channels.SharedMemoryChannels(ns).List(labels.Everything())
 	if err != nil {
 		return
 	}
@@ -242,6 +246,22 @@ func (r *Reconciler) next() bool {
 		r.queue.Forget(key)
 	}
 	return true
+}
+
+// storedEntry is this node's entry of the channel's status as the
+// informer last saw it (nil: none, or no such channel): after a restart
+// the agent does not write again what the API server already has.
+func (r *Reconciler) storedEntry(key cache.ObjectName) *v1.NodeStatus {
+	smc, err := r.channels.SharedMemoryChannels(key.Namespace).Get(key.Name)
+	if err != nil {
+		return nil
+	}
+	for _, n := range smc.Status.Nodes {
+		if n.Name == r.o.Node {
+			return &n
+		}
+	}
+	return nil
 }
 
 // onRegistryEvent queues the channel an event is about, and after a lost
@@ -364,8 +384,14 @@ func (r *Reconciler) ensureChannel(smc *v1.SharedMemoryChannel, o *outcome) (boo
 		}
 		return false, nil
 	}
-	// Reconfigure of the same settings is a no-op: the ring stays.
-	switch _, err := ch.Reconfigure(change); {
+	// Reconfigure of the same settings is a no-op: the ring stays. A
+	// channel in use is asked first, quietly: it is asked again every
+	// IdlePoll, and Reconfigure would log each refusal.
+	err = ch.CheckChange(change)
+	if err == nil {
+		_, err = ch.Reconfigure(change)
+	}
+	switch {
 	case errors.Is(err, registry.ErrBusy):
 		log.Debug("spec changed settings of a channel in use: waiting for it to be idle")
 		o.state, o.message = v1.NodeNeedsIdle, msgNeedsIdle
@@ -402,7 +428,8 @@ func (r *Reconciler) namespace(name string) (*registry.Namespace, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ns, r.applyQuota(ns)
+	_, err = r.applyQuota(ns)
+	return ns, err
 }
 
 // create makes the channel, owned by the reconciler.

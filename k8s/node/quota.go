@@ -63,20 +63,25 @@ func (r *Reconciler) syncQuota(name string) error {
 	if err != nil {
 		return err
 	}
-	return r.applyQuota(ns)
+	changed, err := r.applyQuota(ns)
+	if changed {
+		// A channel the old quota refused may fit now: look again at
+		// once, not when its backoff ends.
+		r.enqueueChannels(name)
+	}
+	return err
 }
 
-func (r *Reconciler) applyQuota(ns *registry.Namespace) error {
+// applyQuota sets ns's quota to the one the cluster asks for and reports
+// whether it changed.
+func (r *Reconciler) applyQuota(ns *registry.Namespace) (bool, error) {
 	q, err := r.wantQuota(ns.Name)
 	if errors.Is(err, registry.ErrInvalidConfig) {
 		r.log.WithError(err).WithField("ns", ns.Name).Warn("quota annotation refused; the namespace keeps its quota")
-		return nil
+		return false, nil
 	}
-	if err != nil {
-		return err
+	if err != nil || ns.Quota() == q {
+		return false, err
 	}
-	if ns.Quota() == q {
-		return nil
-	}
-	return ns.SetQuota(q)
+	return true, ns.SetQuota(q)
 }

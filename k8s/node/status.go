@@ -35,8 +35,9 @@ type outcome struct {
 // step with the reconciler's outcomes and the channel's members. Writes
 // are coalesced per channel (a key queued many times is written once) and
 // spaced by at least minGap per channel, so that a burst of changes
-// makes no write storm; an entry equal to the one last written is not
-// written again.
+// makes no write storm; an entry equal to the one last written (or, for
+// a channel not written since the agent started, to the one the API
+// server has) is not written again.
 type statusWriter struct {
 	node, mirror string
 	client       versioned.Interface
@@ -44,6 +45,9 @@ type statusWriter struct {
 	log          logrus.FieldLogger
 	minGap       time.Duration
 	queue        workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	// stored returns the node's entry as the API server has it (from the
+	// informer's cache), for a channel not written yet; nil: unknown.
+	stored func(cache.ObjectName) *v1.NodeStatus
 
 	mu      sync.Mutex
 	want    map[cache.ObjectName]outcome        // channels the node holds (or tried to)
@@ -125,6 +129,9 @@ func (w *statusWriter) next(ctx context.Context) bool {
 	}
 	defer w.queue.Done(key)
 	if err := w.write(ctx, key); err != nil {
+		if ctx.Err() != nil {
+			return true // stopping: the next agent writes it
+		}
 		w.log.WithError(err).WithField("channel", key.String()).Warn("status write failed; retrying")
 		w.queue.AddRateLimited(key)
 		return true
@@ -166,6 +173,9 @@ func (w *statusWriter) write(ctx context.Context, key cache.ObjectName) error {
 	e := w.entry(key)
 	w.mu.Lock()
 	prev, known := w.written[key]
+	if !known && w.stored != nil {
+		prev, known = w.stored(key), true
+	}
 	wait := w.minGap - time.Since(w.last[key])
 	w.mu.Unlock()
 	if known && equalEntry(prev, e) {
@@ -212,15 +222,18 @@ type applyMeta struct {
 }
 
 type applyStatusFields struct {
-	Nodes []v1.NodeStatus `json:"nodes,omitempty"`
+	Nodes []v1.NodeStatus `json:"nodes"`
 }
 
 // apply writes the node's entry, or with e nil removes it: server-side
-// apply drops the fields its manager stops naming.
+// apply drops the fields its manager stops naming. The removal names an
+// empty list rather than none: were the entry the status's last field,
+// the status would become null, which the schema refuses.
 func (w *statusWriter) apply(ctx context.Context, key cache.ObjectName, e *v1.NodeStatus) error {
 	body := applyStatus{
 		APIVersion: v1.SchemeGroupVersion.String(), Kind: "SharedMemoryChannel",
 		Metadata: applyMeta{Name: key.Name, Namespace: key.Namespace},
+		Status:   applyStatusFields{Nodes: []v1.NodeStatus{}},
 	}
 	if e != nil {
 		body.Status.Nodes = []v1.NodeStatus{*e}

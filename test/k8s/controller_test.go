@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -51,6 +52,7 @@ func TestController(t *testing.T) {
 	t.Run("Status", func(t *testing.T) { testStatus(t, c) })
 	t.Run("LeaderElection", func(t *testing.T) { testLeaderElection(t, c) })
 	t.Run("WithAgents", func(t *testing.T) { testWithAgents(t, c) })
+	t.Run("LostLeadership", func(t *testing.T) { testLostLeadership(t, c) })
 }
 
 // install: the namespace, the CRD and the RBAC manifests pass the
@@ -240,19 +242,6 @@ func newChannel(t *testing.T, c *k8stest.Cluster, ns, name string, mirror bool) 
 	return got
 }
 
-// newPod creates a pod labelled app=<app> bound to node (no scheduler, no
-// kubelet: it stays Pending, which counts as live).
-func newPod(t *testing.T, c *k8stest.Cluster, ns, name, app, node string) {
-	t.Helper()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-	}
-	if _, err := c.Clientset(t).CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // writeEntry writes a node's entry of a channel's status as that node's
 // agent does: server-side apply of the status subresource, with the
 // agent's field manager and the agent ServiceAccount's permissions.
@@ -277,6 +266,15 @@ func writeEntry(t *testing.T, c *k8stest.Cluster, ns, name string, e v1.NodeStat
 // the test ends; it counts the status writes that reach the API server.
 func runController(t *testing.T, c *k8stest.Cluster, identity, lease string, timeout time.Duration) (stop func() error, writes *atomic.Int64) {
 	t.Helper()
+	ctl, writes := newController(t, c, identity, lease, timeout, controller.MetricsOff)
+	return k8stest.Go(t, ctl.Run), writes
+}
+
+// newController builds a controller acting as the controller
+// ServiceAccount, with short leader-election timing; writes counts the
+// status writes that reach the API server.
+func newController(t *testing.T, c *k8stest.Cluster, identity, lease string, timeout time.Duration, metrics string) (ctl *controller.Controller, writes *atomic.Int64) {
+	t.Helper()
 	writes = new(atomic.Int64)
 	kcfg := as(c, controllerSA)
 	kcfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
@@ -288,14 +286,14 @@ func runController(t *testing.T, c *k8stest.Cluster, identity, lease string, tim
 		})
 	}
 	cfg := controller.DefaultConfig()
-	cfg.Kube, cfg.Identity, cfg.LeaseName, cfg.MetricsAddr = kcfg, identity, lease, controller.MetricsOff
+	cfg.Kube, cfg.Identity, cfg.LeaseName, cfg.MetricsAddr = kcfg, identity, lease, metrics
 	cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond
 	cfg.NodeReportTimeout = timeout
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k8stest.Go(t, ctl.Run), writes
+	return ctl, writes
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)
@@ -404,7 +402,7 @@ func testStatus(t *testing.T, c *k8stest.Cluster) {
 			ns := newNamespace(t, c, "status-"+tc.name)
 			ch := newChannel(t, c, ns, "ch", tc.mirror)
 			if tc.name == "other-namespace-pods-do-not-count" {
-				newPod(t, c, "default", ns, "ch", "n9") // selected labels, wrong namespace
+				k8stest.BindPod(t, c.Clientset(t), "default", ns, "ch", "n9") // selected labels, wrong namespace
 			}
 			if tc.bump {
 				var err error
@@ -415,7 +413,7 @@ func testStatus(t *testing.T, c *k8stest.Cluster) {
 				}
 			}
 			for i, n := range tc.podsOn {
-				newPod(t, c, ns, fmt.Sprintf("p%d", i), "ch", n)
+				k8stest.BindPod(t, c.Clientset(t), ns, fmt.Sprintf("p%d", i), "ch", n)
 			}
 			var entries []v1.NodeStatus
 			for _, n := range tc.entries {
@@ -500,7 +498,7 @@ func testLeaderElection(t *testing.T, c *k8stest.Cluster) {
 	ns := newNamespace(t, c, "election")
 	ch := newChannel(t, c, ns, "ch", true)
 	api := shimmyClient(t, c.Config).ShimmyV1alpha1().SharedMemoryChannels(ns)
-	newPod(t, c, ns, "p", "ch", "n1")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p", "ch", "n1")
 	entries := []v1.NodeStatus{{Name: "n1", Members: 1, ObservedGeneration: ch.Generation, State: v1.NodeReady, MirrorAddress: "10.0.0.1:7000"}}
 	writeEntry(t, c, ns, "ch", entries[0])
 	ready := want{ready: "True", reason: v1.ReasonReconciled, degraded: "False", dreason: v1.ReasonReconciled}
@@ -531,7 +529,7 @@ func testLeaderElection(t *testing.T, c *k8stest.Cluster) {
 	})
 
 	// A second node joins: the new leader writes the mesh.
-	newPod(t, c, ns, "q", "ch", "n2")
+	k8stest.BindPod(t, c.Clientset(t), ns, "q", "ch", "n2")
 	entries = append(entries, v1.NodeStatus{Name: "n2", Members: 3, ObservedGeneration: ch.Generation, State: v1.NodeReady, MirrorAddress: "10.0.0.2:7000"})
 	writeEntry(t, c, ns, "ch", entries[1])
 	ready.peers = []v1.MirrorPeer{{Name: "n1", Address: "10.0.0.1:7000"}, {Name: "n2", Address: "10.0.0.2:7000"}}
@@ -573,8 +571,8 @@ func testWithAgents(t *testing.T, c *k8stest.Cluster) {
 	}
 	ns := newNamespace(t, c, "with-agents")
 	newChannel(t, c, ns, "ch", true)
-	newPod(t, c, ns, "p1", "ch", "n1")
-	newPod(t, c, ns, "p2", "ch", "n2")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p1", "ch", "n1")
+	k8stest.BindPod(t, c.Clientset(t), ns, "p2", "ch", "n2")
 	api := shimmyClient(t, c.Config).ShimmyV1alpha1().SharedMemoryChannels(ns)
 	readyOn := func(gen int64, nodes ...string) error {
 		ch, err := api.Get(ctx, "ch", metav1.GetOptions{})
@@ -630,4 +628,68 @@ func mustGet(t *testing.T, api shimmyv1alpha1.SharedMemoryChannelInterface, name
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// testLostLeadership: a leader whose Lease is taken from it stops, with
+// ErrLostLeadership, within its renew deadline; its /metrics and /healthz
+// say what it was meanwhile.
+func testLostLeadership(t *testing.T, c *k8stest.Cluster) {
+	ctx := context.Background()
+	const leaseName = "steal-test"
+	ctl, _ := newController(t, c, "victim", leaseName, time.Minute, "127.0.0.1:0")
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(runCtx) }()
+
+	get := func(path string) (string, error) {
+		addr := ctl.MetricsAddr()
+		if addr == "" {
+			return "", errors.New("metrics server not started")
+		}
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return string(b), fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		return string(b), err
+	}
+	wait.Eventually(t, convergeWithin, func() error {
+		m, err := get("/metrics")
+		if err != nil || !strings.Contains(m, "\nshimmy_controller_leader 1\n") || !strings.Contains(m, "shimmy_controller_status_writes_total") {
+			return fmt.Errorf("not leading yet: %v", err)
+		}
+		return nil
+	})
+	if body, err := get("/healthz"); err != nil || body != "ok" {
+		t.Errorf("/healthz of a leader that renews: %q, %v", body, err)
+	}
+
+	leases := c.Clientset(t).CoordinationV1().Leases(systemNS)
+	wait.Eventually(t, convergeWithin, func() error {
+		l, err := leases.Get(ctx, leaseName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds = ptr("thief"), ptr(int32(3600))
+		l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+		_, err = leases.Update(ctx, l, metav1.UpdateOptions{}) // a conflict with a renewal: try again
+		return err
+	})
+	select {
+	case err := <-done:
+		if !errors.Is(err, controller.ErrLostLeadership) {
+			t.Errorf("Run = %v, want ErrLostLeadership", err)
+		}
+	case <-time.After(convergeWithin):
+		t.Fatal("the leader kept running without its Lease")
+	}
+	l, err := leases.Get(ctx, leaseName, metav1.GetOptions{})
+	if err != nil || *l.Spec.HolderIdentity != "thief" {
+		t.Errorf("lease after the leader stopped: %+v, %v; want it left to the thief", l, err)
+	}
 }
