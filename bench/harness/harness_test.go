@@ -169,6 +169,11 @@ func TestEndToEnd(t *testing.T) {
 				testenv.NeedFUSE(t) // the data-file case mounts an agent
 				opts.Agent = InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 			}
+			if sys.peer != nil {
+				if err := sys.peer.missing(); err != nil {
+					t.Skipf("%s: %v", sys.name, err)
+				}
+			}
 			if sys.pkg != "" {
 				if _, err := findBinary(sys.pkg); err != nil {
 					t.Skipf("%s is not installed (apt-get install -y %s, or make bench-deps)", sys.pkg, sys.pkg)
