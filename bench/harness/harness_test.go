@@ -271,3 +271,43 @@ func TestScaledFormats(t *testing.T) {
 		}
 	}
 }
+
+// TestMedianRounds: interleaved rounds merge into one row per system and
+// case, the median round's, unless a round was not valid.
+func TestMedianRounds(t *testing.T) {
+	thr := Case{Mode: "throughput", Size: 16, Count: 10, Subs: 1}
+	lat := Case{Mode: "latency", Size: 16, Count: 10, Subs: 1, Rate: 100}
+	ok := func(c Case, v float64) Result {
+		return Result{System: "a", Case: c, Status: StatusOK, MsgsPerSec: v, Latency: Latency{P50Ns: int64(v)}}
+	}
+	lost := ok(thr, 9)
+	lost.Status = StatusLost
+	for _, tc := range []struct {
+		name   string
+		in     []Result
+		want   float64 // the reported round's figure
+		status string
+	}{
+		{"throughput median", []Result{ok(thr, 3), ok(thr, 1), ok(thr, 2)}, 2, StatusOK},
+		{"latency median", []Result{ok(lat, 30), ok(lat, 10), ok(lat, 20)}, 20, StatusOK},
+		{"a lost round wins", []Result{ok(thr, 3), lost, ok(thr, 2)}, 9, StatusLost},
+		{"one round as is", []Result{ok(thr, 5)}, 5, StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := medianRounds(tc.in)
+			if len(out) != 1 {
+				t.Fatalf("%d results, want 1", len(out))
+			}
+			if out[0].MsgsPerSec != tc.want || out[0].Status != tc.status {
+				t.Errorf("got %v %s (%s), want %v %s", out[0].MsgsPerSec, out[0].Status, out[0].Note, tc.want, tc.status)
+			}
+		})
+	}
+	// Two systems and two cases stay apart, in first-seen order.
+	b := ok(thr, 7)
+	b.System = "b"
+	out := medianRounds([]Result{ok(thr, 1), ok(lat, 2), b, ok(thr, 3), ok(lat, 4), b})
+	if len(out) != 3 || out[0].System != "a" || out[0].Mode != "throughput" || out[1].Mode != "latency" || out[2].System != "b" {
+		t.Errorf("merged %+v", out)
+	}
+}

@@ -171,6 +171,7 @@ type Report struct {
 	Finished time.Time `json:"finished"`
 	Quick    bool      `json:"quick"`
 	CaseCap  string    `json:"case_cap"`
+	Rounds   int       `json:"rounds,omitempty"` // interleaved rounds, each case's median reported
 	// /proc/loadavg before and after: the machine may be shared.
 	LoadStart string   `json:"load_start"`
 	LoadEnd   string   `json:"load_end"`
@@ -238,6 +239,9 @@ func (rep *Report) Markdown() string {
 		"Throughput is at each subscriber (the slowest), MB = 10^6 bytes. Latency is one-way, send stamp to arrival, CLOCK_MONOTONIC. "+
 		"CPU/msg is the CPU time of every process involved (publisher, subscribers, broker or agent) per message sent. "+
 		"`LOST`/`CORRUPT` rows are not comparable figures.\n\n", rep.CaseCap)
+	if rep.Rounds > 1 {
+		fmt.Fprintf(&b, "Every system ran %d times, interleaved (all systems, then all again); each row is the case's median round, every round's figure in its note.\n\n", rep.Rounds)
+	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}

@@ -70,6 +70,11 @@ type Options struct {
 	// agent's.
 	AgentPID int
 	Progress io.Writer // per-case lines; nil: os.Stderr
+	// Rounds runs every selected system this many times, interleaved
+	// (all systems once, then all again), and reports each case's median
+	// round: a slow minute of a shared machine then hits every system
+	// alike instead of one. 0 or 1: one round.
+	Rounds int
 }
 
 // Usage describes the benchmark for `shimmy-bench --help` (the flags
@@ -249,16 +254,24 @@ func Run(ctx context.Context, opts Options) error {
 	rep := &Report{Started: time.Now(), Quick: opts.Quick, Machine: machineInfo(), CaseCap: capDur.String(), LoadStart: loadAvg()}
 	logf := func(format string, a ...any) { fmt.Fprintf(opts.Progress, format+"\n", a...) }
 	logf("shimmy-bench: %d cases per system, each capped at %v; results in %s", len(cases), capDur, opts.OutDir)
-	for _, sys := range systems {
-		if !selected(sys.name, opts.Systems) {
-			continue
+	rounds := max(1, opts.Rounds)
+	var all []Result
+	for round := 1; round <= rounds; round++ {
+		if rounds > 1 {
+			logf("round %d of %d", round, rounds)
 		}
-		if err := ctx.Err(); err != nil {
-			return err
+		for _, sys := range systems {
+			if !selected(sys.name, opts.Systems) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			all = append(all, runSystem(ctx, sys, cases, capDur, tmp, opts, logf)...)
 		}
-		rs := runSystem(ctx, sys, cases, capDur, tmp, opts, logf)
-		rep.Results = append(rep.Results, rs...)
 	}
+	rep.Rounds = rounds
+	rep.Results = medianRounds(all)
 	if selected(SysKafka, opts.Systems) {
 		note := "not packaged in Debian 12: not run here. Paper figures not available here (the paper's text could not be consulted from this machine)."
 		rep.Notes = append(rep.Notes, "kafka: "+note)
