@@ -50,7 +50,11 @@ var (
 	// sleeps on the futex.
 	IdleDefault = Idle{Spins: 200, SpinFor: 20 * time.Microsecond, Yields: 20}
 	// IdleBusy polls and never sleeps, yielding the processor every
-	// millisecond so that the runtime never preempts it mid-poll.
+	// millisecond so that the runtime never preempts it mid-poll. It
+	// spends a core per waiting member; pin the process (taskset) to a
+	// core of its own for the steadiest tail, and keep GOMAXPROCS above
+	// the number of busy members, or they starve the process's other
+	// goroutines (the lease heartbeat among them) between yields.
 	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: time.Millisecond}
 	// IdleSleep sleeps at once.
 	IdleSleep = Idle{}
