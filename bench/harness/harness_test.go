@@ -311,3 +311,25 @@ func TestMedianRounds(t *testing.T) {
 		t.Errorf("merged %+v", out)
 	}
 }
+
+// TestIPCTable: the local IPC comparison shows each peer's figure and
+// Shimmy against the best peer of the row.
+func TestIPCTable(t *testing.T) {
+	res := func(sys, mode string, v float64, p50 int64) Result {
+		return Result{System: sys, Case: Case{Mode: mode, Size: 16, Count: 10, Subs: 1}, Status: StatusOK, Sent: 10,
+			MsgsPerSec: v, Latency: Latency{P50Ns: p50, P99Ns: 2 * p50}}
+	}
+	rep := &Report{Results: []Result{
+		res(SysShimmyZeroCopy, "throughput", 8e6, 0), res(SysIceoryx, "throughput", 1e6, 0), res(SysZMQ, "throughput", 2e6, 0),
+		res(SysShimmyZeroCopy, "latency", 5000, 10_000), res(SysIceoryx, "latency", 5000, 15_000), res(SysMQ, "latency", 5000, 12_000),
+	}}
+	md := rep.Markdown()
+	for _, want := range []string{
+		"| 16B | throughput, sleeping subscribers | 8M/s | 1M/s | n/a | 2M/s | 4× |",
+		"| 16B | fixed rate, sleeping subscribers, p50 / p99 | 10µs / 20µs | 15µs / 30µs | 12µs / 24µs | n/a | 1.2× |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("results.md lacks %q:\n%s", want, md)
+		}
+	}
+}

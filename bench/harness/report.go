@@ -269,6 +269,11 @@ func (rep *Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %d | %.0f/s | %s | %s | %s | %s | %s | %s | %s |\n", r.System, sizeName(r.Size), r.Subs, r.Rate, r.Status,
 			durFmt(r.Latency.MeanNs), durFmt(float64(r.Latency.P50Ns)), durFmt(float64(r.Latency.P99Ns)), durFmt(float64(r.Latency.P999Ns)), durFmt(r.CPUPerMsgNs), mdEscape(r.Note))
 	}
+	for _, subs := range []int{1, 4} {
+		if rep.has(SysIceoryx, SysIceoryxBusy, SysMQ, SysMQBusy, SysZMQ, SysZMQBusy) {
+			b.WriteString(rep.ipcTable(subs))
+		}
+	}
 	b.WriteString(rep.ratios())
 	b.WriteString("\n## Not run\n\n")
 	seen := map[string]bool{}
@@ -282,6 +287,16 @@ func (rep *Report) Markdown() string {
 		b.WriteString("- none\n")
 	}
 	return b.String()
+}
+
+// has reports whether the report holds a result of one of systems.
+func (rep *Report) has(systems ...string) bool {
+	for _, r := range rep.Results {
+		if slices.Contains(systems, r.System) {
+			return true
+		}
+	}
+	return false
 }
 
 func mdEscape(s string) string {

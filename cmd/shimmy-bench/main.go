@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	systems := fl.String("systems", "", "comma-separated systems to run (names or substrings); empty: all")
 	cases := fl.String("cases", "", "comma-separated substrings of case names to run (e.g. \"size=16B count=1M subs=1\"); empty: all")
 	noAgent := fl.Bool("no-agent", false, "skip the data-file cases (no FUSE mount)")
-	replot := fl.String("replot", "", "redraw the plots of this results directory from its results.json, and run nothing")
+	replot := fl.String("replot", "", "redraw the plots and results.md of this results directory from its results.json, and run nothing")
 	rounds := fl.Int("rounds", 1, "run every system this many times, interleaved, and report each case's median round")
 	err := fl.Parse(args)
 	if err == nil && fl.NArg() > 0 {
