@@ -29,7 +29,12 @@ type Idle struct {
 	// and itself a wake-up (about 25 µs across cores here, more when the
 	// vCPU was idle): a reader that sleeps between two batches of a fast
 	// publisher costs it that per batch. Spinning about as long as a
-	// wake-up costs bounds the waste at twice the optimum.
+	// wake-up costs bounds the waste at twice the optimum. A member whose
+	// last sleep lasted longer than SpinFor skips spinning (Spins and
+	// SpinFor) on its next wait, until a sleep is shorter again: at a low
+	// rate the spin never catches a message, and the CPU it burns costs
+	// the sleeper its place in the kernel's queue when it is woken on a
+	// busy host.
 	SpinFor time.Duration
 	Yields  int  // runtime.Gosched calls before sleeping
 	NoSleep bool // never sleep: poll forever (lowest latency, burns a core)
@@ -79,6 +84,7 @@ type waiter struct {
 	yields   int   // of them, yields
 	until    int64 // SpinFor: spin until this clock reading; 0: not started
 	spinDone bool
+	noSpin   bool  // SpinFor: the last sleep outlasted it; kept across waits
 	yielded  int64 // YieldEvery: clock reading at the last yield, kept across waits
 	ctx      context.Context
 	lease    *member
@@ -94,7 +100,7 @@ func newWaiter(idle Idle, lease *member) waiter {
 
 func (w *waiter) reset() {
 	w.n, w.yields, w.until = 0, 0, 0
-	w.spinDone = w.idle.Spins <= 0 && w.idle.SpinFor <= 0
+	w.spinDone = w.idle.Spins <= 0 && w.idle.SpinFor <= 0 || w.noSpin
 }
 
 // spinning reports whether the next pause is a busy poll.
@@ -144,7 +150,13 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 	if err := w.check(); err != nil || ready == nil {
 		return err
 	}
+	if w.idle.SpinFor <= 0 {
+		pk.wait(w.ctx, ready, w.sleep)
+		return nil
+	}
+	slept := nanotime()
 	pk.wait(w.ctx, ready, w.sleep)
+	w.noSpin = nanotime()-slept > int64(w.idle.SpinFor)
 	return nil
 }
 
