@@ -91,8 +91,11 @@ time per message of every process involved, brokers included. Every
 message is verified (sequence and CRC-32C); a run that lost or corrupted
 messages is marked so, not reported as fast.
 
-Needs the brokers installed (make bench-deps: apt-get install -y
-mosquitto nats-server redis-server); missing ones are skipped and named.
+Needs the brokers and the C peers' libraries installed (make bench-deps:
+apt-get install -y mosquitto nats-server redis-server gcc libc6-dev
+iceoryx libiceoryx-binding-c-dev libzmq3-dev); missing ones are skipped
+and named. --rounds N runs every system N times, interleaved, and reports
+each case's median round.
 Writes results.md, results.csv, results.json and PNG plots to the results
 directory.`
 }
