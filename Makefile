@@ -74,10 +74,12 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./bench/ringbench/
 
 # Debian packages of the servers `shimmy-bench` compares against (Kafka is
-# not packaged in Debian 12).
+# not packaged in Debian 12), and of the C peers it compiles (iceoryx,
+# ZeroMQ; POSIX message queues are libc's).
 bench-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto nats-server redis-server
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto nats-server redis-server \
+		gcc libc6-dev iceoryx libiceoryx-binding-c-dev libzmq3-dev
 
 # The paper's evaluation against Mosquitto, NATS, Redis and kernel sockets:
 # writes bench/results/<date>/ (table, CSV, JSON, plots).

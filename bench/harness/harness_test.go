@@ -169,6 +169,11 @@ func TestEndToEnd(t *testing.T) {
 				testenv.NeedFUSE(t) // the data-file case mounts an agent
 				opts.Agent = InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 			}
+			if sys.peer != nil {
+				if err := sys.peer.missing(); err != nil {
+					t.Skipf("%s: %v", sys.name, err)
+				}
+			}
 			if sys.pkg != "" {
 				if _, err := findBinary(sys.pkg); err != nil {
 					t.Skipf("%s is not installed (apt-get install -y %s, or make bench-deps)", sys.pkg, sys.pkg)
@@ -263,6 +268,68 @@ func TestScaledFormats(t *testing.T) {
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+// TestMedianRounds: interleaved rounds merge into one row per system and
+// case, the median round's, unless a round was not valid.
+func TestMedianRounds(t *testing.T) {
+	thr := Case{Mode: "throughput", Size: 16, Count: 10, Subs: 1}
+	lat := Case{Mode: "latency", Size: 16, Count: 10, Subs: 1, Rate: 100}
+	ok := func(c Case, v float64) Result {
+		return Result{System: "a", Case: c, Status: StatusOK, MsgsPerSec: v, Latency: Latency{P50Ns: int64(v)}}
+	}
+	lost := ok(thr, 9)
+	lost.Status = StatusLost
+	for _, tc := range []struct {
+		name   string
+		in     []Result
+		want   float64 // the reported round's figure
+		status string
+	}{
+		{"throughput median", []Result{ok(thr, 3), ok(thr, 1), ok(thr, 2)}, 2, StatusOK},
+		{"latency median", []Result{ok(lat, 30), ok(lat, 10), ok(lat, 20)}, 20, StatusOK},
+		{"a lost round wins", []Result{ok(thr, 3), lost, ok(thr, 2)}, 9, StatusLost},
+		{"one round as is", []Result{ok(thr, 5)}, 5, StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := medianRounds(tc.in)
+			if len(out) != 1 {
+				t.Fatalf("%d results, want 1", len(out))
+			}
+			if out[0].MsgsPerSec != tc.want || out[0].Status != tc.status {
+				t.Errorf("got %v %s (%s), want %v %s", out[0].MsgsPerSec, out[0].Status, out[0].Note, tc.want, tc.status)
+			}
+		})
+	}
+	// Two systems and two cases stay apart, in first-seen order.
+	b := ok(thr, 7)
+	b.System = "b"
+	out := medianRounds([]Result{ok(thr, 1), ok(lat, 2), b, ok(thr, 3), ok(lat, 4), b})
+	if len(out) != 3 || out[0].System != "a" || out[0].Mode != "throughput" || out[1].Mode != "latency" || out[2].System != "b" {
+		t.Errorf("merged %+v", out)
+	}
+}
+
+// TestIPCTable: the local IPC comparison shows each peer's figure and
+// Shimmy against the best peer of the row.
+func TestIPCTable(t *testing.T) {
+	res := func(sys, mode string, v float64, p50 int64) Result {
+		return Result{System: sys, Case: Case{Mode: mode, Size: 16, Count: 10, Subs: 1}, Status: StatusOK, Sent: 10,
+			MsgsPerSec: v, Latency: Latency{P50Ns: p50, P99Ns: 2 * p50}}
+	}
+	rep := &Report{Results: []Result{
+		res(SysShimmyZeroCopy, "throughput", 8e6, 0), res(SysIceoryx, "throughput", 1e6, 0), res(SysZMQ, "throughput", 2e6, 0),
+		res(SysShimmyZeroCopy, "latency", 5000, 10_000), res(SysIceoryx, "latency", 5000, 15_000), res(SysMQ, "latency", 5000, 12_000),
+	}}
+	md := rep.Markdown()
+	for _, want := range []string{
+		"| 16B | throughput, sleeping subscribers | 8M/s | 1M/s | n/a | 2M/s | 4× |",
+		"| 16B | fixed rate, sleeping subscribers, p50 / p99 | 10µs / 20µs | 15µs / 30µs | 12µs / 24µs | n/a | 1.2× |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("results.md lacks %q:\n%s", want, md)
 		}
 	}
 }

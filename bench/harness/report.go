@@ -171,6 +171,7 @@ type Report struct {
 	Finished time.Time `json:"finished"`
 	Quick    bool      `json:"quick"`
 	CaseCap  string    `json:"case_cap"`
+	Rounds   int       `json:"rounds,omitempty"` // interleaved rounds, each case's median reported
 	// /proc/loadavg before and after: the machine may be shared.
 	LoadStart string   `json:"load_start"`
 	LoadEnd   string   `json:"load_end"`
@@ -238,6 +239,9 @@ func (rep *Report) Markdown() string {
 		"Throughput is at each subscriber (the slowest), MB = 10^6 bytes. Latency is one-way, send stamp to arrival, CLOCK_MONOTONIC. "+
 		"CPU/msg is the CPU time of every process involved (publisher, subscribers, broker or agent) per message sent. "+
 		"`LOST`/`CORRUPT` rows are not comparable figures.\n\n", rep.CaseCap)
+	if rep.Rounds > 1 {
+		fmt.Fprintf(&b, "Every system ran %d times, interleaved (all systems, then all again); each row is the case's median round, every round's figure in its note.\n\n", rep.Rounds)
+	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
@@ -265,6 +269,11 @@ func (rep *Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %d | %.0f/s | %s | %s | %s | %s | %s | %s | %s |\n", r.System, sizeName(r.Size), r.Subs, r.Rate, r.Status,
 			durFmt(r.Latency.MeanNs), durFmt(float64(r.Latency.P50Ns)), durFmt(float64(r.Latency.P99Ns)), durFmt(float64(r.Latency.P999Ns)), durFmt(r.CPUPerMsgNs), mdEscape(r.Note))
 	}
+	for _, subs := range []int{1, 4} {
+		if rep.has(SysIceoryx, SysIceoryxBusy, SysMQ, SysMQBusy, SysZMQ, SysZMQBusy) {
+			b.WriteString(rep.ipcTable(subs))
+		}
+	}
 	b.WriteString(rep.ratios())
 	b.WriteString("\n## Not run\n\n")
 	seen := map[string]bool{}
@@ -278,6 +287,16 @@ func (rep *Report) Markdown() string {
 		b.WriteString("- none\n")
 	}
 	return b.String()
+}
+
+// has reports whether the report holds a result of one of systems.
+func (rep *Report) has(systems ...string) bool {
+	for _, r := range rep.Results {
+		if slices.Contains(systems, r.System) {
+			return true
+		}
+	}
+	return false
 }
 
 func mdEscape(s string) string {

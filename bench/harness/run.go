@@ -43,6 +43,14 @@ const (
 	SysRedis          = "redis"
 	SysMosquitto      = "mosquitto"
 	SysKafka          = "kafka"
+	// The C peers (bench/harness/peer): a sleeping subscriber (blocked in
+	// the library's wait) and a busy-polling one.
+	SysIceoryx     = "iceoryx"
+	SysIceoryxBusy = "iceoryx-busy"
+	SysMQ          = "posix-mq"
+	SysMQBusy      = "posix-mq-busy"
+	SysZMQ         = "zeromq"
+	SysZMQBusy     = "zeromq-busy"
 )
 
 // Options configure Run.
@@ -62,6 +70,11 @@ type Options struct {
 	// agent's.
 	AgentPID int
 	Progress io.Writer // per-case lines; nil: os.Stderr
+	// Rounds runs every selected system this many times, interleaved
+	// (all systems once, then all again), and reports each case's median
+	// round: a slow minute of a shared machine then hits every system
+	// alike instead of one. 0 or 1: one round.
+	Rounds int
 }
 
 // Usage describes the benchmark for `shimmy-bench --help` (the flags
@@ -78,23 +91,31 @@ time per message of every process involved, brokers included. Every
 message is verified (sequence and CRC-32C); a run that lost or corrupted
 messages is marked so, not reported as fast.
 
-Needs the brokers installed (make bench-deps: apt-get install -y
-mosquitto nats-server redis-server); missing ones are skipped and named.
+Needs the brokers and the C peers' libraries installed (make bench-deps:
+apt-get install -y mosquitto nats-server redis-server gcc libc6-dev
+iceoryx libiceoryx-binding-c-dev libzmq3-dev); missing ones are skipped
+and named. --rounds N runs every system N times, interleaved, and reports
+each case's median round.
 Writes results.md, results.csv, results.json and PNG plots to the results
 directory.`
 }
 
 func allSystems() []string {
-	return []string{SysShimmyZeroCopy, SysShimmyBusy, SysShimmyCopy, SysShimmyFiles, SysUnix, SysTCP, SysNATS, SysRedis, SysMosquitto, SysKafka}
+	var names []string
+	for _, s := range systems {
+		names = append(names, s.name)
+	}
+	return append(names, SysKafka)
 }
 
 // system is one row kind of the results.
 type system struct {
 	name   string
-	server func(ctx context.Context, dir string) (*server, error)
+	server func(ctx context.Context, dir string, cases []Case) (*server, error)
 	pkg    string // Debian package that provides the server
 	batch  int    // pipelined clients: messages per round trip at saturation
 	broker bool
+	peer   *peer // a C client, compiled by the harness, runs the children
 }
 
 var systems = []system{
@@ -102,6 +123,12 @@ var systems = []system{
 	{name: SysShimmyBusy},
 	{name: SysShimmyCopy},
 	{name: SysShimmyFiles},
+	{name: SysIceoryx, peer: peerIceoryx, server: startRouDi},
+	{name: SysIceoryxBusy, peer: peerIceoryx, server: startRouDi},
+	{name: SysMQ, peer: peerMQ},
+	{name: SysMQBusy, peer: peerMQ},
+	{name: SysZMQ, peer: peerZMQ},
+	{name: SysZMQBusy, peer: peerZMQ},
 	{name: SysUnix},
 	{name: SysTCP},
 	{name: SysNATS, server: startNATS, pkg: "nats-server", broker: true},
@@ -230,16 +257,24 @@ func Run(ctx context.Context, opts Options) error {
 	rep := &Report{Started: time.Now(), Quick: opts.Quick, Machine: machineInfo(), CaseCap: capDur.String(), LoadStart: loadAvg()}
 	logf := func(format string, a ...any) { fmt.Fprintf(opts.Progress, format+"\n", a...) }
 	logf("shimmy-bench: %d cases per system, each capped at %v; results in %s", len(cases), capDur, opts.OutDir)
-	for _, sys := range systems {
-		if !selected(sys.name, opts.Systems) {
-			continue
+	rounds := max(1, opts.Rounds)
+	var all []Result
+	for round := 1; round <= rounds; round++ {
+		if rounds > 1 {
+			logf("round %d of %d", round, rounds)
 		}
-		if err := ctx.Err(); err != nil {
-			return err
+		for _, sys := range systems {
+			if !selected(sys.name, opts.Systems) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			all = append(all, runSystem(ctx, sys, cases, capDur, tmp, opts, logf)...)
 		}
-		rs := runSystem(ctx, sys, cases, capDur, tmp, opts, logf)
-		rep.Results = append(rep.Results, rs...)
 	}
+	rep.Rounds = rounds
+	rep.Results = medianRounds(all)
 	if selected(SysKafka, opts.Systems) {
 		note := "not packaged in Debian 12: not run here. Paper figures not available here (the paper's text could not be consulted from this machine)."
 		rep.Notes = append(rep.Notes, "kafka: "+note)
@@ -271,12 +306,32 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 		return rs
 	}
 	env := &sysEnv{sys: sys, tmp: tmp}
+	if sys.peer != nil {
+		exe, err := sys.peer.build(tmp)
+		if err != nil {
+			return skip(err.Error())
+		}
+		env.exe = exe
+	}
+	if sys.peer == peerMQ {
+		maxSize := 0
+		for _, c := range cases {
+			maxSize = max(maxSize, c.Size)
+		}
+		changed, err := raiseMQLimits(maxSize)
+		if err != nil {
+			return skip(err.Error())
+		}
+		if changed != "" {
+			logf("%-22s raised %s", sys.name, changed)
+		}
+	}
 	if sys.server != nil {
 		dir, err := os.MkdirTemp(tmp, sys.name+"-")
 		if err != nil {
 			return skip(err.Error())
 		}
-		srv, err := sys.server(ctx, dir)
+		srv, err := sys.server(ctx, dir, cases)
 		if err != nil {
 			hint := ""
 			if _, ferr := findBinary(sys.pkg); ferr != nil {
@@ -354,6 +409,7 @@ func (e *sysEnv) repeated(ctx context.Context, c Case, capDur time.Duration, id 
 // sysEnv is what the cases of one system share.
 type sysEnv struct {
 	sys      system
+	exe      string // the children's program: a C peer's, or "" for this binary
 	tmp      string
 	srv      *server
 	mount    string
@@ -402,6 +458,13 @@ func (e *sysEnv) prepare(c Case, id int) (addr, topic string, cleanup func(), er
 		return p, topic, func() { os.Remove(p) }, nil
 	case SysTCP:
 		return "", topic, cleanup, nil
+	case SysMQ, SysMQBusy:
+		return name, topic, cleanup, nil // the publisher makes /<name>-<subscriber>
+	case SysZMQ, SysZMQBusy:
+		p := filepath.Join(e.tmp, fmt.Sprintf("z%d.ipc", id))
+		return p, topic, func() { os.Remove(p) }, nil
+	case SysIceoryx, SysIceoryxBusy:
+		return name, topic, cleanup, nil // the service's instance
 	}
 	return e.srv.addr, topic, cleanup, nil
 }
@@ -442,10 +505,13 @@ type child struct {
 	done  chan struct{}
 }
 
-func startChild(ctx context.Context, name string, spec childSpec) (*child, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
+// startChild starts exe (this binary when "") in spec's role.
+func startChild(ctx context.Context, exe, name string, spec childSpec) (*child, error) {
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
 	}
 	b, _ := json.Marshal(spec)
 	cmd := exec.Command(exe)
@@ -470,8 +536,10 @@ func startChild(ctx context.Context, name string, spec childSpec) (*child, error
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
+		if err := cmd.Wait(); err != nil {
+			fmt.Fprintf(c.errb, " (%v)", err) // how it ended, for the error
+		}
 		close(c.lines)
-		cmd.Wait()
 		close(c.done)
 	}()
 	return c, nil
@@ -562,7 +630,7 @@ func (e *sysEnv) runCase(ctx context.Context, c Case, capDur time.Duration, id i
 	}()
 	ps := spec
 	ps.Role = "pub"
-	pub, err := startChild(ctx, "publisher", ps)
+	pub, err := startChild(ctx, e.exe, "publisher", ps)
 	if err != nil {
 		return fail(err)
 	}
@@ -580,7 +648,7 @@ func (e *sysEnv) runCase(ctx context.Context, c Case, capDur time.Duration, id i
 		if paddr != "" {
 			ss.Addr = paddr
 		}
-		sc, err := startChild(ctx, fmt.Sprintf("subscriber %d", i), ss)
+		sc, err := startChild(ctx, e.exe, fmt.Sprintf("subscriber %d", i), ss)
 		if err != nil {
 			return fail(err)
 		}

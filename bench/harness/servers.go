@@ -79,6 +79,19 @@ func startServer(ctx context.Context, name, bin, dir string, conf func(port int)
 			return nil, err
 		}
 	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	return launch(ctx, name, bin, dir, addr, args, "listen on "+addr, func(*server) bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// launch runs bin with args in dir and waits up to 10 s for ready, which
+// says (doing what) that the server serves.
+func launch(ctx context.Context, name, bin, dir, addr string, args []string, what string, ready func(*server) bool) (*server, error) {
 	out := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
@@ -89,15 +102,10 @@ func startServer(ctx context.Context, name, bin, dir string, conf func(port int)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	s := &server{name: name, addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd, out: out, done: make(chan struct{})}
+	s := &server{name: name, addr: addr, cmd: cmd, out: out, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(s.done) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return s, nil
-		}
+	for !ready(s) {
 		select {
 		case <-s.done:
 			return nil, fmt.Errorf("%s exited at start: %s", name, strings.TrimSpace(out.String()))
@@ -108,15 +116,16 @@ func startServer(ctx context.Context, name, bin, dir string, conf func(port int)
 		}
 		if time.Now().After(deadline) {
 			s.stop()
-			return nil, fmt.Errorf("%s did not listen on %s within 10 s: %s", name, s.addr, strings.TrimSpace(out.String()))
+			return nil, fmt.Errorf("%s did not %s within 10 s: %s", name, what, strings.TrimSpace(out.String()))
 		}
 	}
+	return s, nil
 }
 
 // Configurations that keep each broker from dropping messages for a slow
 // subscriber, on loopback only.
 
-func startMosquitto(ctx context.Context, dir string) (*server, error) {
+func startMosquitto(ctx context.Context, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("mosquitto")
 	if err != nil {
 		return nil, err
@@ -139,7 +148,7 @@ log_type warning
 	})
 }
 
-func startNATS(ctx context.Context, dir string) (*server, error) {
+func startNATS(ctx context.Context, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("nats-server")
 	if err != nil {
 		return nil, err
@@ -156,7 +165,7 @@ max_payload: 1048576
 	})
 }
 
-func startRedis(ctx context.Context, dir string) (*server, error) {
+func startRedis(ctx context.Context, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("redis-server")
 	if err != nil {
 		return nil, err

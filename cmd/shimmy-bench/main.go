@@ -4,7 +4,7 @@
 // docs/benchmarks.md). It is a binary of its own so that the node binary,
 // cmd/shimmy, links no broker client and no plotting library.
 //
-//	shimmy-bench [--quick] [--out DIR] [--systems a,b] [--cases s] [--no-agent] [--replot DIR]
+//	shimmy-bench [--quick] [--out DIR] [--systems a,b] [--cases s] [--rounds N] [--no-agent] [--replot DIR]
 package main
 
 import (
@@ -22,7 +22,7 @@ import (
 	"github.com/shimmy-dev/shimmy/fs"
 )
 
-const synopsis = "shimmy-bench [--quick] [--out DIR] [--systems a,b,...] [--cases s,...] [--no-agent] [--replot DIR]"
+const synopsis = "shimmy-bench [--quick] [--out DIR] [--systems a,b,...] [--cases s,...] [--rounds N] [--no-agent] [--replot DIR]"
 
 const notes = `
 The data-file cases run against an agent that this command starts on a
@@ -53,7 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	systems := fl.String("systems", "", "comma-separated systems to run (names or substrings); empty: all")
 	cases := fl.String("cases", "", "comma-separated substrings of case names to run (e.g. \"size=16B count=1M subs=1\"); empty: all")
 	noAgent := fl.Bool("no-agent", false, "skip the data-file cases (no FUSE mount)")
-	replot := fl.String("replot", "", "redraw the plots of this results directory from its results.json, and run nothing")
+	replot := fl.String("replot", "", "redraw the plots and results.md of this results directory from its results.json, and run nothing")
+	rounds := fl.Int("rounds", 1, "run every system this many times, interleaved, and report each case's median round")
 	err := fl.Parse(args)
 	if err == nil && fl.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fl.Arg(0))
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *replot != "" {
 		err = harness.Replot(*replot)
 	} else {
-		opts := harness.Options{Quick: *quick, OutDir: *out, Progress: stderr}
+		opts := harness.Options{Quick: *quick, OutDir: *out, Progress: stderr, Rounds: *rounds}
 		if *systems != "" {
 			opts.Systems = strings.Split(*systems, ",")
 		}
