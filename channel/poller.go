@@ -1,6 +1,7 @@
 package channel
 
 import (
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -109,9 +110,6 @@ func (pl *poller) kick() {
 // park whose word moved or whose safety timeout passed, and drops parks
 // no goroutine waits on any more. It leaves when it has no parks.
 func (pl *poller) run() {
-	// A word the agent waits on lives in a tenant's ring: a ring shrunk
-	// under it must fault this goroutine's loads, not crash the process.
-	debug.SetPanicOnFault(true)
 	var (
 		set  []pollEntry
 		ws   []futexWaitv
@@ -165,6 +163,8 @@ func (pl *poller) pass(e pollEntry, now int64) (drop bool) {
 	if pk.pl != pl || pk.tok != e.tok {
 		return false // closed, or dropped and attached again: not this entry
 	}
+	// A word the agent waits on lives in a tenant's ring: a ring shrunk
+	// under it faults the load, and the park leaves the set.
 	w, ok := loadGuarded(pk.word)
 	// A timeout due soon is taken in this pass: the parks' deadlines are
 	// spread out, and each would be a wake-up of its own.
@@ -185,15 +185,28 @@ func (pl *poller) pass(e pollEntry, now int64) (drop bool) {
 	return true
 }
 
-// loadGuarded loads a word of shared memory; ok is false if it faults
-// (the goroutine runs with SetPanicOnFault).
+// loadGuarded loads a word of shared memory; ok is false if it faults.
 func loadGuarded(p *uint32) (v uint32, ok bool) {
+	ok = faultSafe(func() { v = atomic.LoadUint32(p) })
+	return v, ok
+}
+
+// faultSafe runs f, which touches ring memory from a goroutine of this
+// package's own (a poller, heartbeats, a wake-up on cancel): a ring shrunk
+// under the mapping faults f, which is reported instead of crashing the
+// process.
+func faultSafe(f func()) (ok bool) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
-		if recover() != nil {
+		if p := recover(); p != nil {
+			if _, isRuntime := p.(runtime.Error); !isRuntime {
+				panic(p)
+			}
 			ok = false
 		}
 	}()
-	return atomic.LoadUint32(p), true
+	f()
+	return true
 }
 
 // futexWaitv is struct futex_waitv (linux/futex.h).

@@ -245,7 +245,7 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 			// wake-up touches the ring: it is over before wait returns.
 			woke := make(chan struct{})
 			stop := context.AfterFunc(ctx, func() {
-				atomic.AddUint32(pk.word, 1)
+				faultSafe(func() { atomic.AddUint32(pk.word, 1) })
 				futexWake(pk.word)
 				close(woke)
 			})
