@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -84,7 +85,7 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	return h, pubOpenFlags, 0
 }
 
-func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *fileNode) openSub(ctx context.Context, nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
 	o, errno := n.hold()
 	if errno != 0 {
 		return nil, 0, errno
@@ -106,6 +107,10 @@ func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	if err != nil {
 		o.h.Close()
 		return nil, 0, o.errno(err)
+	}
+	if h.sub != nil {
+		h.tgid = callerTgid(ctx)
+		n.root.readers.add(n.ch, h)
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
@@ -375,6 +380,9 @@ type subHandle struct {
 	has      bool
 	boundary bool // message mode: a message just ended a full piece (see Read)
 	closed   bool
+
+	tgid uint32        // the process that opened it (pubsub), for lost
+	lost atomic.Uint64 // its subscriber's losses so far, for lost
 }
 
 // keepScratch is the largest message buffer a reader keeps between
@@ -402,6 +410,9 @@ func (h *subHandle) next(ctx context.Context, block bool) ([]byte, error) {
 		msg, err = h.rd.Next(ctx, h.scratch)
 	default:
 		msg, err = h.rd.TryNext(h.scratch)
+	}
+	if h.sub != nil {
+		h.lost.Store(h.sub.Lost())
 	}
 	if err != nil {
 		return nil, err
@@ -519,6 +530,9 @@ func (h *subHandle) Release(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	h.closed = true
+	if h.sub != nil {
+		h.root.readers.remove(h.ch, h)
+	}
 	h.guarded(func() syscall.Errno {
 		if h.sub != nil {
 			h.sub.Close()
