@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -23,21 +22,9 @@ func TestManySubscribersAcrossProcesses(t *testing.T) {
 		lease = 2 * time.Second
 	)
 	r, path := newShmRing(t, Config{Capacity: 64 << 10, MemberSlots: 4096, Lease: lease})
-	agent, err := Open(r.mem)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var reaped atomic.Int64
-	reaper := make(chan struct{})
-	go func() {
-		defer close(reaper)
-		for ctx.Err() == nil {
-			reaped.Add(int64(agent.Reap()))
-			time.Sleep(lease / 20)
-		}
-	}()
+	reaped, reaper := startReaper(ctx, t, r, lease/20)
 	kids := make([]*child, procs)
 	for i := range kids {
 		kids[i] = startChild(t, fmt.Sprintf("fansub %d", i), "fansub", envRing+"="+path, envSubs+"="+strconv.Itoa(per), envCount+"="+strconv.Itoa(msgs))
