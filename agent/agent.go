@@ -194,6 +194,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer close(a.done)
 	lg := a.log.WithField("component", "agent")
+	if err := checkPrivilege(); err != nil {
+		return err
+	}
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

@@ -15,6 +15,7 @@ const (
 	MsgOldest = "msg.oldest" // msg from the oldest retained message
 	Config    = "config"     // read: the configuration
 	Stats     = "stats"      // read: live counters
+	Lost      = "lost"       // read: messages the caller's own subscribers lost (pubsub)
 	Ctl       = "ctl"        // write: reconfigure
 	Error     = "error"      // read: why the last change was refused
 )

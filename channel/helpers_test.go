@@ -98,6 +98,7 @@ const (
 	envPause  = "SHIMMY_CHILD_PAUSE"     // sub: after this many messages, wait for stdin to close
 	envStall  = "SHIMMY_CHILD_STALL"     // sub: after this many messages, Peek, print PEEKED and hang
 	envTake   = "SHIMMY_CHILD_TAKE"      // reader: die holding the first take (prints TAKEN and hangs)
+	envSubs   = "SHIMMY_CHILD_SUBS"      // fansub: subscribers in this process
 	envBatch  = "SHIMMY_CHILD_BATCH"     // "1": the publisher publishes in batches (PublishBatch, ClaimBatch); the claimer claims a batch
 )
 
@@ -434,6 +435,8 @@ func childMain(role string) error {
 		return childStressPublish(ctx, r, idle, say)
 	case "stresssub":
 		return childStressSubscribe(ctx, r, idle, released, say)
+	case "fansub":
+		return childFanSubscribe(ctx, r, say)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -149,9 +149,11 @@ func (r *Ring) heartbeats(stop chan struct{}) {
 		}
 		r.mu.Lock()
 		now := uint64(monotonic())
-		for _, m := range r.local {
-			m.heartbeat(now)
-		}
+		faultSafe(func() { // a shrunk ring: its members die with it
+			for _, m := range r.local {
+				m.heartbeat(now)
+			}
+		})
 		r.mu.Unlock()
 	}
 }

@@ -121,21 +121,9 @@ func TestManySubscribersStayAlive(t *testing.T) {
 		msgs  = 24
 	)
 	r := newRing(t, Config{Capacity: 64 << 10, MemberSlots: 4096, Lease: lease})
-	agent, err := Open(r.mem)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var reaped atomic.Int64
-	reaper := make(chan struct{})
-	go func() {
-		defer close(reaper)
-		for ctx.Err() == nil {
-			reaped.Add(int64(agent.Reap()))
-			time.Sleep(lease / 10)
-		}
-	}()
+	reaped, reaper := startReaper(ctx, t, r, lease/10)
 	f := startFanout(t, r, subs, IdleSleep)
 	// A message every lease/4: the run spans lease*msgs/4 = 6 leases,
 	// with every subscriber asleep between messages.
@@ -162,6 +150,26 @@ func TestManySubscribersStayAlive(t *testing.T) {
 			t.Fatal(errors.Join(fmt.Errorf("slot %d", m.m.idx), err))
 		}
 	}
+}
+
+// startReaper reaps r as an agent would (through its own view of the
+// ring) every interval until ctx is done; reaper is closed then, and
+// reaped counts the members it evicted.
+func startReaper(ctx context.Context, t testing.TB, r *Ring, every time.Duration) (reaped *atomic.Int64, reaper chan struct{}) {
+	t.Helper()
+	agent, err := Open(r.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reaped, reaper = new(atomic.Int64), make(chan struct{})
+	go func() {
+		defer close(reaper)
+		for ctx.Err() == nil {
+			reaped.Add(int64(agent.Reap()))
+			time.Sleep(every)
+		}
+	}()
+	return reaped, reaper
 }
 
 // TestFanoutBlockFull: many subscribers on a small block ring that the

@@ -204,19 +204,26 @@ func wakeN(word, waiters *uint32, n int) {
 // thousand subscribers asleep in one process were a thousand threads that
 // every publish woke at once, and they starved the heartbeat goroutine
 // past the lease. So one goroutine at most sleeps on the word itself (as
-// before: the fastest wake-up, for the common case of one waiter); the
-// others wait on a channel that one sleeper goroutine closes each time it
-// wakes up, whatever their number.
+// before: the fastest wake-up, for the common case of one waiter), and
+// only while the process has fewer than maxDirect such sleepers; the
+// others wait on a channel that a poller (poller.go) closes each time the
+// word moves, whatever their number and however many words they wait on.
 type park struct {
 	word, waiters *uint32
 
-	mu      sync.Mutex
-	gen     chan struct{} // closed when the sleeper wakes up
-	n       int           // goroutines waiting on gen
-	running bool          // the sleeper goroutine sleeps on word for them
-	direct  bool          // a goroutine sleeps on word itself
-	closed  bool          // the ring closed: no sleeper goroutine any more
-	done    chan struct{} // closed when the running sleeper returns
+	mu     sync.Mutex
+	gen    chan struct{} // closed when the poller sees the word move (or time out)
+	n      int           // goroutines waiting on gen
+	direct bool          // a goroutine sleeps on word itself
+	closed bool          // the ring closed: no poller any more
+
+	// The poller's attachment, while pl is set: it waits on word against
+	// v (announced in waiters) and wakes gen at deadline at the latest.
+	pl       *poller
+	tok      uint64
+	v        uint32
+	d        time.Duration
+	deadline int64
 }
 
 func newPark(word, waiters *uint32) *park {
@@ -231,43 +238,28 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 		done = ctx.Done()
 	}
 	pk.mu.Lock()
-	if !pk.direct || pk.closed {
-		pk.direct = true
+	if pk.closed {
 		pk.mu.Unlock()
-		atomic.AddUint32(pk.waiters, 1)
-		v := atomic.LoadUint32(pk.word)
-		if !ready() {
-			if done == nil {
-				futexWait(pk.word, v, d)
-			} else {
-				// A cancelled caller must not sleep out the timeout. The
-				// wake-up touches the ring: it is over before wait returns.
-				woke := make(chan struct{})
-				stop := context.AfterFunc(ctx, func() {
-					atomic.AddUint32(pk.word, 1)
-					futexWake(pk.word)
-					close(woke)
-				})
-				futexWait(pk.word, v, d)
-				if !stop() {
-					<-woke
-				}
-			}
-		}
-		atomic.AddUint32(pk.waiters, ^uint32(0))
-		pk.mu.Lock()
-		pk.direct = false
-		pk.mu.Unlock()
+		pk.sleepDirect(ctx, done, ready, d, false)
 		return
 	}
-	if !pk.running {
+	if !pk.direct && direct.Add(1) <= maxDirect {
+		pk.direct = true
+		pk.mu.Unlock()
+		pk.sleepDirect(ctx, done, ready, d, true)
+		return
+	}
+	if !pk.direct {
+		direct.Add(-1)
+	}
+	if pk.pl == nil {
 		// Announced, and the word read, before this goroutine's re-check:
 		// a waker that comes after the re-check bumps the word after v
-		// was read, and the sleeper's first futex call returns at once.
-		pk.running = true
-		pk.done = make(chan struct{})
+		// was read, and the poller's wait returns at once.
 		atomic.AddUint32(pk.waiters, 1)
-		go pk.sleep(atomic.LoadUint32(pk.word), d, pk.done)
+		pk.v, pk.d = atomic.LoadUint32(pk.word), d
+		pk.deadline = nanotime() + int64(d)
+		attachPoller(pk)
 	}
 	pk.n++
 	gen := pk.gen
@@ -283,41 +275,55 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 	pk.mu.Unlock()
 }
 
-// sleep is the sleeper goroutine: it sleeps on the word for the
-// goroutines waiting on gen and wakes them all each time it wakes up. It
-// reads the word before it wakes them, so that a waker that comes after
-// their re-check always finds it asleep on the value before its bump. It
-// stays announced in waiters while it runs, and leaves when no one waits.
-func (pk *park) sleep(v uint32, d time.Duration, done chan struct{}) {
-	defer close(done)
-	for {
-		futexWait(pk.word, v, d)
+// sleepDirect sleeps on the word itself; counted: as the park's direct
+// sleeper.
+func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted bool) {
+	atomic.AddUint32(pk.waiters, 1)
+	v := atomic.LoadUint32(pk.word)
+	if !ready() {
+		if done == nil {
+			futexWait(pk.word, v, d)
+		} else {
+			// A cancelled caller must not sleep out the timeout. The
+			// wake-up touches the ring: it is over before wait returns.
+			woke := make(chan struct{})
+			stop := context.AfterFunc(ctx, func() {
+				faultSafe(func() { atomic.AddUint32(pk.word, 1) })
+				futexWake(pk.word)
+				close(woke)
+			})
+			futexWait(pk.word, v, d)
+			if !stop() {
+				<-woke
+			}
+		}
+	}
+	atomic.AddUint32(pk.waiters, ^uint32(0))
+	if counted {
 		pk.mu.Lock()
-		if !pk.closed {
-			v = atomic.LoadUint32(pk.word)
-		}
-		close(pk.gen)
-		pk.gen = make(chan struct{})
-		if pk.n == 0 || pk.closed {
-			pk.running = false
-			atomic.AddUint32(pk.waiters, ^uint32(0))
-			pk.mu.Unlock()
-			return
-		}
+		pk.direct = false
 		pk.mu.Unlock()
+		direct.Add(-1)
 	}
 }
 
-// close stops the sleeper goroutine before the ring's memory goes away.
+// close detaches the park from its poller before the ring's memory goes
+// away, and wakes the goroutines waiting on it (they sleep on the word
+// themselves from now on, bounded by their timeout).
 func (pk *park) close() {
 	pk.mu.Lock()
 	pk.closed = true
-	running, done := pk.running, pk.done
+	pl, tok := pk.pl, pk.tok
+	if pl != nil {
+		pk.pl = nil
+		atomic.AddUint32(pk.waiters, ^uint32(0))
+		close(pk.gen)
+		pk.gen = make(chan struct{})
+	}
 	pk.mu.Unlock()
-	if running {
-		atomic.AddUint32(pk.word, 1)
-		futexWake(pk.word)
-		<-done
+	if pl != nil {
+		pl.detach(pk, tok)
+		pl.kick()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -42,6 +43,18 @@ func (o hold) errno(err error) syscall.Errno {
 	return e
 }
 
+// guarded runs f, which touches the ring's memory, under the channel's
+// fault guard (registry.Channel.Guard): a ring shrunk under the agent's
+// mapping makes the call fail with EIO and the channel broken instead of
+// crashing the agent.
+func (o hold) guarded(f func() syscall.Errno) syscall.Errno {
+	var errno syscall.Errno
+	if err := o.ch.Guard(func() error { errno = f(); return nil }); err != nil {
+		return o.errno(err)
+	}
+	return errno
+}
+
 func (n *fileNode) openRing() (gofs.FileHandle, uint32, syscall.Errno) {
 	o, errno := n.hold()
 	if errno != 0 {
@@ -59,7 +72,11 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	p, err := o.h.NewPublisher(channel.PublisherOptions{Queue: n.spec.queue})
+	var p *channel.Publisher
+	err := o.ch.Guard(func() (err error) {
+		p, err = o.h.NewPublisher(channel.PublisherOptions{Queue: n.spec.queue})
+		return err
+	})
 	if err != nil {
 		o.h.Close()
 		return nil, 0, o.errno(err)
@@ -68,26 +85,32 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	return h, pubOpenFlags, 0
 }
 
-func (n *fileNode) openSub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *fileNode) openSub(ctx context.Context, nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
 	o, errno := n.hold()
 	if errno != 0 {
 		return nil, 0, errno
 	}
 	cfg := o.h.Ring().Config()
 	h := &subHandle{hold: o, lines: n.spec.kind == kindSub, nonblock: nonblock, max: int(cfg.MaxMessage)}
-	var err error
-	if cfg.Type == channel.TypeStream {
-		h.rd, err = o.h.NewReader(channel.ReaderOptions{Queue: n.spec.queue})
-	} else {
+	err := o.ch.Guard(func() (err error) {
+		if cfg.Type == channel.TypeStream {
+			h.rd, err = o.h.NewReader(channel.ReaderOptions{Queue: n.spec.queue})
+			return err
+		}
 		from := channel.StartNewest
 		if n.spec.oldest {
 			from = channel.StartOldest
 		}
 		h.sub, err = o.h.NewSubscriber(channel.SubscriberOptions{From: from})
-	}
+		return err
+	})
 	if err != nil {
 		o.h.Close()
 		return nil, 0, o.errno(err)
+	}
+	if h.sub != nil {
+		h.tgid = callerTgid(ctx)
+		n.root.readers.add(n.ch, h)
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
@@ -146,7 +169,10 @@ func (h *ringHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		return fuse.ReadResultData(nil), 0
 	}
 	end := min(h.size, off+int64(len(dest)))
-	n := copy(dest, mem[off:end])
+	n := 0
+	if errno := h.guarded(func() syscall.Errno { n = copy(dest, mem[off:end]); return 0 }); errno != 0 {
+		return nil, errno
+	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
@@ -159,7 +185,9 @@ func (h *ringHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	if off < 0 || off+int64(len(data)) > h.size {
 		return 0, syscall.EFBIG
 	}
-	return uint32(copy(mem[off:], data)), 0
+	n := 0
+	errno := h.guarded(func() syscall.Errno { n = copy(mem[off:], data); return 0 })
+	return uint32(n), errno
 }
 
 func (h *ringHandle) Flush(ctx context.Context) syscall.Errno {
@@ -225,12 +253,14 @@ func (h *pubHandle) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	}
 	h.use()
 	if !h.lines {
-		if errno := h.publish(ctx, data); errno != 0 {
+		if errno := h.guarded(func() syscall.Errno { return h.publish(ctx, data) }); errno != 0 {
 			return 0, errno
 		}
 		return uint32(len(data)), 0
 	}
-	return h.writeLines(ctx, data)
+	var n uint32
+	errno := h.guarded(func() (errno syscall.Errno) { n, errno = h.writeLines(ctx, data); return errno })
+	return n, errno
 }
 
 // writeLines: bytes up to each newline complete a message (the newline is
@@ -313,7 +343,7 @@ func (h *pubHandle) Flush(ctx context.Context) syscall.Errno {
 	}
 	msg := h.partial
 	h.partial = nil
-	return h.publish(ctx, msg)
+	return h.guarded(func() syscall.Errno { return h.publish(ctx, msg) })
 }
 
 func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
@@ -323,7 +353,7 @@ func (h *pubHandle) Release(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	h.closed = true
-	h.pub.Close()
+	h.guarded(func() syscall.Errno { h.pub.Close(); return 0 })
 	h.h.Close()
 	h.released()
 	return 0
@@ -350,6 +380,9 @@ type subHandle struct {
 	has      bool
 	boundary bool // message mode: a message just ended a full piece (see Read)
 	closed   bool
+
+	tgid uint32        // the process that opened it (pubsub), for lost
+	lost atomic.Uint64 // its subscriber's losses so far, for lost
 }
 
 // keepScratch is the largest message buffer a reader keeps between
@@ -378,6 +411,9 @@ func (h *subHandle) next(ctx context.Context, block bool) ([]byte, error) {
 	default:
 		msg, err = h.rd.TryNext(h.scratch)
 	}
+	if h.sub != nil {
+		h.lost.Store(h.sub.Lost())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -404,9 +440,20 @@ func (h *subHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		return nil, syscall.EBADF
 	}
 	h.use()
-	if !h.lines {
-		return h.readMsg(ctx, dest)
-	}
+	var res fuse.ReadResult
+	errno := h.guarded(func() (errno syscall.Errno) {
+		if !h.lines {
+			res, errno = h.readMsg(ctx, dest)
+		} else {
+			res, errno = h.readLines(ctx, dest)
+		}
+		return errno
+	})
+	return res, errno
+}
+
+// readLines delivers as many whole messages as fit (see subHandle).
+func (h *subHandle) readLines(ctx context.Context, dest []byte) (fuse.ReadResult, syscall.Errno) {
 	out := dest[:0]
 	for {
 		first := len(out) == 0
@@ -484,10 +531,16 @@ func (h *subHandle) Release(ctx context.Context) syscall.Errno {
 	}
 	h.closed = true
 	if h.sub != nil {
-		h.sub.Close()
-	} else {
-		h.rd.Close()
+		h.root.readers.remove(h.ch, h)
 	}
+	h.guarded(func() syscall.Errno {
+		if h.sub != nil {
+			h.sub.Close()
+		} else {
+			h.rd.Close()
+		}
+		return 0
+	})
 	h.h.Close()
 	h.released()
 	return 0

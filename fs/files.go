@@ -25,6 +25,7 @@ const (
 	kindStats
 	kindCtl
 	kindError
+	kindLost
 )
 
 // fileSpec says what a name inside a channel directory is.
@@ -45,6 +46,7 @@ var pubsubFiles = []fileSpec{
 	{name: cf.MsgOldest, kind: kindMsg, oldest: true},
 	{name: cf.Config, kind: kindConfig},
 	{name: cf.Stats, kind: kindStats},
+	{name: cf.Lost, kind: kindLost},
 	{name: cf.Ctl, kind: kindCtl},
 	{name: cf.Error, kind: kindError},
 }
@@ -188,6 +190,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 			return nil, 0, syscall.EACCES
 		}
 		return &textHandle{data: n.text()}, fuse.FOPEN_DIRECT_IO, 0
+	case kindLost:
+		if acc != syscall.O_RDONLY {
+			return nil, 0, syscall.EACCES
+		}
+		return &textHandle{data: n.root.readers.lostText(n.ch, callerTgid(ctx))}, fuse.FOPEN_DIRECT_IO, 0
 	case kindCtl:
 		if acc == syscall.O_RDONLY {
 			return nil, 0, syscall.EACCES
@@ -204,7 +211,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		if acc != syscall.O_RDONLY {
 			return nil, 0, syscall.EACCES
 		}
-		return n.openSub(nonblock)
+		return n.openSub(ctx, nonblock)
 	}
 	return nil, 0, syscall.EINVAL
 }

@@ -125,7 +125,7 @@ func TestMkdirRmdir(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	want := "config ctl error msg msg.oldest pub publines ring stats sub sub.oldest"
+	want := "config ctl error lost msg msg.oldest pub publines ring stats sub sub.oldest"
 	if got := strings.Join(slices.Sorted(slices.Values(names)), " "); got != want {
 		t.Errorf("files: %s, want %s", got, want)
 	}
@@ -607,7 +607,7 @@ func TestSysVChannel(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if want := "config ctl error msg msg.oldest pub publines stats sub sub.oldest"; strings.Join(slices.Sorted(slices.Values(names)), " ") != want {
+	if want := "config ctl error lost msg msg.oldest pub publines stats sub sub.oldest"; strings.Join(slices.Sorted(slices.Values(names)), " ") != want {
 		t.Errorf("files: %v, want %s", names, want)
 	}
 	if _, err := unix.Open(filepath.Join(dir, "ring"), unix.O_RDWR, 0); err != unix.ENOENT {

@@ -42,6 +42,7 @@ type Root struct {
 	log     logrus.FieldLogger
 	closing *closing
 	started time.Time
+	readers *readers
 }
 
 // NewRoot returns the root node serving reg; nil log: logrus's standard
@@ -50,7 +51,7 @@ func NewRoot(reg *registry.Registry, log logrus.FieldLogger) *Root {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing(), started: time.Now()}
+	return &Root{reg: reg, log: log.WithField("component", "fs"), closing: newClosing(), started: time.Now(), readers: newReaders()}
 }
 
 // Registry returns the registry the tree serves.

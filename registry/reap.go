@@ -229,3 +229,9 @@ func (s *schedule) popDue(now time.Time) []*Channel {
 	}
 	return due
 }
+
+// Guard runs f, which touches the channel's ring for a front end (a data
+// file's open, read, write or close): a fault, because the ring's file
+// was shrunk under the mapping, marks the channel broken and comes back as
+// an error wrapping ErrBroken instead of crashing the agent.
+func (ch *Channel) Guard(f func() error) error { return ch.NoteError(guard(f)) }
