@@ -222,6 +222,15 @@ const (
 	futexPrivate = 128 // FUTEX_PRIVATE_FLAG
 )
 
+// haveWaitv reports whether futex_waitv(2) works here. It came in Linux
+// 5.16, and a container's seccomp profile may refuse it (EPERM): without
+// it every waiting goroutine sleeps on its word itself, one thread each,
+// as before pollers. Asked with no words, a kernel that has it says EINVAL.
+var haveWaitv = sync.OnceValue(func() bool {
+	_, _, errno := unix.Syscall6(unix.SYS_FUTEX_WAITV, 0, 0, 0, 0, 0, 0)
+	return errno == unix.EINVAL
+})
+
 // futexWaitMany sleeps until one of the words in ws differs from its value
 // (at once if one already does), one is woken, or the monotonic clock
 // reaches deadline.

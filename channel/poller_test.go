@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // threads is this process's thread count (/proc/self/status).
@@ -110,5 +112,22 @@ func TestWaitersOnManyRingsShareThreads(t *testing.T) {
 		if v := <-got[i]; v != ^uint64(0) {
 			t.Fatalf("reader %d got %d without a publish", i, v)
 		}
+	}
+}
+
+// TestHaveWaitv: the probe finds futex_waitv on a kernel that has it (5.16
+// and later); a wrong probe would quietly fall back to a thread per waiter.
+func TestHaveWaitv(t *testing.T) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", u.Release[:], err)
+	}
+	want := major > 5 || major == 5 && minor >= 16
+	if got := haveWaitv(); got != want {
+		t.Errorf("haveWaitv() = %v on Linux %d.%d, want %v", got, major, minor, want)
 	}
 }

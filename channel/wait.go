@@ -238,7 +238,7 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 		done = ctx.Done()
 	}
 	pk.mu.Lock()
-	if pk.closed {
+	if pk.closed || !haveWaitv() {
 		pk.mu.Unlock()
 		pk.sleepDirect(ctx, done, ready, d, false)
 		return
