@@ -26,7 +26,7 @@ const (
 
 // SubscriberOptions configure a Subscriber.
 type SubscriberOptions struct {
-	Idle  Idle  // how to wait for messages; zero value: IdleSleep
+	Idle  Idle     // how to wait for messages; zero value: IdleSleep
 	From  Start    // StartNewest (default), StartOldest or StartAt
 	At    Position // with StartAt: where to start
 	Queue int      // reserved: pubsub rings have one queue
