@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Start says where a new subscriber begins.
@@ -15,13 +16,20 @@ const (
 	StartNewest Start = iota
 	// StartOldest: the oldest message still retained in the ring.
 	StartOldest
+	// StartAt: SubscriberOptions.At, a position this ring gave out (a
+	// Subscriber's Position): the mirror resuming where a peer stopped.
+	// A position the ring no longer retains (lapped, or ahead of the
+	// tail) starts at the oldest retained message instead, and the
+	// messages between them count as lost.
+	StartAt
 )
 
 // SubscriberOptions configure a Subscriber.
 type SubscriberOptions struct {
-	Idle  Idle  // how to wait for messages; zero value: IdleSleep
-	From  Start // StartNewest (default) or StartOldest
-	Queue int   // reserved: pubsub rings have one queue
+	Idle  Idle     // how to wait for messages; zero value: IdleSleep
+	From  Start    // StartNewest (default), StartOldest or StartAt
+	At    Position // with StartAt: where to start
+	Queue int      // reserved: pubsub rings have one queue
 }
 
 // Subscriber reads every message of a pubsub ring, in order, at its own
@@ -69,9 +77,18 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	// may have raised Limit before they saw this slot.
 	for {
 		tail := pos(atomic.LoadUint64(&qh.Tail))
-		c := tail
-		if o.From == StartOldest {
+		c, lost := tail, uint32(0)
+		switch o.From {
+		case StartOldest:
 			c = r.oldest(0, tail)
+		case StartAt:
+			c = r.oldest(0, tail)
+			// Within what the ring retains (oldest..tail): there.
+			if udist(tail.units(), o.At.units()) <= udist(tail.units(), c.units()) {
+				c = o.At
+			} else if d := c.seq() - o.At.seq(); d < 1<<31 {
+				lost = d
+			}
 		}
 		if r.cfg.Policy == PolicyBlock {
 			if lim := uint32(atomic.LoadUint64(&qh.Limit)); udist(c.units(), lim) >= 1<<31 {
@@ -82,6 +99,10 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		lim := uint32(atomic.LoadUint64(&qh.Limit))
 		if r.cfg.Policy == PolicyOverwrite || udist(c.units(), lim) < 1<<31 {
 			s.cur, s.shared = c, c
+			if lost != 0 {
+				s.lost = uint64(lost)
+				atomic.StoreUint64(&m.s.Lost, uint64(lost))
+			}
 			return s, nil
 		}
 	}
@@ -93,6 +114,22 @@ func (s *Subscriber) Close() error {
 	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 	return nil
 }
+
+// Position returns the position of the next message: the one Peek
+// returned until Done, else the one it will return. A subscriber opened
+// with StartAt at this position reads on from there.
+func (s *Subscriber) Position() Position { return s.cur }
+
+// PublisherSlot returns the member slot recorded in the header of the
+// message Peek returned (FOffSlot): which publisher wrote it, as far as
+// the frame says (any client can write any value there). The mirror
+// tells its own imports from local messages by it.
+func (s *Subscriber) PublisherSlot() uint32 {
+	return uint32(atomic.LoadUint32((*uint32)(unsafe.Pointer(&s.r.frame(s.q, s.r.offset(s.cur.units())).Slot))) & 0xffff)
+}
+
+// TryPeek is Peek without waiting: ErrWouldBlock when no message is ready.
+func (s *Subscriber) TryPeek() ([]byte, error) { return s.peek(false) }
 
 // Lost returns how many messages this subscriber lost to overwrite.
 func (s *Subscriber) Lost() uint64 { return s.lost }
