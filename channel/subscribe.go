@@ -131,6 +131,43 @@ func (s *Subscriber) PublisherSlot() uint32 {
 // TryPeek is Peek without waiting: ErrWouldBlock when no message is ready.
 func (s *Subscriber) TryPeek() ([]byte, error) { return s.peek(false) }
 
+// Wait waits until a message is ready (or ctx is done) without reading it.
+func (s *Subscriber) Wait(ctx context.Context) error {
+	_, err := s.Peek(ctx)
+	s.viewed = 0
+	return err
+}
+
+// Flush stores the cursor in the shared slot now (it is otherwise stored
+// every 64 messages, and before a wait): a subscriber that skips messages
+// with TryPeek and Done, and then idles without waiting, frees the space
+// behind it for block publishers.
+func (s *Subscriber) Flush() { s.flush() }
+
+// AppendNext is TryNext that appends the message to buf and also returns
+// the member slot its frame names (PublisherSlot, read while the message
+// was intact).
+func (s *Subscriber) AppendNext(buf []byte) ([]byte, uint32, error) {
+	n := len(buf)
+	for {
+		msg, err := s.peek(false)
+		if err != nil {
+			return buf, 0, err
+		}
+		slot := s.PublisherSlot()
+		buf = append(buf[:n], msg...)
+		if err := s.check(); err != nil {
+			return buf[:n], 0, err
+		}
+		if s.unlapped() {
+			s.Done()
+			return buf, slot, nil
+		}
+		s.viewed = 0
+		s.resync()
+	}
+}
+
 // Lost returns how many messages this subscriber lost to overwrite.
 func (s *Subscriber) Lost() uint64 { return s.lost }
 

@@ -16,3 +16,7 @@ var (
 	// ErrClosed: the mirror was stopped.
 	ErrClosed = errors.New("mirror: closed")
 )
+
+// errInterrupted ends a session whose shares changed or whose peer
+// dialed again.
+var errInterrupted = errors.New("mirror: link replaced (plan changed or the peer dialed again)")

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -127,7 +128,18 @@ type Mirror struct {
 	o   Options
 	log logrus.FieldLogger
 
-	state *state
+	state   *state
+	ln      rdma.Listener
+	flowIDs atomic.Uint32
+
+	imu     sync.Mutex
+	imports map[[2]string]*imports // by namespace, channel
+
+	omu      sync.Mutex
+	outboxes map[holdKey]*outbox // stream records taken for a peer
+
+	hmu   sync.Mutex
+	holds map[holdKey]*hold // block peers' slots while their link is down
 
 	mu    sync.Mutex
 	plan  Plan
@@ -150,8 +162,16 @@ func New(o Options) (*Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mirror{o: o, log: o.Log.WithField("component", "mirror"), peers: map[string]*peer{}, wake: make(chan struct{}, 1)}
-	m.state = st
+	m := &Mirror{
+		o: o, log: o.Log.WithField("component", "mirror"), state: st,
+		peers: map[string]*peer{}, wake: make(chan struct{}, 1),
+		imports: map[[2]string]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{},
+	}
+	if o.Listen != "" {
+		if m.ln, err = o.Transport.Listen(o.Listen); err != nil {
+			return nil, fmt.Errorf("mirror: listen on %s: %w", o.Listen, err)
+		}
+	}
 	return m, nil
 }
 
@@ -185,11 +205,14 @@ func (m *Mirror) Authorize(identity string) error {
 	return fmt.Errorf("%w: %q", ErrUnknownPeer, identity)
 }
 
-// Run listens (Options.Listen), keeps one link per peer of the plan up,
+// Run accepts links (Options.Listen), keeps one link per peer of the plan up,
 // and mirrors the shared channels until ctx is done; it returns nil then,
-// or the error that stopped it (a listener that cannot be opened).
+// and closes the listener. Stop it before closing the registry: its
+// members live in the registry's rings. Run once.
 func (m *Mirror) Run(ctx context.Context) error {
-	return m.run(ctx)
+	err := m.run(ctx)
+	m.releaseHolds()
+	return err
 }
 
 // Stats returns one entry per peer of the plan, sorted by peer name.
