@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,6 +100,18 @@ func (n *Network) Host(name string) *Host {
 
 // Addr is ip:port of the host.
 func (h *Host) Addr(port int) string { return fmt.Sprintf("%s:%d", h.IP, port) }
+
+// Path is p as the host's processes see it (through /proc/PID/root of the
+// process holding its namespaces): the test reads and writes the files of
+// the host's own mounts, such as an agent's, through it.
+func (h *Host) Path(p string) string {
+	return filepath.Join("/proc", strconv.Itoa(h.h.pid()), "root", p)
+}
+
+// MountInfo is the path of the host's mountinfo (proc(5)).
+func (h *Host) MountInfo() string {
+	return filepath.Join("/proc", strconv.Itoa(h.h.pid()), "mountinfo")
+}
 
 // Command returns a command that runs inside the host's namespaces.
 func (h *Host) Command(name string, args ...string) *exec.Cmd { return h.h.command(name, args...) }

@@ -125,6 +125,9 @@ func TestIsolation(t *testing.T) {
 
 	name := fmt.Sprintf("netnstest-%d", os.Getpid())
 	a.Run(t, "touch", filepath.Join("/dev/shm", name))
+	if _, err := os.Stat(a.Path(filepath.Join("/dev/shm", name))); err != nil {
+		t.Errorf("a's /dev/shm file through a.Path: %v", err)
+	}
 	if out, err := b.Command("ls", filepath.Join("/dev/shm", name)).CombinedOutput(); err == nil {
 		t.Errorf("b sees a's /dev/shm file: %s", out)
 	}
@@ -135,6 +138,9 @@ func TestIsolation(t *testing.T) {
 	dir := t.TempDir()
 	a.Run(t, "mount", "-t", "tmpfs", "hostmount", dir)
 	a.Run(t, "touch", filepath.Join(dir, "inside"))
+	if _, err := os.Stat(a.Path(filepath.Join(dir, "inside"))); err != nil {
+		t.Errorf("a's mount through a.Path: %v", err)
+	}
 	if _, err := os.Stat(filepath.Join(dir, "inside")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a's mount reached the test's mount table: %v", err)
 	}
