@@ -1,11 +1,16 @@
 package remote
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/internal/netnstest"
+	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
 // Messages published on a reach subscribers on a, b and c once each, in
@@ -117,5 +122,49 @@ func TestStreamReadersOnTwoHosts(t *testing.T) {
 		if k != 1 {
 			t.Errorf("record %d was read %d times", s, k)
 		}
+	}
+}
+
+// The walkthrough of docs/remote.md, with its commands, its plan file
+// (the hosts' addresses put in) and its names.
+func TestDocWalkthrough(t *testing.T) {
+	c := newCluster(t, "node-a", "node-b") // shimmy certs ca, shimmy certs node
+	a, b := c.node("node-a"), c.node("node-b")
+	for _, pair := range [][2]*node{{a, b}, {b, a}} {
+		plan := fmt.Sprintf(`peers:
+  - name: %s
+    addr: %s
+shares:
+  - namespace: demo
+    channel: chat
+    peers: [%s]
+`, pair[1].name, pair[1].h.Addr(mirrorPort), pair[1].name)
+		if err := os.WriteFile(pair[0].plan, []byte(plan), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.start()
+	for _, n := range []*node{a, b} {
+		n.run(shimmyBin, "create", "--mount", n.mount, "demo/chat", "--capacity", "4M")
+	}
+	c.linksUp()
+	sub := b.h.Start(t, shimmyBin, "sub", "--mount", b.mount, "demo/chat", "-n", "1")
+	// The sub joins at the newest message at some point after it starts:
+	// publish until it has printed one.
+	wait.Eventually(t, time.Minute, func() error {
+		a.run(shimmyBin, "pub", "--mount", a.mount, "demo/chat", "hello from a")
+		select {
+		case <-sub.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+			return errors.New("shimmy sub on node-b has printed nothing yet")
+		}
+	})
+	if err := sub.Err(); err != nil || sub.Out.String() != "hello from a\n" {
+		t.Errorf("shimmy sub on node-b: %v, printed %q, want \"hello from a\\n\"", err, sub.Out.String())
+	}
+	out := a.run(shimmyBin, "stat", "--links")
+	if f := strings.Fields(strings.Split(out, "\n")[1]); len(f) != 8 || f[0] != "node-b" || f[1] != "up" || f[3] == "0" {
+		t.Errorf("shimmy stat --links on node-a:\n%s", out)
 	}
 }
