@@ -3,8 +3,12 @@ package agent_test
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,4 +146,69 @@ func logged(hook *logtest.Hook, msg string, match func(*logrus.Entry) bool) erro
 
 func planApplied(hook *logtest.Hook, peers int) error {
 	return logged(hook, "mirror plan applied", func(e *logrus.Entry) bool { return e.Data["peers"] == peers })
+}
+
+// Two agents whose plans name each other link up over the transport the
+// agent builds from its TLS directory, and each exports the link in its
+// /metrics.
+func TestMirrorLinkMetrics(t *testing.T) {
+	ca, err := certs.NewCA(certs.Options{Name: "ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	names := []string{"node-a", "node-b"}
+	addrs := map[string]string{}
+	for _, n := range names {
+		addrs[n] = freeAddr(t)
+	}
+	var agents []*running
+	for i, n := range names {
+		node, err := ca.Issue(certs.Options{Name: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(base, n)
+		if err := certs.WriteNode(filepath.Join(dir, "tls"), node, ca); err != nil {
+			t.Fatal(err)
+		}
+		peer := names[1-i]
+		plan := filepath.Join(dir, "plan.yaml")
+		writePlan(t, plan, fmt.Sprintf("peers: [{name: %s, addr: %q}]\nshares: [{namespace: demo, channel: chat, peers: [%s]}]\n", peer, addrs[peer], peer))
+		cfg := testConfig(t)
+		cfg.Mirror = agent.MirrorConfig{PlanFile: plan, TLSDir: filepath.Join(dir, "tls"), Listen: addrs[n]}
+		agents = append(agents, start(t, cfg))
+	}
+	for i, r := range agents {
+		want := fmt.Sprintf("shimmy_link_up{peer=%q} 1", names[1-i])
+		eventually(t, 30*time.Second, func() error {
+			resp, err := http.Get("http://" + r.a.MetricsAddr() + "/metrics")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(string(b), want) {
+				return fmt.Errorf("%s's metrics lack %q", names[i], want)
+			}
+			return nil
+		})
+		if st := r.a.LinkStats(); len(st) != 1 || st[0].Peer != names[1-i] {
+			t.Errorf("%s's links: %+v", names[i], st)
+		}
+	}
+}
+
+// freeAddr returns a loopback address whose port was free.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

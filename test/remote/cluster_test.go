@@ -310,7 +310,7 @@ func (n *node) links() map[string]link {
 // under the mount) with the given flags.
 func (n *node) member(ch string, flags ...string) *netnstest.Proc {
 	n.c.t.Helper()
-	p := n.h.Start(n.c.t, podBin, append([]string{"-dir", filepath.Join(n.mount, ch), "-timeout", "3m"}, flags...)...)
+	p := n.h.Start(n.c.t, podBin, append([]string{"-dir", filepath.Join(n.mount, ch), "-timeout", "90s"}, flags...)...)
 	p.WaitLine(n.c.t, "ready", 30*time.Second)
 	return p
 }
@@ -318,7 +318,7 @@ func (n *node) member(ch string, flags ...string) *netnstest.Proc {
 // result waits for a pod helper and returns its result.
 func result(t *testing.T, who string, p *netnstest.Proc) member.Result {
 	t.Helper()
-	err := p.Wait(t, 4*time.Minute)
+	err := p.Wait(t, 2*time.Minute)
 	r, perr := member.ParseResult(p.Out.String())
 	if perr != nil || err != nil || r.Error != "" {
 		t.Fatalf("%s: %v %v %s (stderr %q)", who, err, perr, r.Error, tail(p.ErrOut.String(), 10))
