@@ -31,10 +31,17 @@ func TestFaults(t *testing.T) {
 			c.node("b").h.DropShare(t, 0)
 		}},
 		{"TCP connections reset", func(t *testing.T, c *cluster, ch string) {
-			before := c.node("a").links()["b"].reconnects
-			if n := c.node("a").h.ResetTCP(t, mirrorPort); n < 1 {
-				t.Fatalf("reset %d connections, want the link's", n)
-			}
+			var before uint64
+			// The link may be between connections (a back-off): reset
+			// once it has one.
+			wait.Eventually(t, 60*time.Second, func() error {
+				c.linksUp()
+				before = c.node("a").links()["b"].reconnects
+				if n := c.node("a").h.ResetTCP(t, mirrorPort); n < 1 {
+					return fmt.Errorf("reset %d connections, want the link's", n)
+				}
+				return nil
+			})
 			c.reconnected("a", "b", before)
 		}},
 		{"remote agent killed and restarted", func(t *testing.T, c *cluster, ch string) {
