@@ -18,9 +18,10 @@ const (
 	StartOldest
 	// StartAt: SubscriberOptions.At, a position this ring gave out (a
 	// Subscriber's Position): the mirror resuming where a peer stopped.
-	// A position the ring no longer retains (lapped, or ahead of the
-	// tail) starts at the oldest retained message instead, and the
-	// messages between them count as lost.
+	// A position more than a lap behind the tail (or ahead of it) starts
+	// at the oldest retained message instead, and the messages between
+	// them count as lost; with overwrite, one that publishers lap later
+	// counts its losses as any lapped subscriber does.
 	StartAt
 )
 
@@ -82,12 +83,15 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		case StartOldest:
 			c = r.oldest(0, tail)
 		case StartAt:
-			c = r.oldest(0, tail)
-			// Within what the ring retains (oldest..tail): there.
-			if udist(tail.units(), o.At.units()) <= udist(tail.units(), c.units()) {
-				c = o.At
-			} else if d := c.seq() - o.At.seq(); d < 1<<31 {
-				lost = d
+			// Within a lap of the tail: there (with block, a subscriber
+			// at At kept it; with overwrite, reading it finds out). The
+			// chunk index oldest reads is coarser than that.
+			c = o.At
+			if udist(tail.units(), o.At.units()) > r.capUnits {
+				c = r.oldest(0, tail)
+				if d := c.seq() - o.At.seq(); d < 1<<31 {
+					lost = d
+				}
 			}
 		}
 		if r.cfg.Policy == PolicyBlock {

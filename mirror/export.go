@@ -330,14 +330,16 @@ func (ex *exporter) runPubSub() error {
 			continue
 		}
 		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: ext.Seq, Units: ext.Units}, lost, uint32(count))
-		if err := ex.s.send(buf); err != nil {
-			return err
-		}
+		// In flight before it is sent: its Ack may come back before send
+		// returns.
 		ex.mu.Lock()
 		ex.inflight = append(ex.inflight, ext)
 		ex.sentNext = ext
 		ex.lost += lost
 		ex.mu.Unlock()
+		if err := ex.s.send(buf); err != nil {
+			return err
+		}
 		ex.s.p.msgs.Add(uint64(count))
 		ex.s.p.bytes.Add(uint64(bytes))
 	}

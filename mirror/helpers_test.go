@@ -212,6 +212,7 @@ type tally struct {
 	mu   sync.Mutex
 	next map[uint32]uint32
 	got  int
+	lost uint64 // the subscriber's own losses (overwrite)
 	err  error
 }
 
@@ -241,8 +242,15 @@ func (tl *tally) count() (int, error) {
 	return tl.got, tl.err
 }
 
+// accounted is what the subscriber got plus what it lost, and the loss.
+func (tl *tally) accounted() (uint64, uint64, error) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return uint64(tl.got) + tl.lost, tl.lost, tl.err
+}
+
 // subscribe reads r from its oldest message until ctx ends, into a tally.
-func subscribe(ctx context.Context, t *testing.T, r *channel.Ring, gaps bool) (*tally, *channel.Subscriber) {
+func subscribe(ctx context.Context, t *testing.T, r *channel.Ring, gaps bool) *tally {
 	t.Helper()
 	s, err := r.NewSubscriber(channel.SubscriberOptions{From: channel.StartOldest})
 	if err != nil {
@@ -266,10 +274,13 @@ func subscribe(ctx context.Context, t *testing.T, r *channel.Ring, gaps bool) (*
 			}
 			buf = b
 			tl.add(b, gaps)
+			tl.mu.Lock()
+			tl.lost = s.Lost()
+			tl.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() { wg.Wait(); s.Close() })
-	return tl, s
+	return tl
 }
 
 // waitFor polls f until it returns nil, failing the test after timeout
@@ -289,16 +300,61 @@ func waitFor(t *testing.T, timeout time.Duration, f func() error) {
 	}
 }
 
-// linkUp waits until every host has its links up.
+// linksUp waits until every host has its links up and, on each, the
+// flows of the shared channel open both ways: from then on nothing
+// published is missed.
 func (c *cluster) linksUp() {
 	waitFor(c.t, 20*time.Second, func() error {
 		for _, h := range c.hosts {
-			for _, st := range h.m.Stats() {
-				if st.State != StateUp {
-					return fmt.Errorf("%s: link to %s is %s", h.name, st.Peer, st.State)
+			h.m.mu.Lock()
+			peers := make([]*peer, 0, len(h.m.peers))
+			for _, p := range h.m.peers {
+				peers = append(peers, p)
+			}
+			h.m.mu.Unlock()
+			if len(peers) != len(c.hosts)-1 {
+				return fmt.Errorf("%s has %d peers", h.name, len(peers))
+			}
+			for _, p := range peers {
+				s := p.sess.Load()
+				if s == nil {
+					return fmt.Errorf("%s: link to %s is %s", h.name, p.cfg.Name, p.state.Load())
 				}
+				s.fmu.Lock()
+				nex, open := len(s.exports), 0
+				for _, imp := range s.flows {
+					if e, ok := imp.ackEntry(); ok && e.Flow != 0 {
+						open++
+					}
+				}
+				s.fmu.Unlock()
+				if nex == 0 || open == 0 {
+					return fmt.Errorf("%s: link to %s: %d flows out, %d in", h.name, p.cfg.Name, nex, open)
+				}
+
 			}
 		}
 		return nil
 	})
+}
+
+// cut closes h's link to peer, as a network failure would.
+func (h *host) cut(t *testing.T, peer string) {
+	t.Helper()
+	h.m.mu.Lock()
+	p := h.m.peers[peer]
+	h.m.mu.Unlock()
+	if s := p.sess.Load(); s != nil {
+		s.conn.Close()
+	}
+}
+
+// stat returns h's stats of its link to peer.
+func (h *host) stat(peer string) LinkStats {
+	for _, st := range h.m.Stats() {
+		if st.Peer == peer {
+			return st
+		}
+	}
+	return LinkStats{}
 }

@@ -265,12 +265,12 @@ func (ex *exporter) runStream() error {
 			continue
 		}
 		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: next}, 0, uint32(count))
+		ex.mu.Lock() // sent before send returns: its Ack may overtake it
+		ex.ext.Seq, ex.sentNext.Seq = next, next
+		ex.mu.Unlock()
 		if err := ex.s.send(buf); err != nil {
 			return err
 		}
-		ex.mu.Lock()
-		ex.ext.Seq, ex.sentNext.Seq = next, next
-		ex.mu.Unlock()
 		ex.s.p.msgs.Add(uint64(count))
 		ex.s.p.bytes.Add(uint64(size))
 	}
