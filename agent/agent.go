@@ -2,8 +2,10 @@
 // registry (which recovers the channels kept in the state directory), mounts
 // the front end it is given (Config.FrontEnd: the FUSE tree of package fs in
 // the node binary), runs the reaper (dead members, the heartbeat in every
-// ring) and the metrics server under one errgroup, and has one shutdown path
-// (unmount, or detach and abort the connection, via package mountpoint).
+// ring), the mirror (when Config.Mirror names a plan file: channels kept in
+// step with other hosts) and the metrics server under one errgroup, and
+// has one shutdown path (unmount, or detach and abort the connection, via
+// package mountpoint).
 // It does not import fs: the binary that links the FUSE adapter hands it in.
 package agent
 
@@ -64,6 +66,7 @@ type Config struct {
 	Quota        *registry.Quota    // quota of new namespaces; nil: registry.DefaultQuota (docs/limits.md)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
+	Mirror       MirrorConfig       // channels kept in step with other hosts; off without a plan file
 	// Kubernetes, if set, runs the node reconciler (KubernetesConfig).
 	Kubernetes *KubernetesConfig
 }
@@ -90,6 +93,7 @@ type Agent struct {
 	passthrough atomic.Bool
 	running     atomic.Bool
 	metricsAddr atomic.Value // string: the address the metrics server listens on
+	mirror      atomic.Pointer[mirrorPart]
 }
 
 // New validates cfg; it does not mount yet.
@@ -138,6 +142,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if lease := def.WithDefaults().Lease; cfg.ReapInterval >= lease {
 		return nil, fmt.Errorf("%w: reap interval %v must be shorter than the channel lease %v", ErrConfig, cfg.ReapInterval, lease)
+	}
+	if err := cfg.Mirror.check(); err != nil {
+		return nil, err
 	}
 	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), done: make(chan struct{})}, nil
 }
@@ -217,6 +224,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
+	if a.cfg.Mirror.enabled() {
+		mp, err := newMirror(a.cfg.Mirror, reg, a.log)
+		if err != nil {
+			reg.Close()
+			return fmt.Errorf("agent: mirror: %w", err)
+		}
+		a.mirror.Store(mp)
+	}
 
 	var metrics net.Listener
 	if a.cfg.MetricsAddr != "" {
@@ -270,6 +285,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if mp := a.mirror.Load(); mp != nil {
+		part("mirror", mp.run)
+	}
 	if metrics != nil {
 		part("metrics", func(ctx context.Context) error { return a.serveMetrics(ctx, metrics) })
 	}

@@ -72,6 +72,7 @@ func b2f(b bool) float64 {
 func (a *Agent) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newChannelCollector(a))
+	reg.MustRegister(NewLinkCollector(a.LinkStats))
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(collectors.NewGoCollector())
 	mux := http.NewServeMux()

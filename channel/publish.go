@@ -109,6 +109,10 @@ func (p *Publisher) Close() error {
 	return nil
 }
 
+// Slot returns this publisher's member slot: what the frames it writes
+// carry at FOffSlot.
+func (p *Publisher) Slot() uint32 { return p.m.idx }
+
 // Publish copies msg into the ring as one message. With the block policy it
 // waits for space until ctx is done.
 func (p *Publisher) Publish(ctx context.Context, msg []byte) error {

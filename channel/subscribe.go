@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Start says where a new subscriber begins.
@@ -15,13 +16,21 @@ const (
 	StartNewest Start = iota
 	// StartOldest: the oldest message still retained in the ring.
 	StartOldest
+	// StartAt: SubscriberOptions.At, a position this ring gave out (a
+	// Subscriber's Position): the mirror resuming where a peer stopped.
+	// A position more than a lap behind the tail (or ahead of it) starts
+	// at the oldest retained message instead, and the messages between
+	// them count as lost; with overwrite, one that publishers lap later
+	// counts its losses as any lapped subscriber does.
+	StartAt
 )
 
 // SubscriberOptions configure a Subscriber.
 type SubscriberOptions struct {
-	Idle  Idle  // how to wait for messages; zero value: IdleSleep
-	From  Start // StartNewest (default) or StartOldest
-	Queue int   // reserved: pubsub rings have one queue
+	Idle  Idle     // how to wait for messages; zero value: IdleSleep
+	From  Start    // StartNewest (default), StartOldest or StartAt
+	At    Position // with StartAt: where to start
+	Queue int      // reserved: pubsub rings have one queue
 }
 
 // Subscriber reads every message of a pubsub ring, in order, at its own
@@ -69,9 +78,21 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	// may have raised Limit before they saw this slot.
 	for {
 		tail := pos(atomic.LoadUint64(&qh.Tail))
-		c := tail
-		if o.From == StartOldest {
+		c, lost := tail, uint32(0)
+		switch o.From {
+		case StartOldest:
 			c = r.oldest(0, tail)
+		case StartAt:
+			// Within a lap of the tail: there (with block, a subscriber
+			// at At kept it; with overwrite, reading it finds out). The
+			// chunk index oldest reads is coarser than that.
+			c = o.At
+			if udist(tail.units(), o.At.units()) > r.capUnits {
+				c = r.oldest(0, tail)
+				if d := c.seq() - o.At.seq(); d < 1<<31 {
+					lost = d
+				}
+			}
 		}
 		if r.cfg.Policy == PolicyBlock {
 			if lim := uint32(atomic.LoadUint64(&qh.Limit)); udist(c.units(), lim) >= 1<<31 {
@@ -82,6 +103,10 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 		lim := uint32(atomic.LoadUint64(&qh.Limit))
 		if r.cfg.Policy == PolicyOverwrite || udist(c.units(), lim) < 1<<31 {
 			s.cur, s.shared = c, c
+			if lost != 0 {
+				s.lost = uint64(lost)
+				atomic.StoreUint64(&m.s.Lost, uint64(lost))
+			}
 			return s, nil
 		}
 	}
@@ -92,6 +117,59 @@ func (s *Subscriber) Close() error {
 	s.m.release()
 	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 	return nil
+}
+
+// Position returns the position of the next message: the one Peek
+// returned until Done, else the one it will return. A subscriber opened
+// with StartAt at this position reads on from there.
+func (s *Subscriber) Position() Position { return s.cur }
+
+// PublisherSlot returns the member slot recorded in the header of the
+// message Peek returned (FOffSlot): which publisher wrote it, as far as
+// the frame says (any client can write any value there). The mirror
+// tells its own imports from local messages by it.
+func (s *Subscriber) PublisherSlot() uint32 {
+	return uint32(atomic.LoadUint32((*uint32)(unsafe.Pointer(&s.r.frame(s.q, s.r.offset(s.cur.units())).Slot))) & 0xffff)
+}
+
+// TryPeek is Peek without waiting: ErrWouldBlock when no message is ready.
+func (s *Subscriber) TryPeek() ([]byte, error) { return s.peek(false) }
+
+// Wait waits until a message is ready (or ctx is done) without reading it.
+func (s *Subscriber) Wait(ctx context.Context) error {
+	_, err := s.Peek(ctx)
+	s.viewed = 0
+	return err
+}
+
+// Flush stores the cursor in the shared slot now (it is otherwise stored
+// every 64 messages, and before a wait): a subscriber that skips messages
+// with TryPeek and Done, and then idles without waiting, frees the space
+// behind it for block publishers.
+func (s *Subscriber) Flush() { s.flush() }
+
+// AppendNext is TryNext that appends the message to buf and also returns
+// the member slot its frame names (PublisherSlot, read while the message
+// was intact).
+func (s *Subscriber) AppendNext(buf []byte) ([]byte, uint32, error) {
+	n := len(buf)
+	for {
+		msg, err := s.peek(false)
+		if err != nil {
+			return buf, 0, err
+		}
+		slot := s.PublisherSlot()
+		buf = append(buf[:n], msg...)
+		if err := s.check(); err != nil {
+			return buf[:n], 0, err
+		}
+		if s.unlapped() {
+			s.Done()
+			return buf, slot, nil
+		}
+		s.viewed = 0
+		s.resync()
+	}
 }
 
 // Lost returns how many messages this subscriber lost to overwrite.

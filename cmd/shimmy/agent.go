@@ -36,7 +36,9 @@ channels' rings in --state-dir (a tmpfs, so that they survive an agent
 restart but not a reboot), serve /metrics and /healthz on --metrics, and
 serve until SIGINT or SIGTERM, then unmount. Needs root (or CAP_SYS_ADMIN)
 and /dev/fuse. The size, policy and lease flags are the defaults of channels
-created without their own configuration.
+created without their own configuration. With --mirror-plan, the agent also
+keeps the channels the plan shares in step with the agents of other hosts
+(docs/remote.md).
 
 With --kubernetes the agent also runs the node reconciler: it makes the
 channel of each SharedMemoryChannel that selects a pod bound to this node
@@ -45,6 +47,7 @@ removes it once no local pod selects it and it is idle, sets namespace
 quotas from the shimmy.io/quota annotation (or --default-quota), and
 reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
 		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug\n"+
+			"shimmy agent --mirror-plan /etc/shimmy/plan.yaml --mirror-tls-dir /etc/shimmy/tls --mirror-listen 10.0.0.1:7470\n"+
 			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'")
 	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
 	fl.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the rings' shared memory (a tmpfs)")
@@ -61,6 +64,10 @@ reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
 	fl.DurationVar(&cfg.ReapInterval, "reap-interval", cfg.ReapInterval, "how often the agent reaps dead members (0: the agent's default)")
 	fl.BoolVar(&mount.AllowOther, "allow-other", mount.AllowOther, "let users other than root use the mount (subject to each channel's mode)")
 	fl.BoolVar(&mount.Debug, "debug", mount.Debug, "log every FUSE request (very verbose)")
+	fl.StringVar(&cfg.Mirror.PlanFile, "mirror-plan", "", "mirror: plan file of peers and shared channels (docs/remote.md); reloaded when it changes and on SIGHUP; unset: no mirror")
+	fl.StringVar(&cfg.Mirror.TLSDir, "mirror-tls-dir", "", "mirror: this node's TLS directory, ca.crt, node.crt and node.key (shimmy certs node --out)")
+	fl.StringVar(&cfg.Mirror.Listen, "mirror-listen", "", "mirror: address to accept peers' links on, host:port (unset: dial only)")
+	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
 	kube := addKubeFlags(fl, e)
 	_, err := parse(fl, e, args, 0, 0)
 	if err != nil {
@@ -106,5 +113,18 @@ func runAgent(e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				a.ReloadPlan()
+			case <-a.Done():
+				return
+			}
+		}
+	}()
 	return a.Run(ctx)
 }

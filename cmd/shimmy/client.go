@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/shimmy-dev/shimmy/agent"
 	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/registry"
@@ -479,11 +480,27 @@ func orDash(s string) string {
 }
 
 func runStat(e *env, args []string) error {
-	fl := newFlagSet("stat", "shimmy stat <channel>",
-		"Print a channel's configuration (its config file) and live statistics (its stats file).",
-		"shimmy stat demo/chat")
+	fl := newFlagSet("stat", "shimmy stat <channel> | shimmy stat --links",
+		`Print a channel's configuration (its config file) and live statistics (its
+stats file). With --links, print the agent's mirror links instead: per peer
+its state, bytes and messages carried, lag, window, reconnects and losses,
+read from the agent's /metrics (--metrics).`,
+		"shimmy stat demo/chat\nshimmy stat --links --metrics 127.0.0.1:9477")
 	mount := clientFlags(fl, e)
-	dir, err := channelArg(fl, e, args, mount)
+	links := fl.Bool("links", false, "print the mirror's links instead of a channel")
+	metrics := fl.String("metrics", agent.DefaultMetricsAddr, "with --links: the address of the agent's metrics server")
+	pos, err := parse(fl, e, args, 0, 1)
+	switch {
+	case err != nil:
+		return err
+	case *links && len(pos) > 0:
+		return usagef("--links takes no channel")
+	case *links:
+		return printLinks(e, *metrics)
+	case len(pos) == 0:
+		return usagef("missing argument (usage: %s)", fl.synopsis)
+	}
+	dir, err := channelDir(*mount, pos[0])
 	if err != nil {
 		return err
 	}

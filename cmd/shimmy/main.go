@@ -50,6 +50,7 @@ func commands() []command {
 		{"ls", "list namespaces or the channels of a namespace", runLs},
 		{"stat", "print a channel's configuration and statistics", runStat},
 		{"rm", "remove an idle channel", runRm},
+		{"certs", "make a cluster CA and node certificates for the mirror", runCerts},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -179,3 +179,59 @@ func Load(dir, name string) (*Pair, error) {
 	}
 	return &Pair{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}, nil
 }
+
+// File names in a CA directory (CA.crt, CA.key) and in a node's TLS
+// directory (CA.crt, Node.crt, Node.key): what `shimmy certs` writes and
+// the agent's --mirror-tls-dir reads.
+const (
+	CAName   = "ca"
+	NodeName = "node"
+)
+
+// WriteNode stores a node's TLS directory: its certificate and key as
+// dir/node.crt and dir/node.key, and the CA's certificate (not its key) as
+// dir/ca.crt. It refuses to overwrite existing files.
+func WriteNode(dir string, node, ca *Pair) error {
+	if err := node.Write(dir, NodeName); err != nil {
+		return err
+	}
+	return writeNew(filepath.Join(dir, CAName+".crt"), ca.CertPEM)
+}
+
+// Node is a node's TLS directory, loaded.
+type Node struct {
+	Pair *Pair
+	// CA holds the cluster CA certificate: the peers' certificates must
+	// chain to it.
+	CA *x509.CertPool
+}
+
+// Identity is the node's name: its certificate's common name.
+func (n *Node) Identity() string { return n.Pair.Cert.Subject.CommonName }
+
+// LoadNode reads a node's TLS directory that WriteNode stored and checks
+// that the node's certificate chains to the CA it holds.
+func LoadNode(dir string) (*Node, error) {
+	pair, err := Load(dir, NodeName)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM); err != nil {
+		return nil, fmt.Errorf("certs: %s/%s.key does not match %s.crt: %w", dir, NodeName, NodeName, err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, CAName+".crt"))
+	if err != nil {
+		return nil, fmt.Errorf("certs: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("certs: %s/%s.crt: no certificate", dir, CAName)
+	}
+	if _, err := pair.Cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("certs: %s/%s.crt is not signed by %s/%s.crt: %w", dir, NodeName, dir, CAName, err)
+	}
+	if pair.Cert.Subject.CommonName == "" {
+		return nil, fmt.Errorf("certs: %s/%s.crt has no common name (the node's identity)", dir, NodeName)
+	}
+	return &Node{Pair: pair, CA: pool}, nil
+}

@@ -54,3 +54,47 @@ func TestIssueVerifyWriteLoad(t *testing.T) {
 		t.Error("issued a certificate without a name")
 	}
 }
+
+func TestNodeDirectory(t *testing.T) {
+	ca, _ := NewCA(Options{Name: "ca"})
+	other, _ := NewCA(Options{Name: "other"})
+	a, _ := ca.Issue(Options{Name: "node-a"})
+	b, _ := ca.Issue(Options{Name: "node-b"})
+	base := t.TempDir()
+	good := filepath.Join(base, "good")
+	if err := WriteNode(good, a, ca); err != nil {
+		t.Fatal(err)
+	}
+	n, err := LoadNode(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Identity() != "node-a" {
+		t.Errorf("identity %q, want node-a", n.Identity())
+	}
+	if _, err := n.Pair.Cert.Verify(x509.VerifyOptions{Roots: n.CA}); err != nil {
+		t.Errorf("loaded CA pool does not verify the node: %v", err)
+	}
+	if err := WriteNode(good, a, ca); !errors.Is(err, os.ErrExist) {
+		t.Errorf("second WriteNode: %v, want ErrExist", err)
+	}
+
+	// A directory whose parts do not belong together is refused at load.
+	for name, mk := range map[string]func(dir string) error{
+		"foreign CA": func(dir string) error { return WriteNode(dir, a, other) },
+		"key of another node": func(dir string) error {
+			mixed := *a
+			mixed.KeyPEM = b.KeyPEM
+			return WriteNode(dir, &mixed, ca)
+		},
+		"no CA file": func(dir string) error { return a.Write(dir, NodeName) },
+	} {
+		dir := filepath.Join(base, name)
+		if err := mk(dir); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadNode(dir); err == nil {
+			t.Errorf("%s: LoadNode accepted it", name)
+		}
+	}
+}

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +19,7 @@ import (
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/mountpoint"
+	"github.com/shimmy-dev/shimmy/test/internal/member"
 )
 
 var (
@@ -292,24 +291,10 @@ func waitStat(t testing.TB, dir, key string, want uint64) {
 }
 
 // message is message i of a run, as the pod helper makes it.
-func message(i, size int) []byte {
-	b := []byte(fmt.Sprintf("m%08d", i))
-	for len(b) < size {
-		b = append(b, byte('a'+(i+len(b))%26))
-	}
-	return b
-}
+func message(i, size int) []byte { return member.Message(i, size) }
 
 // runFnv is the pod helper's checksum of messages start..start+n-1.
-func runFnv(start, n, size int) uint64 {
-	var sum uint64
-	for i := start; i < start+n; i++ {
-		h := fnv.New64a()
-		h.Write(message(i, size))
-		sum = sum*1099511628211 ^ h.Sum64()
-	}
-	return sum
-}
+func runFnv(start, n, size int) uint64 { return member.Fnv(start, n, size) }
 
 // lines returns the expected output of a line subscriber for messages start..start+n-1.
 func lines(start, n, size int) string {
@@ -430,22 +415,8 @@ func (p *proc) waitFor(t testing.TB, out *syncbuf.Buffer, line string) {
 	})
 }
 
-// Result mirrors the pod helper's last line.
-type Result struct {
-	Mode    string `json:"mode"`
-	Count   int    `json:"count"`
-	Fnv     uint64 `json:"fnv"`
-	InOrder bool   `json:"inorder"`
-	First   string `json:"first"`
-	Last    string `json:"last"`
-	Lost    uint64 `json:"lost"`
-	Errno   string `json:"errno"`
-	Data    string `json:"data"`
-	IPC     string `json:"ipc"`
-	Chan    string `json:"chan"`
-	Hidden  string `json:"hidden"`
-	Error   string `json:"error"`
-}
+// Result is the pod helper's last line.
+type Result = member.Result
 
 // helper starts the pod helper binary.
 func helper(t testing.TB, attr *syscall.SysProcAttr, args ...string) *proc {
@@ -458,9 +429,8 @@ func (p *proc) result(t testing.TB) Result {
 	t.Helper()
 	err := p.wait(t)
 	out := strings.TrimSpace(p.out.String())
-	last := out[strings.LastIndexByte(out, '\n')+1:]
-	var r Result
-	if jerr := json.Unmarshal([]byte(last), &r); jerr != nil {
+	r, jerr := member.ParseResult(out)
+	if jerr != nil {
 		t.Fatalf("helper %v: %v; output %q, stderr %q", p.cmd.Args, err, out, p.errOut.String())
 	}
 	if err != nil || r.Error != "" {

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
@@ -28,24 +27,8 @@ import (
 
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/shm"
+	"github.com/shimmy-dev/shimmy/test/internal/member"
 )
-
-// Result is the helper's last line of output.
-type Result struct {
-	Mode    string `json:"mode"`
-	Count   int    `json:"count"`
-	Fnv     uint64 `json:"fnv"`     // FNV-64a over the messages in order
-	InOrder bool   `json:"inorder"` // every message was the expected next one
-	First   string `json:"first,omitempty"`
-	Last    string `json:"last,omitempty"`
-	Lost    uint64 `json:"lost"`
-	Errno   string `json:"errno,omitempty"` // try-* modes: the errno, "" on success
-	Data    string `json:"data,omitempty"`  // try-read: what was read
-	IPC     string `json:"ipc,omitempty"`   // readlink /proc/self/ns/ipc
-	Chan    string `json:"chan,omitempty"`  // the channel directory used
-	Hidden  string `json:"hidden,omitempty"`
-	Error   string `json:"error,omitempty"`
-}
 
 var (
 	mode      = flag.String("mode", "", "mmap-pub, mmap-sub, mmap-read, file-pub, file-sub, claim-hang, try-write, try-read, ns-info")
@@ -62,25 +45,18 @@ var (
 	print     = flag.Bool("print", false, "file-sub: print each message on a line of its own")
 	timeout   = flag.Duration("timeout", time.Minute, "give up after this long")
 	sysvID    = flag.Int("sysv-id", -1, "mmap-* modes: attach the SysV segment with this id instead of mapping <dir>/ring")
+	list      = flag.Bool("list", false, "report the number of every message received (Result.Seqs)")
+	untilStop = flag.Bool("until-stop", false, "mmap-sub, mmap-read: read until a \"stop\" message (not counted), at most -count messages")
+	stops     = flag.Int("stops", 0, "mmap-pub: publish this many \"stop\" messages after the run")
 
 	podRoot = flag.String("pod-root", "", "become a pod: mount a tmpfs here and bind -dir at <pod-root>/chan")
 	hide    = flag.String("hide", "", "pod: the shimmy mount point to detach from the pod's mount tree")
 	hidden  = flag.String("hidden", "", "pod: a path that must not be reachable (another channel)")
 )
 
-// Message returns message i of a test run: "m%08d" padded with a pattern
-// derived from i up to size bytes.
-func Message(i, size int) []byte {
-	b := []byte(fmt.Sprintf("m%08d", i))
-	for len(b) < size {
-		b = append(b, byte('a'+(i+len(b))%26))
-	}
-	return b
-}
-
 func main() {
 	flag.Parse()
-	res := Result{Mode: *mode}
+	res := member.Result{Mode: *mode}
 	err := run(&res)
 	if err != nil {
 		res.Error = err.Error()
@@ -92,7 +68,7 @@ func main() {
 	}
 }
 
-func run(res *Result) error {
+func run(res *member.Result) error {
 	if *podRoot != "" {
 		if err := becomePod(res); err != nil {
 			return fmt.Errorf("pod setup: %w", err)
@@ -121,7 +97,7 @@ func run(res *Result) error {
 
 // becomePod runs in fresh mount, IPC and PID namespaces (the parent's
 // clone flags) and leaves only the channel directory reachable.
-func becomePod(res *Result) error {
+func becomePod(res *member.Result) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make / private: %w", err)
 	}
@@ -157,22 +133,24 @@ func becomePod(res *Result) error {
 }
 
 type checker struct {
-	res  *Result
-	h    uint64
+	res  *member.Result
 	next int
 }
 
 func (c *checker) add(msg []byte) {
-	h := fnv.New64a()
-	h.Write(msg)
-	c.res.Fnv = c.res.Fnv*1099511628211 ^ h.Sum64()
-	want := Message(c.next, *size)
-	if string(msg) != string(want) {
+	c.res.Fnv = member.Fold(c.res.Fnv, msg)
+	if string(msg) != string(member.Message(c.next, *size)) {
 		c.res.InOrder = false
 	}
-	var n int
-	if _, err := fmt.Sscanf(string(msg), "m%08d", &n); err == nil {
+	n, intact := member.Seq(msg)
+	if !intact {
+		c.res.Corrupt++
+	}
+	if n >= 0 {
 		c.next = n + 1
+	}
+	if *list {
+		c.res.Seqs = append(c.res.Seqs, n)
 	}
 	if c.res.Count == 0 {
 		c.res.First = string(msg[:min(len(msg), 9)])
@@ -181,7 +159,7 @@ func (c *checker) add(msg []byte) {
 	c.res.Count++
 }
 
-func newChecker(res *Result) *checker {
+func newChecker(res *member.Result) *checker {
 	res.InOrder = true
 	return &checker{res: res, next: *start}
 }
@@ -194,7 +172,7 @@ func pace(i int, t0 time.Time) {
 	}
 }
 
-func mmapMode(ctx context.Context, res *Result) error {
+func mmapMode(ctx context.Context, res *member.Result) error {
 	r, err := mapRing()
 	if err != nil {
 		return err
@@ -211,12 +189,17 @@ func mmapMode(ctx context.Context, res *Result) error {
 		fmt.Println("ready")
 		t0 := time.Now()
 		for i := 0; i < *count; i++ {
-			msg := Message(*start+i, *size)
+			msg := member.Message(*start+i, *size)
 			if err := p.Publish(ctx, msg); err != nil {
 				return fmt.Errorf("publish %d: %w", i, err)
 			}
 			c.add(msg)
 			pace(i, t0)
+		}
+		for i := 0; i < *stops; i++ {
+			if err := p.Publish(ctx, []byte(member.Stop)); err != nil {
+				return fmt.Errorf("publish stop %d: %w", i, err)
+			}
 		}
 		if *mode == "claim-hang" {
 			if _, err := p.Claim(ctx, 64); err != nil {
@@ -245,6 +228,9 @@ func mmapMode(ctx context.Context, res *Result) error {
 			if buf, err = s.Next(ctx, buf); err != nil {
 				return fmt.Errorf("message %d: %w", i, err)
 			}
+			if *untilStop && string(buf) == member.Stop {
+				break
+			}
 			c.add(buf)
 		}
 		res.Lost = s.Lost()
@@ -260,6 +246,9 @@ func mmapMode(ctx context.Context, res *Result) error {
 			if buf, err = rd.Next(ctx, buf); err != nil {
 				return fmt.Errorf("message %d: %w", i, err)
 			}
+			if *untilStop && string(buf) == member.Stop {
+				break
+			}
 			c.add(buf)
 		}
 	}
@@ -267,7 +256,7 @@ func mmapMode(ctx context.Context, res *Result) error {
 }
 
 // filePub writes -count messages to -file, one write(2) each.
-func filePub(res *Result) error {
+func filePub(res *member.Result) error {
 	f, err := os.OpenFile(filepath.Join(*dir, *file), os.O_WRONLY, 0)
 	if err != nil {
 		return err
@@ -277,7 +266,7 @@ func filePub(res *Result) error {
 	c := newChecker(res)
 	t0 := time.Now()
 	for i := 0; i < *count; i++ {
-		msg := Message(*start+i, *size)
+		msg := member.Message(*start+i, *size)
 		if _, err := f.Write(msg); err != nil {
 			return fmt.Errorf("write %d: %w", i, err)
 		}
@@ -288,7 +277,7 @@ func filePub(res *Result) error {
 }
 
 // fileSub reads -count messages from a msg-style file (one message per read).
-func fileSub(res *Result) error {
+func fileSub(res *member.Result) error {
 	f, err := os.Open(filepath.Join(*dir, *file))
 	if err != nil {
 		return err
@@ -311,7 +300,7 @@ func fileSub(res *Result) error {
 }
 
 // try opens -file for writing or reading and reports the errno.
-func try(res *Result) error {
+func try(res *member.Result) error {
 	path := filepath.Join(*dir, *file)
 	var err error
 	if *mode == "try-write" {

@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/shimmy-dev/shimmy/mirror"
+	"github.com/shimmy-dev/shimmy/rdma"
+	"github.com/shimmy-dev/shimmy/rdma/certs"
+	"github.com/shimmy-dev/shimmy/rdma/tcp"
+	"github.com/shimmy-dev/shimmy/registry"
+)
+
+// DefaultPlanPoll is how often the agent looks for a changed plan file.
+const DefaultPlanPoll = time.Second
+
+// MirrorConfig configures the mirror, which keeps channels in step with
+// the agents of other hosts (docs/remote.md). The mirror runs when
+// PlanFile is set.
+type MirrorConfig struct {
+	// Listen is the address the mirror accepts links on (host:port); ""
+	// accepts none, and this agent only dials the peers of its plan.
+	Listen string
+	// TLSDir is the node's TLS directory: ca.crt, node.crt and node.key
+	// (shimmy certs node). The identity in node.crt is this agent's name
+	// in its peers' plans. Required with PlanFile.
+	TLSDir string
+	// PlanFile lists the peers and the channels shared with them
+	// (mirror.LoadPlan). The agent reloads it when its content changes
+	// (checked every PlanPoll) and on ReloadPlan (SIGHUP in the node
+	// binary); an invalid new plan is logged and the previous one kept.
+	PlanFile string
+	// PlanPoll is how often the plan file is checked; default
+	// DefaultPlanPoll.
+	PlanPoll time.Duration
+	// Timeout is how long a link may hear nothing from its peer before it
+	// is closed and dialed again; default rdma.DefaultTimeout.
+	Timeout time.Duration
+}
+
+// enabled reports whether the mirror runs.
+func (c MirrorConfig) enabled() bool { return c.PlanFile != "" }
+
+// check validates c at New: the TLS directory and the plan load, so that a
+// wrong flag fails at start and not when the first peer dials.
+func (c MirrorConfig) check() error {
+	if !c.enabled() {
+		if c.Listen != "" || c.TLSDir != "" {
+			return fmt.Errorf("%w: mirror listen address or TLS directory without a plan file", ErrConfig)
+		}
+		return nil
+	}
+	if c.TLSDir == "" {
+		return fmt.Errorf("%w: the mirror needs a TLS directory (shimmy certs node --out DIR)", ErrConfig)
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			return fmt.Errorf("%w: mirror listen address %q: %v", ErrConfig, c.Listen, err)
+		}
+	}
+	if c.PlanPoll < 0 || c.Timeout < 0 {
+		return fmt.Errorf("%w: negative mirror plan poll %v or timeout %v", ErrConfig, c.PlanPoll, c.Timeout)
+	}
+	if _, err := certs.LoadNode(c.TLSDir); err != nil {
+		return fmt.Errorf("%w: mirror TLS directory: %w", ErrConfig, err)
+	}
+	if _, err := mirror.LoadPlan(c.PlanFile); err != nil {
+		return fmt.Errorf("%w: mirror plan: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+// mirrorPart is the running mirror and the plan file it follows.
+type mirrorPart struct {
+	cfg    MirrorConfig
+	log    logrus.FieldLogger
+	m      *mirror.Mirror
+	tr     rdma.Transport
+	reload chan struct{}
+
+	mu   sync.Mutex
+	plan []byte // the content of the plan applied last
+}
+
+// newMirror builds the transport and the mirror over reg and applies the
+// plan file.
+func newMirror(cfg MirrorConfig, reg *registry.Registry, log logrus.FieldLogger) (*mirrorPart, error) {
+	if cfg.PlanPoll == 0 {
+		cfg.PlanPoll = DefaultPlanPoll
+	}
+	p := &mirrorPart{cfg: cfg, log: log.WithField("component", "mirror"), reload: make(chan struct{}, 1)}
+	node, err := certs.LoadNode(cfg.TLSDir)
+	if err != nil {
+		return nil, err
+	}
+	// The transport exists before the mirror whose plan says which peers
+	// it accepts: Authorize asks the mirror once it is there.
+	tr, err := tcp.New(rdma.Options{
+		Certificate: node.Pair.TLS(),
+		CA:          node.CA,
+		Timeout:     cfg.Timeout,
+		Authorize: func(peer string) error {
+			if p.m == nil {
+				return errors.New("mirror not started")
+			}
+			return p.m.Authorize(peer)
+		},
+		OnReject: func(remote string, err error) {
+			p.log.WithFields(logrus.Fields{"remote": remote}).WithError(err).Warn("refused a peer")
+		},
+		Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	m, err := mirror.New(mirror.Options{Registry: reg, Transport: tr, Self: node.Identity(), Listen: cfg.Listen, Log: log})
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	p.m, p.tr = m, tr
+	if err := p.apply(); err != nil {
+		tr.Close()
+		return nil, err
+	}
+	p.log.WithFields(logrus.Fields{"self": node.Identity(), "listen": cfg.Listen, "plan": cfg.PlanFile}).Info("mirror configured")
+	return p, nil
+}
+
+// apply loads the plan file and applies it if its content changed.
+func (p *mirrorPart) apply() error {
+	b, err := os.ReadFile(p.cfg.PlanFile)
+	if err != nil {
+		return fmt.Errorf("mirror plan: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.plan != nil && bytes.Equal(b, p.plan) {
+		return nil
+	}
+	plan, err := mirror.ParsePlan(b)
+	if err == nil {
+		err = p.m.Apply(plan)
+	}
+	if err != nil {
+		return fmt.Errorf("mirror plan %s: %w", p.cfg.PlanFile, err)
+	}
+	p.plan = b
+	p.log.WithFields(logrus.Fields{"peers": len(plan.Peers), "shares": len(plan.Shares)}).Info("mirror plan applied")
+	return nil
+}
+
+// run runs the mirror and follows the plan file until ctx is done.
+func (p *mirrorPart) run(ctx context.Context) error {
+	defer p.tr.Close()
+	errc := make(chan error, 1)
+	go func() { errc <- p.m.Run(ctx) }()
+	tick := time.NewTicker(p.cfg.PlanPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-tick.C:
+		case <-p.reload:
+		}
+		if err := p.apply(); err != nil {
+			p.log.WithError(err).Error("plan not applied; the previous plan stays")
+		}
+	}
+}
+
+// ReloadPlan makes a running agent re-read its mirror plan file now (the
+// node binary calls it on SIGHUP). It does nothing without a mirror.
+func (a *Agent) ReloadPlan() {
+	if p := a.mirror.Load(); p != nil {
+		select {
+		case p.reload <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// LinkStats returns the state of each mirror link (one per peer of the
+// plan), sorted by peer; nil without a mirror.
+func (a *Agent) LinkStats() []mirror.LinkStats {
+	if p := a.mirror.Load(); p != nil {
+		return p.m.Stats()
+	}
+	return nil
+}

@@ -1,0 +1,26 @@
+// Package mirror keeps the replicas of a channel on several hosts in step
+// over an rdma transport: the agents' side of remote channels.
+//
+// Principles (DESIGN.md, "Remote channels"): one link per pair of hosts
+// that share a channel, no relaying; each host's ring is the merge point.
+// For every channel it shares with a peer, a host runs an exporter, which
+// reads what was published locally (skipping what its own importer wrote)
+// and sends it to the peer, and an importer, which re-publishes what the
+// peer sent into the local ring. Messages are named by (origin agent,
+// channel, origin epoch, 64-bit position); the receiver persists the
+// position after the last message it published (its high-water mark) in
+// the state directory and a link that comes back resumes there.
+//
+//   - pubsub, block: the peer is one subscriber slot in the origin ring
+//     whose cursor is the peer's acknowledged position, so the ring holds
+//     publishers back within a window; status messages carry the
+//     acknowledgements.
+//   - pubsub, overwrite: the exporter reads as an overwrite subscriber and
+//     sends exact gap counts; the importing side counts them as losses.
+//   - stream: the peer grants credit; the exporter takes records with the
+//     normal take protocol only against it, into an outbox that survives
+//     link cuts and restarts, and each record reaches exactly one reader.
+//
+// The wire format is docs/mirror-wire.md; Plan and LoadPlan are the one
+// configuration API for static files and the Kubernetes controller.
+package mirror

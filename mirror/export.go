@@ -1,0 +1,398 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
+	"github.com/shimmy-dev/shimmy/registry"
+)
+
+// batchTarget is the payload a batch gathers before it is sent (a batch
+// also goes out as soon as the ring has nothing more).
+const batchTarget = 64 << 10
+
+// streamEpoch is the epoch of every stream flow: outbox ids do not start
+// again when the ring is re-created.
+const streamEpoch = 1
+
+// exporter sends one channel (one stream queue) of this host to a peer,
+// for one session.
+type exporter struct {
+	s    *session
+	flow uint32
+	key  chanKey
+	log  logrus.FieldLogger
+	h    *registry.Handle
+	ring *channel.Ring
+	cfg  channel.Config
+	mark *mark // acknowledged position (pubsub) or id (stream)
+
+	// pubsub
+	rd    *registry.Subscriber
+	hold  *registry.Subscriber // block: the peer's slot, at its acknowledged position
+	im    *imports
+	epoch uint64
+	lost  uint64 // rd.Lost() reported so far
+
+	// stream
+	reader *channel.Reader
+	ob     *outbox
+
+	mu       sync.Mutex
+	ext      channel.Extended   // pubsub: reader's position; stream: next id sent
+	sentNext channel.Extended   // Next of the last batch sent
+	inflight []channel.Extended // pubsub: Nexts of batches not acknowledged
+	acked    channel.Extended
+	credit   uint32
+	ackc     chan struct{} // 1-buffered: an Ack arrived
+}
+
+type holdKey struct {
+	peer string
+	key  chanKey
+}
+
+// hold is a block peer's subscriber slot kept while its link is down.
+type hold struct {
+	sub   *registry.Subscriber
+	h     *registry.Handle
+	ext   channel.Extended
+	epoch uint64
+	timer *time.Timer
+}
+
+func (hd *hold) release() {
+	hd.sub.Close()
+	hd.h.Close()
+}
+
+func (m *Mirror) parkHold(k holdKey, hd *hold) {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	if old := m.holds[k]; old != nil {
+		old.timer.Stop()
+		old.release()
+	}
+	m.holds[k] = hd
+	hd.timer = time.AfterFunc(m.o.Hold, func() {
+		m.hmu.Lock()
+		mine := m.holds[k] == hd
+		if mine {
+			delete(m.holds, k)
+		}
+		m.hmu.Unlock()
+		if mine {
+			m.log.WithFields(logrus.Fields{"peer": k.peer, "channel": k.key.String()}).
+				Warn("peer away longer than the hold: its slot is released, and what it misses is counted as its loss")
+			hd.release()
+		}
+	})
+}
+
+func (m *Mirror) takeHold(k holdKey, epoch uint64) *hold {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	hd := m.holds[k]
+	if hd == nil {
+		return nil
+	}
+	delete(m.holds, k)
+	hd.timer.Stop()
+	if hd.epoch != epoch {
+		hd.release()
+		return nil
+	}
+	return hd
+}
+
+func (m *Mirror) releaseHolds() {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	for k, hd := range m.holds {
+		hd.timer.Stop()
+		hd.release()
+		delete(m.holds, k)
+	}
+}
+
+// asExtended takes a ring position at face value: the base from which a
+// new reader extends the positions it reads.
+func asExtended(p channel.Position) channel.Extended {
+	return channel.Extended{Seq: uint64(p.Seq()), Units: uint64(p.Units())}
+}
+
+// onSub answers a peer's Sub: Refuse, or Open and an exporter.
+func (s *session) onSub(sub wire.Sub) error {
+	k := chanKey{NS: sub.Namespace, Ch: sub.Channel, Q: int(sub.Queue)}
+	refuse := func(code uint32, why string) error {
+		s.p.log.WithFields(logrus.Fields{"channel": k.String(), "reason": why}).Info("flow refused")
+		return s.conn.Send(s.ctx, wire.Refuse{Flow: sub.Flow, Code: code, Text: why}.Append(nil))
+	}
+	if registry.CheckName(k.NS) != nil || registry.CheckName(k.Ch) != nil || k.Q > 1 {
+		return refuse(wire.RefuseNotShared, "not a channel name")
+	}
+	if !slices.Contains(s.p.getShares(), [2]string{k.NS, k.Ch}) {
+		return refuse(wire.RefuseNotShared, "not shared with this peer")
+	}
+	s.fmu.Lock()
+	dup := s.exports[sub.Flow] != nil
+	for _, ex := range s.exports {
+		dup = dup || ex.key == k
+	}
+	s.fmu.Unlock()
+	if dup {
+		return fmt.Errorf("%w: second sub for flow %d (%s)", ErrProtocol, sub.Flow, k)
+	}
+	ch, err := s.p.m.o.Registry.Channel(k.NS, k.Ch)
+	if err != nil {
+		return refuse(wire.RefuseNotFound, err.Error())
+	}
+	h, err := ch.Open()
+	if err != nil {
+		return refuse(wire.RefuseBroken, err.Error())
+	}
+	ex := &exporter{s: s, flow: sub.Flow, key: k, h: h, ring: h.Ring(), ackc: make(chan struct{}, 1),
+		log: s.p.log.WithField("channel", k.String())}
+	ex.cfg = ex.ring.Config()
+	if k.Q >= ex.ring.Queues() {
+		h.Close()
+		return refuse(wire.RefuseMismatch, "no such queue")
+	}
+	if wire.DataFixedLen+batchTarget+wire.RecordSize(int(ex.cfg.MaxMessage)) > int(s.remote.Len/2) {
+		h.Close()
+		return refuse(wire.RefuseMismatch, "the channel's max message does not fit the peer's inbox")
+	}
+	var open wire.Open
+	if ex.cfg.Type == channel.TypeStream {
+		open, err = ex.openStream(sub)
+	} else {
+		open, err = ex.openPubSub(sub)
+	}
+	if err != nil {
+		ex.close()
+		return refuse(wire.RefuseBroken, err.Error())
+	}
+	s.fmu.Lock()
+	s.exports[sub.Flow] = ex
+	s.fmu.Unlock()
+	if err := s.conn.Send(s.ctx, open.Append(nil)); err != nil {
+		return err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		var err error
+		if ex.reader != nil {
+			err = ex.runStream()
+		} else {
+			err = ex.runPubSub()
+		}
+		if err != nil && s.ctx.Err() == nil {
+			s.cancel(fmt.Errorf("export %s: %w", k, err))
+		}
+	}()
+	return nil
+}
+
+// openPubSub places the reader (and the block slot) where the peer's
+// high-water mark says: at the slot kept while the link was down, else
+// at the acknowledged position this host stored, else at the mark itself,
+// then skips to the mark's sequence. A fresh peer, or one that knew
+// another epoch, starts at the oldest message the ring holds.
+func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
+	m := ex.s.p.m
+	var err error
+	if ex.im, err = m.importsFor(ex.key.NS, ex.key.Ch, ex.ring); err != nil {
+		return wire.Open{}, err
+	}
+	mk, rec, ok, err := openMark(m.state.path("acked", ex.s.p.cfg.ID(), ex.key))
+	if err != nil {
+		return wire.Open{}, err
+	}
+	ex.mark = mk
+	ex.epoch = ex.ring.Epoch()
+	opts := channel.SubscriberOptions{From: channel.StartOldest}
+	var base channel.Extended
+	resume := sub.Epoch == ex.epoch
+	if resume {
+		opts.From = channel.StartAt
+		hk := holdKey{ex.s.p.cfg.ID(), ex.key}
+		switch hd := m.takeHold(hk, ex.epoch); {
+		case hd != nil:
+			ex.hold, base = hd.sub, hd.ext
+			hd.h.Close() // ex.h holds the channel now
+		case ok && rec.Epoch == ex.epoch && rec.Seq <= sub.Next.Seq:
+			base = channel.Extended{Seq: rec.Seq, Units: rec.Units}
+		default:
+			base = channel.Extended{Seq: sub.Next.Seq, Units: sub.Next.Units}
+		}
+		opts.At = base.Position()
+		if ex.hold != nil {
+			opts.At = ex.hold.Position()
+		}
+	}
+	if ex.rd, err = ex.h.NewSubscriber(opts); err != nil {
+		return wire.Open{}, err
+	}
+	if ex.hold == nil && ex.cfg.Policy == channel.PolicyBlock {
+		if ex.hold, err = ex.h.NewSubscriber(opts); err != nil {
+			return wire.Open{}, err
+		}
+	}
+	if !resume {
+		base = asExtended(ex.rd.Position())
+	}
+	ex.ext = ex.rd.Position().Extend(base)
+	// Skip what the peer has (it stored its mark after publishing them).
+	var scratch []byte
+	for resume && ex.ext.Seq < sub.Next.Seq {
+		var err error
+		if scratch, _, err = ex.rd.AppendNext(scratch[:0]); err != nil {
+			break
+		}
+		ex.ext = ex.rd.Position().Extend(ex.ext)
+	}
+	ex.lost = ex.rd.Lost()
+	ex.acked, ex.sentNext = ex.ext, ex.ext
+	ex.advanceHold(ex.ext.Position())
+	if err := ex.mark.store(markRec{ex.epoch, ex.ext.Seq, ex.ext.Units}); err != nil {
+		return wire.Open{}, err
+	}
+	return wire.Open{
+		Flow: ex.flow, Epoch: ex.epoch, Start: wire.Pos{Seq: ex.ext.Seq, Units: ex.ext.Units},
+		Type: uint32(ex.cfg.Type), Policy: uint32(ex.cfg.Policy), Lost: ex.lost, MaxMessage: ex.cfg.MaxMessage,
+	}, nil
+}
+
+// advanceHold moves the block slot to p (a position the reader passed)
+// and stores it for publishers.
+func (ex *exporter) advanceHold(p channel.Position) {
+	if ex.hold == nil {
+		return
+	}
+	for ex.hold.Position() != p {
+		if _, err := ex.hold.TryPeek(); err != nil {
+			if !errors.Is(err, channel.ErrWouldBlock) {
+				ex.log.WithError(err).Warn("the peer's slot in the ring failed: publishers are no longer held for it")
+			}
+			break
+		}
+		ex.hold.Done()
+	}
+	ex.hold.Flush()
+}
+
+func (ex *exporter) runPubSub() error {
+	ctx := ex.s.ctx
+	buf := make([]byte, 0, wire.DataFixedLen+batchTarget+wire.RecordSize(int(ex.cfg.MaxMessage)))
+	var zero [wire.DataFixedLen]byte
+	for ctx.Err() == nil {
+		buf = append(buf[:0], zero[:wire.DataFixedLen]...)
+		count, bytes := 0, 0
+		ext := ex.ext
+		for len(buf) < batchTarget {
+			off := len(buf)
+			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
+			if errors.Is(err, channel.ErrWouldBlock) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			after := ex.rd.Position()
+			ext = after.Extend(ext)
+			if ex.im.is(slot, after) {
+				continue // our importer wrote it: its origin sends it
+			}
+			n := len(b) - off - wire.RecordLen
+			b = append(b, zero[:wire.RecordSize(n)-wire.RecordLen-n]...)
+			wire.PutRecord(b[off:], ext.Seq-1, n)
+			buf = b
+			count++
+			bytes += n
+		}
+		lost := ex.rd.Lost() - ex.lost
+		ex.mu.Lock()
+		ex.ext = ext
+		idle := count == 0 && lost == 0 && ext == ex.sentNext
+		ex.mu.Unlock()
+		if idle {
+			if err := ex.rd.Wait(ctx); err != nil && ctx.Err() == nil {
+				return err
+			}
+			continue
+		}
+		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: ext.Seq, Units: ext.Units}, lost, uint32(count))
+		// In flight before it is sent: its Ack may come back before send
+		// returns.
+		ex.mu.Lock()
+		ex.inflight = append(ex.inflight, ext)
+		ex.sentNext = ext
+		ex.lost += lost
+		ex.mu.Unlock()
+		if err := ex.s.send(buf); err != nil {
+			return err
+		}
+		ex.s.p.msgs.Add(uint64(count))
+		ex.s.p.bytes.Add(uint64(bytes))
+	}
+	return nil
+}
+
+// onAck takes the peer's acknowledgement of the flow: for pubsub it must
+// name the end of a batch in flight; the peer's slot moves there.
+func (ex *exporter) onAck(e wire.AckEntry) error {
+	if ex.reader != nil {
+		return ex.onStreamAck(e)
+	}
+	ext := channel.Extended{Seq: e.Next.Seq, Units: e.Next.Units}
+	ex.mu.Lock()
+	i := slices.Index(ex.inflight, ext)
+	if i < 0 {
+		ex.mu.Unlock()
+		if ext == ex.acked {
+			return nil
+		}
+		return fmt.Errorf("%w: flow %d acknowledged %v, which ends no batch in flight", ErrProtocol, ex.flow, ext)
+	}
+	ex.inflight = append(ex.inflight[:0], ex.inflight[i+1:]...)
+	ex.acked = ext
+	ex.mu.Unlock()
+	ex.advanceHold(ext.Position())
+	return ex.mark.store(markRec{ex.epoch, ext.Seq, ext.Units})
+}
+
+func (ex *exporter) lag() uint64 {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.sentNext.Seq - ex.acked.Seq
+}
+
+// close ends the flow once its goroutine and the session's control loop
+// are done with it; a block slot is kept for Hold.
+func (ex *exporter) close() {
+	if ex.rd != nil {
+		ex.rd.Close()
+	}
+	if ex.reader != nil {
+		ex.reader.Close()
+	}
+	if ex.mark != nil {
+		ex.mark.close()
+	}
+	if ex.hold != nil {
+		ex.mu.Lock()
+		acked := ex.acked
+		ex.mu.Unlock()
+		ex.s.p.m.parkHold(holdKey{ex.s.p.cfg.ID(), ex.key}, &hold{sub: ex.hold, h: ex.h, ext: acked, epoch: ex.epoch})
+		return
+	}
+	ex.h.Close()
+}

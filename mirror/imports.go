@@ -1,0 +1,127 @@
+package mirror
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/shimmy-dev/shimmy/channel"
+)
+
+// imports remembers which member slots this host's importers published
+// from, and over which range of ring positions, per channel and epoch, so
+// that exporters skip what the importers wrote (no relaying, no loops).
+// It is kept in the state directory: after a restart an exporter resumes
+// behind frames the previous run's importers wrote.
+//
+// A frame is an import if an entry has its slot and the frame lies at or
+// after From and, for a closed entry, before To. An entry is closed when
+// its publisher closes, or, after a crash, when the next run starts (at
+// the ring's tail then). A tenant publisher that took a dead importer's
+// slot before the next run started (the agent was down longer than the
+// channel's lease) is taken for an import until then.
+type imports struct {
+	path string
+	mu   sync.Mutex
+	doc  importsDoc
+}
+
+type importsDoc struct {
+	Epoch   uint64        `json:"epoch"`
+	Entries []importEntry `json:"entries"`
+}
+
+type importEntry struct {
+	Slot uint32           `json:"slot"`
+	From channel.Position `json:"from"`
+	To   channel.Position `json:"to"`
+	Open bool             `json:"open"`
+}
+
+// maxImportEntries bounds the history; the oldest closed entries go first.
+const maxImportEntries = 64
+
+// loadImports reads the history of ns/ch for a ring of epoch whose tail
+// is now tail, and closes the entries a previous run left open.
+func (s *state) loadImports(ns, ch string, epoch uint64, tail channel.Position) (*imports, error) {
+	im := &imports{path: filepath.Join(s.dir, "imports", ns, ch+".json")}
+	b, err := os.ReadFile(im.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("mirror: state: %w", err)
+	default:
+		if json.Unmarshal(b, &im.doc) != nil {
+			im.doc = importsDoc{}
+		}
+	}
+	if im.doc.Epoch != epoch {
+		im.doc = importsDoc{Epoch: epoch}
+	}
+	for i := range im.doc.Entries {
+		if e := &im.doc.Entries[i]; e.Open {
+			e.Open, e.To = false, tail
+		}
+	}
+	return im, im.saveLocked()
+}
+
+// add records that slot publishes imports from position from on.
+func (im *imports) add(slot uint32, from channel.Position) error {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	im.doc.Entries = append(im.doc.Entries, importEntry{Slot: slot, From: from, Open: true})
+	if n := len(im.doc.Entries); n > maxImportEntries {
+		im.doc.Entries = append(im.doc.Entries[:0], im.doc.Entries[n-maxImportEntries:]...)
+	}
+	return im.saveLocked()
+}
+
+// end closes slot's open entry at position to.
+func (im *imports) end(slot uint32, to channel.Position) error {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for i := range im.doc.Entries {
+		if e := &im.doc.Entries[i]; e.Open && e.Slot == slot {
+			e.Open, e.To = false, to
+		}
+	}
+	return im.saveLocked()
+}
+
+// is reports whether the frame written from slot that ends at position
+// after (where the next frame starts) is an import. Entries start and end
+// at frame boundaries (a tail), so a frame lies at or after From exactly
+// when it ends after it, and before To when it ends at or before it.
+func (im *imports) is(slot uint32, after channel.Position) bool {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for _, e := range im.doc.Entries {
+		if e.Slot == slot && e.From.Before(after) && (e.Open || !e.To.Before(after)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (im *imports) saveLocked() error {
+	b, err := json.Marshal(im.doc)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(im.path), 0o700); err != nil {
+		return fmt.Errorf("mirror: state: %w", err)
+	}
+	tmp := im.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("mirror: state: %w", err)
+	}
+	if err := os.Rename(tmp, im.path); err != nil {
+		return fmt.Errorf("mirror: state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,259 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/shimmy-dev/shimmy/channel"
+)
+
+// expect waits until every tally counted want messages without error.
+func expect(t *testing.T, want int, tallies map[string]*tally) {
+	t.Helper()
+	waitFor(t, 60*time.Second, func() error {
+		for name, tl := range tallies {
+			got, err := tl.count()
+			if err != nil {
+				t.Fatalf("subscriber on %s: %v", name, err)
+			}
+			if got != want {
+				return fmt.Errorf("subscriber on %s has %d of %d messages", name, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// TestPubSubFanOut: messages published on A reach subscribers on A, B
+// and C, once each, in order, intact; with overwrite a small ring may lap
+// the mirror, and every message is then either received or counted lost.
+func TestPubSubFanOut(t *testing.T) {
+	for _, tc := range []struct {
+		policy   channel.Policy
+		capacity uint64
+	}{
+		{channel.PolicyBlock, 64 << 10},
+		{channel.PolicyOverwrite, 1 << 20},
+		{channel.PolicyOverwrite, 16 << 10},
+	} {
+		t.Run(fmt.Sprintf("%s/%d", tc.policy, tc.capacity), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := newCluster(t, channel.Config{Policy: tc.policy, Capacity: tc.capacity}, nil, "a", "b", "c")
+			gaps := tc.policy == channel.PolicyOverwrite
+			tallies := map[string]*tally{}
+			for _, h := range c.hosts {
+				tallies[h.name] = subscribe(ctx, t, mapRing(t, h), gaps)
+			}
+			c.linksUp()
+			const n = 5000
+			if err := publish(ctx, mapRing(t, c.hosts[0]), 1, n, 0); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 60*time.Second, func() error {
+				for _, h := range c.hosts {
+					got, lost, err := tallies[h.name].accounted()
+					if err != nil {
+						t.Fatalf("subscriber on %s: %v", h.name, err)
+					}
+					if h.name != "a" {
+						got += h.stat("a").Losses
+						lost += h.stat("a").Losses
+					}
+					if got != n {
+						return fmt.Errorf("subscriber on %s: %d of %d messages received or lost", h.name, got, n)
+					}
+					if !gaps && lost != 0 {
+						t.Fatalf("subscriber on %s lost %d messages of a block channel", h.name, lost)
+					}
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestPublishersOnTwoHosts: publishers on A and B at once; subscribers on
+// both hosts get every message of each, in each publisher's order.
+//
+// The rings hold every message: with block, publishers on both hosts
+// that fill both rings at once can stall the mirror (each host's
+// importer waits for room that its ring keeps for the other host), a
+// known limit (docs/remote.md).
+func TestPublishersOnTwoHosts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{Capacity: 4 << 20}, nil, "a", "b")
+	tallies := map[string]*tally{}
+	for _, h := range c.hosts {
+		tallies[h.name] = subscribe(ctx, t, mapRing(t, h), false)
+	}
+	c.linksUp()
+	const n = 4000
+	errs := make(chan error, 2)
+	for i, h := range c.hosts {
+		r := mapRing(t, h)
+		go func() { errs <- publish(ctx, r, uint32(i+1), n, 0) }()
+	}
+	for range c.hosts {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, 2*n, tallies)
+}
+
+// TestStreamSharedAcrossHosts: a writer on A; readers on A and B share
+// the records, none twice and none lost.
+func TestStreamSharedAcrossHosts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{Type: channel.TypeStream, Capacity: 64 << 10}, nil, "a", "b")
+	c.linksUp()
+	const n = 20000
+	seen := make(chan uint32, n+100)
+	for _, h := range c.hosts {
+		r := mapRing(t, h)
+		for range 2 {
+			rd, err := r.NewReader(channel.ReaderOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				defer rd.Close()
+				var buf []byte
+				for {
+					b, err := rd.Next(ctx, buf)
+					if err != nil {
+						return
+					}
+					buf = b
+					_, seq, err := parse(b)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					seen <- seq
+				}
+			}()
+		}
+	}
+	if err := publish(ctx, mapRing(t, c.hosts[0]), 1, n, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]int, n)
+	deadline := time.After(60 * time.Second)
+	for i := 0; i < n; i++ {
+		select {
+		case seq := <-seen:
+			if seq >= n || got[seq] != 0 {
+				t.Fatalf("record %d taken twice or out of range", seq)
+			}
+			got[seq]++
+		case <-deadline:
+			t.Fatalf("%d of %d records taken", i, n)
+		}
+	}
+	// Nothing more arrives: no record was taken twice.
+	select {
+	case seq := <-seen:
+		t.Fatalf("record %d taken again", seq)
+	case <-time.After(200 * time.Millisecond):
+	}
+	st := c.hosts[1].m.Stats()[0]
+	if st.Messages == 0 {
+		t.Errorf("b took no record from a (stats %+v): the work was not shared", st)
+	}
+}
+
+// TestLinkCut: the link is cut again and again while A publishes; B's
+// subscriber gets every message once, in order (block and stream lose
+// nothing), and the cuts are counted.
+func TestLinkCut(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{Capacity: 64 << 10}, nil, "a", "b")
+	a, b := c.hosts[0], c.hosts[1]
+	tl := subscribe(ctx, t, mapRing(t, b), false)
+	c.linksUp()
+	const n, cuts = 20000, 5
+	done := make(chan error, 1)
+	go func() { done <- publish(ctx, mapRing(t, a), 1, n, 0) }()
+	for i := 0; i < cuts; i++ {
+		waitFor(t, 30*time.Second, func() error {
+			if got, err := tl.count(); err != nil || got < (i+1)*n/(cuts+1) {
+				return fmt.Errorf("b has %d messages before cut %d (%v)", got, i, err)
+			}
+			return nil
+		})
+		if i%2 == 0 {
+			a.cut(t, "b")
+		} else {
+			b.cut(t, "a")
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	expect(t, n, map[string]*tally{"b": tl})
+	waitFor(t, 10*time.Second, func() error {
+		if st := b.stat("a"); st.Reconnects < cuts || st.Losses != 0 {
+			return fmt.Errorf("b's link to a: %+v, want %d reconnects and no loss", st, cuts)
+		}
+		return nil
+	})
+}
+
+// TestOverwriteLossCounted: while the link is down, A's overwrite ring
+// laps what B has not received; when it comes back, the messages B's
+// subscriber got, plus those it lost itself, plus the losses B's link
+// reports, are exactly what A published, in order.
+func TestOverwriteLossCounted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{Policy: channel.PolicyOverwrite, Capacity: 16 << 10}, func(o *Options) {
+		o.MinBackoff, o.MaxBackoff = 300*time.Millisecond, 300*time.Millisecond
+	}, "a", "b")
+	a, b := c.hosts[0], c.hosts[1]
+	tl := subscribe(ctx, t, mapRing(t, b), true)
+	c.linksUp()
+	ra := mapRing(t, a)
+	accounted := func(want uint64) {
+		waitFor(t, 30*time.Second, func() error {
+			got, _, err := tl.accounted()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got += b.stat("a").Losses; got != want {
+				return fmt.Errorf("b: %d of %d messages received or lost", got, want)
+			}
+			return nil
+		})
+	}
+	const n = 1000
+	if err := publish(ctx, ra, 1, n, 0); err != nil {
+		t.Fatal(err)
+	}
+	accounted(n)
+	// a dials b (its name sorts first): cut from b's side and publish
+	// several laps of a's ring before a dials again.
+	before := b.stat("a").Losses
+	b.cut(t, "a")
+	p, err := ra.NewPublisher(channel.PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const more = 3000
+	for i := n; i < n+more; i++ {
+		if err := p.TryPublish(message(1, uint32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	accounted(n + more)
+	if b.stat("a").Losses == before {
+		t.Fatalf("the link lost nothing while a's ring lapped it %d times: %+v", more*100/(16<<10), b.stat("a"))
+	}
+}

@@ -1,0 +1,83 @@
+package mirror
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// state is the mirror's directory: marks (high-water marks of imports,
+// acknowledged positions of exports) and stream outboxes, one file each.
+type state struct{ dir string }
+
+func openState(dir string) (*state, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mirror: state directory: %w", err)
+	}
+	return &state{dir: dir}, nil
+}
+
+// chanKey names a channel (and a stream queue: 0 for pubsub).
+type chanKey struct {
+	NS, Ch string
+	Q      int
+}
+
+func (k chanKey) String() string { return k.NS + "/" + k.Ch + ":" + strconv.Itoa(k.Q) }
+
+// path returns the file of kind for peer and k. Identities come from
+// certificates: hex keeps any of them one safe path element.
+func (s *state) path(kind, peer string, k chanKey) string {
+	return filepath.Join(s.dir, kind, hex.EncodeToString([]byte(peer)), k.NS, k.Ch+"."+strconv.Itoa(k.Q))
+}
+
+// markRec is a stored position: an epoch and an extended position (for
+// streams, Seq is an outbox id).
+type markRec struct{ Epoch, Seq, Units uint64 }
+
+const markLen = 32 // epoch, seq, units, crc32 of them, zero
+
+// mark is one position stored in its own file, rewritten in place with
+// one pwrite (a write to tmpfs is never torn by the writer's death).
+type mark struct{ f *os.File }
+
+// openMark opens (creating) the mark at path; ok is false if it held
+// nothing valid.
+func openMark(path string) (*mark, markRec, bool, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, markRec{}, false, fmt.Errorf("mirror: state: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, markRec{}, false, fmt.Errorf("mirror: state: %w", err)
+	}
+	var b [markLen]byte
+	n, _ := f.ReadAt(b[:], 0)
+	r, ok := decodeMark(b[:n])
+	return &mark{f: f}, r, ok, nil
+}
+
+func decodeMark(b []byte) (markRec, bool) {
+	if len(b) != markLen || crc32.ChecksumIEEE(b[:24]) != binary.LittleEndian.Uint32(b[24:]) {
+		return markRec{}, false
+	}
+	return markRec{binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])}, true
+}
+
+func (m *mark) store(r markRec) error {
+	var b [markLen]byte
+	binary.LittleEndian.PutUint64(b[:], r.Epoch)
+	binary.LittleEndian.PutUint64(b[8:], r.Seq)
+	binary.LittleEndian.PutUint64(b[16:], r.Units)
+	binary.LittleEndian.PutUint32(b[24:], crc32.ChecksumIEEE(b[:24]))
+	if _, err := m.f.WriteAt(b[:], 0); err != nil {
+		return fmt.Errorf("mirror: store mark: %w", err)
+	}
+	return nil
+}
+
+func (m *mark) close() error { return m.f.Close() }

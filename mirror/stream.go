@@ -1,0 +1,292 @@
+package mirror
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
+)
+
+// outbox holds the stream records taken from the ring for one peer until
+// it acknowledges them, in memory and in a file of the state directory:
+// records survive link cuts and agent restarts.
+type outbox struct {
+	path string
+	f    *os.File
+	size int64 // bytes of the file
+	recs []outRec
+	next uint64 // id of the next record taken
+}
+
+type outRec struct {
+	id  uint64
+	msg []byte
+}
+
+const (
+	outRecHeader = 16 // id u64, len u32, crc32 of the payload u32
+	// outboxCompact: a file larger than this is rewritten with the
+	// records still held whenever an acknowledgement drops some.
+	outboxCompact = 1 << 20
+)
+
+// outboxFor returns the outbox of peer id and k, loading its file the
+// first time; acked is the next id the peer is known to expect.
+func (m *Mirror) outboxFor(peer string, k chanKey, acked uint64) (*outbox, error) {
+	m.omu.Lock()
+	defer m.omu.Unlock()
+	hk := holdKey{peer, k}
+	if ob := m.outboxes[hk]; ob != nil {
+		ob.drop(acked)
+		return ob, nil
+	}
+	ob := &outbox{path: m.state.path("outbox", peer, k), next: acked}
+	if err := os.MkdirAll(filepath.Dir(ob.path), 0o700); err != nil {
+		return nil, fmt.Errorf("mirror: state: %w", err)
+	}
+	b, err := os.ReadFile(ob.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("mirror: outbox: %w", err)
+	}
+	for len(b) >= outRecHeader {
+		id, n := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint32(b[8:])
+		if uint64(n) > uint64(len(b)-outRecHeader) || crc32.ChecksumIEEE(b[outRecHeader:outRecHeader+int(n)]) != binary.LittleEndian.Uint32(b[12:]) {
+			break // a torn tail: the record was never handed out
+		}
+		if id >= acked {
+			ob.recs = append(ob.recs, outRec{id, bytes.Clone(b[outRecHeader : outRecHeader+int(n)])})
+			ob.next = max(ob.next, id+1)
+		}
+		b = b[outRecHeader+int(n):]
+	}
+	if err := ob.rewrite(); err != nil {
+		return nil, err
+	}
+	m.outboxes[hk] = ob
+	return ob, nil
+}
+
+// add appends a record taken from the ring and returns its id.
+func (ob *outbox) add(msg []byte) (uint64, error) {
+	id := ob.next
+	var h [outRecHeader]byte
+	binary.LittleEndian.PutUint64(h[:], id)
+	binary.LittleEndian.PutUint32(h[8:], uint32(len(msg)))
+	binary.LittleEndian.PutUint32(h[12:], crc32.ChecksumIEEE(msg))
+	rec := append(h[:], msg...)
+	if _, err := ob.f.WriteAt(rec, ob.size); err != nil {
+		return 0, fmt.Errorf("mirror: outbox: %w", err)
+	}
+	ob.size += int64(len(rec))
+	ob.recs = append(ob.recs, outRec{id, bytes.Clone(msg)})
+	ob.next++
+	return id, nil
+}
+
+// drop forgets the records before id (the peer has them).
+func (ob *outbox) drop(id uint64) error {
+	i := 0
+	for i < len(ob.recs) && ob.recs[i].id < id {
+		i++
+	}
+	if i == 0 {
+		return nil
+	}
+	ob.recs = append(ob.recs[:0], ob.recs[i:]...)
+	if len(ob.recs) == 0 || ob.size > outboxCompact {
+		return ob.rewrite()
+	}
+	return nil
+}
+
+// rewrite replaces the file with the records held.
+func (ob *outbox) rewrite() error {
+	var b []byte
+	for _, r := range ob.recs {
+		var h [outRecHeader]byte
+		binary.LittleEndian.PutUint64(h[:], r.id)
+		binary.LittleEndian.PutUint32(h[8:], uint32(len(r.msg)))
+		binary.LittleEndian.PutUint32(h[12:], crc32.ChecksumIEEE(r.msg))
+		b = append(append(b, h[:]...), r.msg...)
+	}
+	tmp := ob.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("mirror: outbox: %w", err)
+	}
+	if err := os.Rename(tmp, ob.path); err != nil {
+		return fmt.Errorf("mirror: outbox: %w", err)
+	}
+	f, err := os.OpenFile(ob.path, os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("mirror: outbox: %w", err)
+	}
+	if ob.f != nil {
+		ob.f.Close()
+	}
+	ob.f, ob.size = f, int64(len(b))
+	return nil
+}
+
+func (ob *outbox) len() int { return len(ob.recs) }
+
+func (ob *outbox) first() uint64 {
+	if len(ob.recs) > 0 {
+		return ob.recs[0].id
+	}
+	return ob.next
+}
+
+// openStream opens a stream flow: records still in the outbox from
+// before go first, from the peer's high-water mark on.
+func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
+	m := ex.s.p.m
+	mk, rec, ok, err := openMark(m.state.path("acked", ex.s.p.cfg.ID(), ex.key))
+	if err != nil {
+		return wire.Open{}, err
+	}
+	ex.mark = mk
+	acked := uint64(0)
+	if ok {
+		acked = rec.Seq
+	}
+	if sub.Epoch == streamEpoch && sub.Next.Seq > acked {
+		acked = sub.Next.Seq
+	}
+	if ex.ob, err = m.outboxFor(ex.s.p.cfg.ID(), ex.key, acked); err != nil {
+		return wire.Open{}, err
+	}
+	if sub.Epoch == streamEpoch && sub.Next.Seq > ex.ob.next {
+		return wire.Open{}, fmt.Errorf("%w: peer expects stream record %d, only %d were taken", ErrProtocol, sub.Next.Seq, ex.ob.next)
+	}
+	if ex.reader, err = ex.h.NewReader(channel.ReaderOptions{Queue: ex.key.Q}); err != nil {
+		return wire.Open{}, err
+	}
+	start := ex.ob.first()
+	ex.acked = channel.Extended{Seq: start}
+	ex.ext = ex.acked // next id to send
+	ex.credit = sub.Credit
+	if err := ex.mark.store(markRec{streamEpoch, start, 0}); err != nil {
+		return wire.Open{}, err
+	}
+	return wire.Open{Flow: ex.flow, Epoch: streamEpoch, Start: wire.Pos{Seq: start},
+		Type: uint32(ex.cfg.Type), Policy: uint32(ex.cfg.Policy), MaxMessage: ex.cfg.MaxMessage}, nil
+}
+
+func (ex *exporter) onStreamAck(e wire.AckEntry) error {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if e.Next.Seq < ex.acked.Seq || e.Next.Seq > ex.ext.Seq {
+		return fmt.Errorf("%w: stream flow %d acknowledged %d, outside %d..%d", ErrProtocol, ex.flow, e.Next.Seq, ex.acked.Seq, ex.ext.Seq)
+	}
+	if e.Next.Seq > ex.acked.Seq {
+		ex.acked.Seq = e.Next.Seq
+		ex.s.p.m.omu.Lock()
+		err := ex.ob.drop(e.Next.Seq)
+		ex.s.p.m.omu.Unlock()
+		if err != nil {
+			return err
+		}
+		if err := ex.mark.store(markRec{streamEpoch, e.Next.Seq, 0}); err != nil {
+			return err
+		}
+	}
+	ex.credit = e.Credit
+	select {
+	case ex.ackc <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// runStream sends the outbox's records, then takes new ones from the ring
+// while the peer's credit lasts.
+func (ex *exporter) runStream() error {
+	ctx := ex.s.ctx
+	buf := make([]byte, 0, wire.DataFixedLen+batchTarget+wire.RecordSize(int(ex.cfg.MaxMessage)))
+	var zero [wire.DataFixedLen]byte
+	var msg []byte
+	for ctx.Err() == nil {
+		buf = append(buf[:0], zero[:wire.DataFixedLen]...)
+		count, size := 0, 0
+		put := func(id uint64, p []byte) {
+			off := len(buf)
+			buf = append(buf, make([]byte, wire.RecordSize(len(p)))...)
+			copy(wire.PutRecord(buf[off:], id, len(p)), p)
+			count++
+			size += len(p)
+		}
+		ex.s.p.m.omu.Lock()
+		ex.mu.Lock()
+		next, limit := ex.ext.Seq, ex.acked.Seq+uint64(ex.credit)
+		ex.mu.Unlock()
+		// Records taken before (an earlier link) first.
+		for _, r := range ex.ob.recs {
+			if r.id >= next && len(buf) < batchTarget {
+				put(r.id, r.msg)
+				next = r.id + 1
+			}
+		}
+		var err error
+		for next == ex.ob.next && next < limit && len(buf) < batchTarget {
+			if msg, err = ex.reader.TryNext(msg); err != nil {
+				break
+			}
+			id, aerr := ex.ob.add(msg)
+			if aerr != nil {
+				err = aerr
+				break
+			}
+			put(id, msg)
+			next = id + 1
+		}
+		ex.s.p.m.omu.Unlock()
+		if err != nil && !errors.Is(err, channel.ErrWouldBlock) {
+			return err
+		}
+		if count == 0 {
+			// Nothing to send: wait for credit, or for a record.
+			if next < limit {
+				if err := ex.waitRecord(); err != nil {
+					return err
+				}
+				continue
+			}
+			select {
+			case <-ctx.Done():
+			case <-ex.ackc:
+			}
+			continue
+		}
+		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: next}, 0, uint32(count))
+		ex.mu.Lock() // sent before send returns: its Ack may overtake it
+		ex.ext.Seq, ex.sentNext.Seq = next, next
+		ex.mu.Unlock()
+		if err := ex.s.send(buf); err != nil {
+			return err
+		}
+		ex.s.p.msgs.Add(uint64(count))
+		ex.s.p.bytes.Add(uint64(size))
+	}
+	return nil
+}
+
+// streamPoll is how often an exporter with credit looks for records.
+const streamPoll = 2 * time.Millisecond
+
+// waitRecord waits briefly for a record or an Ack: a Reader cannot wait
+// without taking, and a record must only be taken against credit.
+func (ex *exporter) waitRecord() error {
+	select {
+	case <-ex.s.ctx.Done():
+	case <-ex.ackc:
+	case <-time.After(streamPoll):
+	}
+	return nil
+}
