@@ -124,6 +124,7 @@ func (m *Mirror) reconcile(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		p := m.newPeer(pe, shares)
+		m.restoreHolds(p)
 		pctx, cancel := context.WithCancel(ctx)
 		p.cancel = cancel
 		m.peers[name] = p

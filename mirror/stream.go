@@ -168,6 +168,7 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 	if ex.reader, err = ex.h.NewReader(channel.ReaderOptions{Queue: ex.key.Q}); err != nil {
 		return wire.Open{}, err
 	}
+	m.setExporting(ex.key, ex.reader.Slot(), true)
 	start := ex.ob.first()
 	ex.acked = channel.Extended{Seq: start}
 	ex.ext = ex.acked // next id to send
@@ -289,4 +290,28 @@ func (ex *exporter) waitRecord() error {
 	case <-time.After(streamPoll):
 	}
 	return nil
+}
+
+// setExporting records that slot of k's ring is a reader of this mirror.
+func (m *Mirror) setExporting(k chanKey, slot uint32, on bool) {
+	m.xmu.Lock()
+	defer m.xmu.Unlock()
+	sk := slotKey{k, slot}
+	if on {
+		m.readers[sk] = true
+	} else {
+		delete(m.readers, sk)
+	}
+}
+
+// exporting reports whether slot of k's ring is a reader of this mirror.
+func (m *Mirror) exporting(k chanKey, slot uint32) bool {
+	m.xmu.Lock()
+	defer m.xmu.Unlock()
+	return m.readers[slotKey{k, slot}]
+}
+
+type slotKey struct {
+	k    chanKey
+	slot uint32
 }
