@@ -64,6 +64,8 @@ type Config struct {
 	Quota        *registry.Quota    // quota of new namespaces; nil: registry.DefaultQuota (docs/limits.md)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
+	// Kubernetes, if set, runs the node reconciler (KubernetesConfig).
+	Kubernetes *KubernetesConfig
 }
 
 // DefaultConfig returns the configuration of a node agent.
@@ -118,6 +120,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("%w: state directory %q and mount point %q overlap", ErrConfig, cfg.StateDir, cfg.MountPoint)
 	case cfg.ReapInterval < 0 || cfg.ReapInterval > time.Minute:
 		return nil, fmt.Errorf("%w: reap interval %v (want up to 1m)", ErrConfig, cfg.ReapInterval)
+	}
+	if cfg.Kubernetes != nil {
+		if err := cfg.Kubernetes.validate(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(cfg.MetricsAddr); err != nil {
@@ -175,9 +182,10 @@ func (a *Agent) MetricsAddr() string {
 // the state directory, mounts, and serves until ctx is done; then it
 // unmounts and returns nil. An Agent runs once.
 //
-// Its parts (the front end's server, the reaper, the metrics server) run under
-// one errgroup: when any of them ends, for an error or because the mount
-// went away, the others are stopped and the one shutdown path runs
+// Its parts (the front end's server, the reaper, the metrics server, the
+// Kubernetes node reconciler) run under one errgroup: when any of them
+// ends, for an error or because the mount went away, the others are
+// stopped and the one shutdown path runs
 // (unmount, or detach and abort the FUSE connection, then unmap the
 // rings). Run returns the first part's error.
 func (a *Agent) Run(ctx context.Context) error {
@@ -199,6 +207,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: recover channels: %w", err)
 	}
 	reg.Reap() // heartbeat at once, so clients see a live agent
+	var kube func(context.Context) error
+	if a.cfg.Kubernetes != nil {
+		if kube, err = a.kubernetesPart(reg); err != nil {
+			reg.Close()
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
 
 	var metrics net.Listener
 	if a.cfg.MetricsAddr != "" {
@@ -254,6 +269,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	if metrics != nil {
 		part("metrics", func(ctx context.Context) error { return a.serveMetrics(ctx, metrics) })
+	}
+	if kube != nil {
+		part("kubernetes", kube)
 	}
 	err = g.Wait()
 

@@ -64,6 +64,7 @@ func TestNewValidates(t *testing.T) {
 		{"bad metrics addr", func(c *agent.Config) { c.MetricsAddr = "nohostport" }},
 		{"bad default capacity", func(c *agent.Config) { c.Defaults.Capacity = 3000 }},
 		{"reap slower than lease", func(c *agent.Config) { c.ReapInterval = 30 * time.Second }},
+		{"kubernetes without a node name", func(c *agent.Config) { c.Kubernetes = &agent.KubernetesConfig{Kubeconfig: "/k"} }},
 	} {
 		cfg := agent.DefaultConfig()
 		cfg.FrontEnd = frontEnd

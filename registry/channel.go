@@ -388,11 +388,12 @@ func (s *Subscriber) Close() error {
 }
 
 // Reconfigure applies c if the channel is idle and has never carried a
-// message: the ring is re-created with a new epoch (every change does
-// that, even one that leaves the values as they are). An invalid change
-// gives ErrInvalidConfig and leaves the channel as it was; a channel in
-// use or that carried messages gives ErrBusy. The reason of a refusal is
-// kept for LastError. It returns the new configuration.
+// message: the ring is re-created with a new epoch. A change that leaves
+// every value (and the backing) as it is does nothing and succeeds, even
+// on a channel in use, so that applying the same settings again is safe.
+// An invalid change gives ErrInvalidConfig and leaves the channel as it
+// was; a channel in use or that carried messages gives ErrBusy. The reason
+// of a refusal is kept for LastError. It returns the new configuration.
 func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
@@ -409,6 +410,10 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 		ch.lastErr = err.Error()
 		log.WithError(err).Warn("configuration rejected")
 		return cur, err
+	}
+	if ch.noopLocked(c, cur, cfg) {
+		ch.lastErr = ""
+		return cur, nil
 	}
 	if ch.busyLocked() || ch.carriedLocked() {
 		ch.lastErr = "channel is in use or has carried messages: configuration can only change on a fresh, idle channel"
@@ -457,6 +462,21 @@ func (ch *Channel) Reconfigure(c Change) (channel.Config, error) {
 	log.WithField("epoch", ch.ring.Epoch()).Info("channel reconfigured")
 	ch.emitLocked(Reconfigured, "")
 	return ch.ring.Config(), nil
+}
+
+// noopLocked reports whether change c took cur to cfg without changing a
+// value or the backing: nothing to re-create.
+func (ch *Channel) noopLocked(c Change, cur, cfg channel.Config) bool {
+	cfg.Epoch = cur.Epoch
+	return cfg == cur && (c.Backing == nil || *c.Backing == ch.backingLocked())
+}
+
+// Owner returns who created the channel (CreateOptions.Owner; "" for a
+// front end that records none, such as mkdir).
+func (ch *Channel) Owner() string {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.meta.Owner
 }
 
 // carriedLocked reports whether any queue has ever had a message.

@@ -15,8 +15,13 @@ func (ch *Channel) CheckChange(c Change) error {
 	if ch.ring == nil {
 		return fmt.Errorf("%w: %s/%s", ErrBroken, ch.NS, ch.Name)
 	}
-	if _, err := c.Apply(ch.ring.Config()); err != nil {
+	cur := ch.ring.Config()
+	cfg, err := c.Apply(cur)
+	if err != nil {
 		return err
+	}
+	if ch.noopLocked(c, cur, cfg) {
+		return nil
 	}
 	if ch.busyLocked() || ch.carriedLocked() {
 		return fmt.Errorf("%w: configuration can only change on a fresh, idle channel", ErrBusy)

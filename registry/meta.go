@@ -32,6 +32,7 @@ type meta struct {
 	Config *configMeta `json:"config,omitempty"`
 	SysV   *sysvMeta   `json:"sysv,omitempty"`  // a SysV ring (none: POSIX)
 	Quota  *Quota      `json:"quota,omitempty"` // namespaces: set by SetQuota or at creation
+	Owner  string      `json:"owner,omitempty"` // channels: CreateOptions.Owner
 }
 
 func (m meta) attr() Attr { return Attr{UID: m.UID, GID: m.GID, Mode: m.Mode & 0o7777} }

@@ -409,6 +409,11 @@ type CreateOptions struct {
 	// take channel defaults; the epoch is always new.
 	Config  *channel.Config
 	Backing Backing // "" is BackingPOSIX
+	// Owner names the front end that manages the channel (the Kubernetes
+	// node reconciler records one, mkdir none). It is kept in the state
+	// directory, so it survives an agent restart: a front end changes or
+	// removes only the channels it owns.
+	Owner string
 }
 
 // CreateChannel makes a channel; its ring is created in StateDir at once.
@@ -456,6 +461,7 @@ func (ns *Namespace) CreateChannel(name string, o CreateOptions) (*Channel, erro
 	}
 	ch := &Channel{NS: ns.Name, Name: name, dir: dir, reg: ns.reg, ns: ns, held: held}
 	ch.meta.setAttr(o.Attr)
+	ch.meta.Owner = o.Owner
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	if err := ch.format(cfg, o.Backing); err != nil {

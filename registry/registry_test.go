@@ -973,3 +973,110 @@ func TestStatsNoWait(t *testing.T) {
 		t.Errorf("snapshot while locked %+v, want the last one %+v", st, want)
 	}
 }
+
+// TestReconfigureNoop: a change that leaves every value as it is keeps the
+// ring (same epoch, no event), on an idle channel and on one in use and
+// carrying messages, which a real change could not touch.
+func TestReconfigureNoop(t *testing.T) {
+	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
+	var rec recorder
+	defer r.Subscribe(0, rec.add)()
+	ns, err := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := channel.Config{Type: channel.TypeStream, Capacity: 16 << 10, MemberSlots: 8}
+	ch, err := ns.CreateChannel("ch", CreateOptions{Config: &cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, 1) // Created
+	cur := ch.Config()
+	posix := BackingPOSIX
+	noops := []struct {
+		name string
+		c    Change
+	}{
+		{"empty", Change{}},
+		{"same values", Change{Type: ptr(channel.TypeStream), Policy: ptr(channel.PolicyBlock), Capacity: ptr(uint64(16 << 10)),
+			MaxMessage: ptr(cur.MaxMessage), MemberSlots: ptr(uint32(8)), Lease: ptr(cur.Lease)}},
+		{"same capacity", Change{Capacity: ptr(uint64(16 << 10))}},
+		{"same backing", Change{Backing: &posix}},
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, tc := range noops {
+			if err := ch.CheckChange(tc.c); err != nil {
+				t.Errorf("%s: CheckChange(%s): %v", when, tc.name, err)
+			}
+			got, err := ch.Reconfigure(tc.c)
+			if err != nil || got != cur || ch.Config() != cur {
+				t.Errorf("%s: Reconfigure(%s) = %+v, %v; want %+v unchanged", when, tc.name, got, err, cur)
+			}
+		}
+	}
+	check("idle")
+
+	h, err := ch.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	pub, err := h.NewPublisher(channel.PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.Publish(context.Background(), []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	check("in use")
+	if _, err := ch.Reconfigure(Change{MemberSlots: ptr(uint32(9))}); !errors.Is(err, ErrBusy) {
+		t.Errorf("a real change of a channel in use: %v, want ErrBusy", err)
+	}
+	if st := ch.Stats(); st.Messages != 1 || st.Epoch != cur.Epoch {
+		t.Errorf("stats after no-op changes %+v: want the same ring with its 1 message", st)
+	}
+	// Only the Created event: no Reconfigured.
+	rec.mu.Lock()
+	n := len(rec.ev)
+	rec.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d events, want only Created", n)
+	}
+}
+
+// TestOwnerSurvivesRecover: the owner a front end records at creation is
+// read back after a restart, and reconfiguring keeps it.
+func TestOwnerSurvivesRecover(t *testing.T) {
+	dir := testenv.ShmDir(t, "shimmy-registry-test-")
+	r1, err := New(Options{StateDir: dir, Log: testenv.QuietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := r1.CreateNamespace("ns", Attr{Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned, err := ns.CreateChannel("owned", CreateOptions{Owner: "test-owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owned.Reconfigure(Change{MemberSlots: ptr(uint32(4))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.CreateChannel("mkdir", CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r1.Close()
+	r2 := newRegistry(t, dir)
+	for _, tc := range []struct{ name, owner string }{{"owned", "test-owner"}, {"mkdir", ""}} {
+		ch, err := r2.Channel("ns", tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ch.Owner(); got != tc.owner {
+			t.Errorf("%s: owner %q after recover, want %q", tc.name, got, tc.owner)
+		}
+	}
+}

@@ -36,8 +36,16 @@ channels' rings in --state-dir (a tmpfs, so that they survive an agent
 restart but not a reboot), serve /metrics and /healthz on --metrics, and
 serve until SIGINT or SIGTERM, then unmount. Needs root (or CAP_SYS_ADMIN)
 and /dev/fuse. The size, policy and lease flags are the defaults of channels
-created without their own configuration.`,
-		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug")
+created without their own configuration.
+
+With --kubernetes the agent also runs the node reconciler: it makes the
+channel of each SharedMemoryChannel that selects a pod bound to this node
+(--node-name, default $NODE_NAME), keeps its settings in step with the spec,
+removes it once no local pod selects it and it is idle, sets namespace
+quotas from the shimmy.io/quota annotation (or --default-quota), and
+reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
+		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug\n"+
+			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'")
 	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
 	fl.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the rings' shared memory (a tmpfs)")
 	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, fmt.Sprintf("address of the /metrics and /healthz HTTP server (%q disables it)", agent.MetricsOff))
@@ -53,7 +61,12 @@ created without their own configuration.`,
 	fl.DurationVar(&cfg.ReapInterval, "reap-interval", cfg.ReapInterval, "how often the agent reaps dead members (0: the agent's default)")
 	fl.BoolVar(&mount.AllowOther, "allow-other", mount.AllowOther, "let users other than root use the mount (subject to each channel's mode)")
 	fl.BoolVar(&mount.Debug, "debug", mount.Debug, "log every FUSE request (very verbose)")
-	if _, err := parse(fl, e, args, 0, 0); err != nil {
+	kube := addKubeFlags(fl, e)
+	_, err := parse(fl, e, args, 0, 0)
+	if err != nil {
+		return cfg, mount, err
+	}
+	if cfg.Kubernetes, err = kube.kubernetes(); err != nil {
 		return cfg, mount, err
 	}
 	level, err := logrus.ParseLevel(*logLevel)

@@ -43,6 +43,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"agent", "run the node agent: mount the channel filesystem and serve it", runAgent},
+		{"controller", "run the Kubernetes controller: channel status and mirroring plans", runController},
 		{"create", "create a channel", runCreate},
 		{"pub", "publish messages to a channel", runPub},
 		{"sub", "subscribe to a channel and print its messages", runSub},
@@ -71,8 +72,12 @@ Example:
 
 func usage(w io.Writer) {
 	var list string
+	width := 0
 	for _, c := range commands() {
-		list += fmt.Sprintf("  %-8s %s\n", c.name, c.summary)
+		width = max(width, len(c.name))
+	}
+	for _, c := range commands() {
+		list += fmt.Sprintf("  %-*s %s\n", width, c.name, c.summary)
 	}
 	fmt.Fprintf(w, mainUsage, list)
 }

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -295,6 +296,40 @@ func (c *Cluster) Apply(t testing.TB, paths ...string) {
 		}
 	}
 	if _, err := c.Kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Go runs a component's Run(ctx) in a goroutine until stop is called or
+// the test ends; stop cancels its context and returns what Run returned
+// (the same on every call). At cleanup an error is reported.
+func Go(t testing.TB, run func(ctx context.Context) error) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run ended with: %v", err)
+		}
+	})
+	return stop
+}
+
+// BindPod creates a pod labelled app=<app> bound to nodeName: no scheduler
+// or kubelet runs, so it stays Pending, bound, as a scheduled pod is.
+func BindPod(t testing.TB, kube kubernetes.Interface, ns, name, app, nodeName string) {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
+		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+	}
+	if _, err := kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -75,17 +75,10 @@ func (e env) namespace(t *testing.T, name string) {
 	}
 }
 
-// pod binds a pod labelled app=<app> to nodeName: no scheduler or kubelet
-// runs, so it stays Pending, bound, as a scheduled pod is.
+// pod binds a pod labelled app=<app> to nodeName.
 func (e env) pod(t *testing.T, ns, name, app, nodeName string) {
 	t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-	}
-	if _, err := e.kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	k8stest.BindPod(t, e.kube, ns, name, app, nodeName)
 }
 
 func (e env) channel(t *testing.T, ns, name, app, capacity string) {
@@ -143,6 +136,25 @@ func TestReconciler(t *testing.T) {
 	if cfg.Type != channel.TypeStream || cfg.Policy != channel.PolicyBlock || cfg.MemberSlots != 64 || cfg.Lease != 2*time.Second {
 		t.Errorf("team/jobs config %+v, want the spec's stream, block, 64 slots, 2s lease", cfg)
 	}
+
+	// A ring found corrupt on the node: the status says Broken, and why.
+	e.channel(t, "team", "fragile", "worker", "64Ki")
+	e.config(t, "team", "fragile", 64<<10)
+	fragile, err := e.reg.Channel("team", "fragile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fragile.MarkBroken(errors.New("test: ring corrupt"))
+	wait.Eventually(t, timeout, func() error {
+		smc, err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Get(ctx, "fragile", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if n := smc.Status.Nodes; len(n) != 1 || n[0].Name != node || n[0].State != v1.NodeBroken || n[0].Message != "test: ring corrupt" {
+			return fmt.Errorf("status nodes %+v, want this node Broken", n)
+		}
+		return nil
+	})
 
 	// A spec change reaches the idle channel.
 	smc, err := e.shimmy.ShimmyV1alpha1().SharedMemoryChannels("team").Get(ctx, "jobs", metav1.GetOptions{})

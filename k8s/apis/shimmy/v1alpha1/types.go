@@ -122,7 +122,8 @@ type SharedMemoryChannelSpec struct {
 
 // SharedMemoryChannelStatus is what the agents and the controller observed.
 type SharedMemoryChannelStatus struct {
-	// ObservedGeneration is the spec generation the status describes.
+	// ObservedGeneration is the spec generation the controller's
+	// conditions describe.
 	//
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -142,9 +143,19 @@ type SharedMemoryChannelStatus struct {
 	// +listMapKey=name
 	// +optional
 	Nodes []NodeStatus `json:"nodes,omitempty"`
+
+	// Mirror is the controller's mirroring plan: the nodes whose agents
+	// keep the channel's replicas in step. Absent when mirroring is off or
+	// fewer than two nodes take part.
+	//
+	// +optional
+	Mirror *MirrorPlan `json:"mirror,omitempty"`
 }
 
-// NodeStatus is the channel on one node.
+// NodeStatus is the channel on one node. Each node's agent writes only its
+// own entry, with server-side apply on the status subresource (field
+// manager shimmy-agent-<node>), and removes it when the channel leaves the
+// node.
 type NodeStatus struct {
 	// Name of the node.
 	Name string `json:"name"`
@@ -152,7 +163,38 @@ type NodeStatus struct {
 	//
 	// +kubebuilder:validation:Minimum=0
 	Members int32 `json:"members"`
+	// ObservedGeneration is the spec generation this node applied.
+	//
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// State of the channel on this node: Ready (it holds the spec's
+	// settings), NeedsIdle (the spec changed settings that only a fresh,
+	// idle channel can take), Rejected (the registry refused the spec) or
+	// Broken (the ring is corrupt).
+	State NodeState `json:"state"`
+	// Message says why, when the state is not Ready.
+	//
+	// +optional
+	Message string `json:"message,omitempty"`
+	// MirrorAddress is the "host:port" where this node's mirror listens;
+	// empty when the node's agent has no mirror.
+	//
+	// +optional
+	MirrorAddress string `json:"mirrorAddress,omitempty"`
 }
+
+// NodeState is the state of a channel on one node.
+//
+// +kubebuilder:validation:Enum=Ready;NeedsIdle;Rejected;Broken
+type NodeState string
+
+// Node states.
+const (
+	NodeReady     NodeState = "Ready"
+	NodeNeedsIdle NodeState = "NeedsIdle"
+	NodeRejected  NodeState = "Rejected"
+	NodeBroken    NodeState = "Broken"
+)
 
 // Condition types and reasons of SharedMemoryChannelStatus.
 const (
@@ -169,6 +211,12 @@ const (
 	ReasonBroken = "Broken"
 	// ReasonReconciled: every node holds the spec's settings.
 	ReasonReconciled = "Reconciled"
+	// ReasonPending: a node that needs the channel has not reported it at
+	// the spec's generation yet.
+	ReasonPending = "Pending"
+	// ReasonNotReported: a node has needed the channel for longer than the
+	// controller's --node-report-timeout without reporting it.
+	ReasonNotReported = "NodeNotReporting"
 )
 
 // SharedMemoryChannelList is a list of SharedMemoryChannels.

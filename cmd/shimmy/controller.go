@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/shimmy-dev/shimmy/k8s/controller"
+)
+
+// controllerConfig turns the controller's command line into a
+// controller.Config.
+func controllerConfig(e *env, args []string) (controller.Config, error) {
+	cfg := controller.DefaultConfig()
+	fl := newFlagSet("controller", "shimmy controller [flags]",
+		`Run the cluster controller (the "Shimmy master"): from the pods each
+SharedMemoryChannel selects and the entries the nodes' agents write into its
+status, keep the channel's Ready and Degraded conditions and its mirroring
+plan (status.mirror) up to date. Replicas elect one leader with a Lease
+(--lease-namespace/--lease-name); only the leader writes, the others wait to
+take over. Serves /metrics and /healthz on --metrics, until SIGINT or
+SIGTERM. In a pod it uses the pod's ServiceAccount (deploy/rbac); elsewhere
+--kubeconfig or $KUBECONFIG. See docs/kubernetes.md.`,
+		"shimmy controller --kubeconfig ~/.kube/config --lease-namespace shimmy-system")
+	kubeconfig := fl.String("kubeconfig", e.getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG; empty: the in-cluster ServiceAccount)")
+	fl.StringVar(&cfg.LeaseNamespace, "lease-namespace", cfg.LeaseNamespace, "namespace of the leader-election Lease")
+	fl.StringVar(&cfg.LeaseName, "lease-name", cfg.LeaseName, "name of the leader-election Lease")
+	fl.StringVar(&cfg.Identity, "identity", "", "this replica's identity in the Lease (default hostname_pid)")
+	fl.DurationVar(&cfg.LeaseDuration, "lease-duration", cfg.LeaseDuration, "how long others wait after the leader's last renewal before taking over")
+	fl.DurationVar(&cfg.RenewDeadline, "renew-deadline", cfg.RenewDeadline, "how long the leader keeps trying to renew before it stops")
+	fl.DurationVar(&cfg.RetryPeriod, "retry-period", cfg.RetryPeriod, "how often replicas try to acquire or renew the Lease")
+	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, fmt.Sprintf("address of the /metrics and /healthz HTTP server (%q disables it)", controller.MetricsOff))
+	fl.IntVar(&cfg.Workers, "workers", cfg.Workers, "channels reconciled at once")
+	fl.DurationVar(&cfg.NodeReportTimeout, "node-report-timeout", cfg.NodeReportTimeout, "how long a node that needs a channel may go without reporting it before the channel is Degraded")
+	logLevel := fl.String("log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
+	if _, err := parse(fl, e, args, 0, 0); err != nil {
+		return cfg, err
+	}
+	level, err := logrus.ParseLevel(*logLevel)
+	if err != nil {
+		return cfg, usagef("--log-level: %v", err)
+	}
+	if cfg.Workers < 1 {
+		return cfg, usagef("--workers must be at least 1")
+	}
+	if !(cfg.LeaseDuration > cfg.RenewDeadline && cfg.RenewDeadline > cfg.RetryPeriod && cfg.RetryPeriod > 0) {
+		return cfg, usagef("want --lease-duration > --renew-deadline > --retry-period > 0")
+	}
+	// An empty path falls back to the in-cluster configuration.
+	if cfg.Kube, err = clientcmd.BuildConfigFromFlags("", *kubeconfig); err != nil {
+		return cfg, fmt.Errorf("API server configuration: %w", err)
+	}
+	log := logrus.New()
+	log.SetOutput(e.stderr)
+	log.SetLevel(level)
+	cfg.Log = log
+	return cfg, nil
+}
+
+func runController(e *env, args []string) error {
+	cfg, err := controllerConfig(e, args)
+	if err != nil {
+		return err
+	}
+	c, err := controller.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := c.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
