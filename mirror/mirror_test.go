@@ -2,12 +2,14 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // expect waits until every tally counted want messages without error.
@@ -338,5 +340,34 @@ func TestAgentRestart(t *testing.T) {
 				t.Fatalf("b has %d of %d messages (%v)", got, n, err)
 			}
 		})
+	}
+}
+
+// TestUnknownPeerRefused: an agent of the cluster's CA that a's plan does
+// not list never gets a link to a, and a's link to b carries on.
+func TestUnknownPeerRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{}, nil, "b", "c")
+	b := c.hosts[0]
+	// "a" sorts first, so it dials b.
+	x := &host{name: "a", dir: testenv.ShmDir(t, "mirror-x-")}
+	c.startRegistry(x)
+	c.startMirror(x)
+	t.Cleanup(func() { c.stopHost(x) })
+	if err := x.m.Apply(Plan{Peers: []Peer{{Name: "b", Addr: b.addr}}}); err != nil {
+		t.Fatal(err)
+	}
+	tl := subscribe(ctx, t, mapRing(t, c.hosts[1]), false)
+	c.linksUp()
+	if err := publish(ctx, mapRing(t, b), 1, 100, 0); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, 100, map[string]*tally{"c": tl})
+	if st := x.stat("b"); st.State == StateUp || st.Messages != 0 {
+		t.Fatalf("an agent b's plan does not list got a link: %+v", st)
+	}
+	if err := b.m.Authorize("a"); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("Authorize(a) = %v, want ErrUnknownPeer", err)
 	}
 }
