@@ -117,6 +117,7 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 	c.linksUp()
 	const n = 20000
 	seen := make(chan uint32, n+100)
+	var wg sync.WaitGroup
 	for _, h := range c.hosts {
 		r := mapRing(t, h)
 		for range 2 {
@@ -124,7 +125,9 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer rd.Close()
 				var buf []byte
 				for {
@@ -143,6 +146,7 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 			}()
 		}
 	}
+	t.Cleanup(func() { cancel(); wg.Wait() }) // before the rings are unmapped
 	if err := publish(ctx, mapRing(t, c.hosts[0]), 1, n, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -181,6 +181,10 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 }
 
 func (ex *exporter) onStreamAck(e wire.AckEntry) error {
+	// Lock order: omu before ex.mu (runStream's).
+	m := ex.s.p.m
+	m.omu.Lock()
+	defer m.omu.Unlock()
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	if e.Next.Seq < ex.acked.Seq || e.Next.Seq > ex.ext.Seq {
@@ -188,10 +192,7 @@ func (ex *exporter) onStreamAck(e wire.AckEntry) error {
 	}
 	if e.Next.Seq > ex.acked.Seq {
 		ex.acked.Seq = e.Next.Seq
-		ex.s.p.m.omu.Lock()
-		err := ex.ob.drop(e.Next.Seq)
-		ex.s.p.m.omu.Unlock()
-		if err != nil {
+		if err := ex.ob.drop(e.Next.Seq); err != nil {
 			return err
 		}
 		if err := ex.mark.store(markRec{streamEpoch, e.Next.Seq, 0}); err != nil {
