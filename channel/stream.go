@@ -47,6 +47,9 @@ func (r *Ring) NewReader(o ReaderOptions) (*Reader, error) {
 	return rd, nil
 }
 
+// Slot returns this reader's member slot (MemberInfo.Slot).
+func (rd *Reader) Slot() uint32 { return rd.m.idx }
+
 // Close leaves the ring.
 func (rd *Reader) Close() error {
 	rd.m.release()

@@ -172,6 +172,18 @@ func (s *Subscriber) AppendNext(buf []byte) ([]byte, uint32, error) {
 	}
 }
 
+// Abandon leaves the ring without freeing the slot, as if this process
+// had died: its lease is no longer renewed and the slot goes on holding
+// publishers (block policy) until the lease expires and someone reaps it.
+// The mirror abandons a remote peer's slot when its agent stops, so that
+// a restart within the lease loses nothing. Close after Abandon does
+// nothing.
+func (s *Subscriber) Abandon() {
+	if s.m.close.CompareAndSwap(false, true) {
+		s.r.untrack(s.m)
+	}
+}
+
 // Lost returns how many messages this subscriber lost to overwrite.
 func (s *Subscriber) Lost() uint64 { return s.lost }
 

@@ -112,13 +112,59 @@ func (m *Mirror) takeHold(k holdKey, epoch uint64) *hold {
 	return hd
 }
 
-func (m *Mirror) releaseHolds() {
+// abandonHolds lets go of the peers' slots when the mirror stops without
+// freeing them: they hold publishers for a lease more, time for a new
+// agent to take them up again (restoreHolds).
+func (m *Mirror) abandonHolds() {
 	m.hmu.Lock()
 	defer m.hmu.Unlock()
 	for k, hd := range m.holds {
 		hd.timer.Stop()
-		hd.release()
+		hd.sub.Abandon()
+		hd.h.Close()
 		delete(m.holds, k)
+	}
+}
+
+// restoreHolds, for a new peer, puts a slot back at the position each
+// block channel shared with it had acknowledged (the acked mark), before
+// any link is up: after an agent restart within the channel's lease the
+// old slot still held publishers, and the new one takes over.
+func (m *Mirror) restoreHolds(p *peer) {
+	for _, sh := range p.shares {
+		k := chanKey{NS: sh[0], Ch: sh[1]}
+		hk := holdKey{p.cfg.ID(), k}
+		m.hmu.Lock()
+		held := m.holds[hk] != nil
+		m.hmu.Unlock()
+		if held {
+			continue
+		}
+		mk, rec, ok, err := openMark(m.state.path("acked", p.cfg.ID(), k))
+		if err != nil {
+			continue
+		}
+		mk.close()
+		ch, err := m.o.Registry.Channel(k.NS, k.Ch)
+		if !ok || err != nil {
+			continue
+		}
+		h, err := ch.Open()
+		if err != nil {
+			continue
+		}
+		cfg := h.Ring().Config()
+		if cfg.Type != channel.TypePubSub || cfg.Policy != channel.PolicyBlock || cfg.Epoch != rec.Epoch {
+			h.Close()
+			continue
+		}
+		ext := channel.Extended{Seq: rec.Seq, Units: rec.Units}
+		sub, err := h.NewSubscriber(channel.SubscriberOptions{From: channel.StartAt, At: ext.Position()})
+		if err != nil {
+			h.Close()
+			continue
+		}
+		m.parkHold(hk, &hold{sub: sub, h: h, ext: ext, epoch: rec.Epoch})
 	}
 }
 
@@ -382,6 +428,7 @@ func (ex *exporter) close() {
 		ex.rd.Close()
 	}
 	if ex.reader != nil {
+		ex.s.p.m.setExporting(ex.key, ex.reader.Slot(), false)
 		ex.reader.Close()
 	}
 	if ex.mark != nil {

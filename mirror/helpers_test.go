@@ -94,11 +94,9 @@ func (c *cluster) startMirror(h *host) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	listen := "127.0.0.1:0"
-	if h.addr != "" {
-		listen = h.addr // a restart keeps its address
-	}
-	o := Options{Registry: h.reg, Transport: tr, Self: h.name, Listen: listen, Log: testenv.QuietLog(),
+	// A restart takes a new port (applyAll tells the others): the old
+	// one may be another test's by then.
+	o := Options{Registry: h.reg, Transport: tr, Self: h.name, Listen: "127.0.0.1:0", Log: testenv.QuietLog(),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, StatusEvery: 50 * time.Millisecond}
 	if h.hopts != nil {
 		h.hopts(&o)
@@ -147,7 +145,7 @@ func (c *cluster) stopHost(h *host) {
 }
 
 // restartHost is an agent restart: a new registry recovered from the
-// state directory and a new mirror at the same address.
+// state directory and a new mirror.
 func (c *cluster) restartHost(h *host) {
 	c.stopHost(h)
 	c.startRegistry(h)

@@ -253,14 +253,17 @@ func (imp *importer) ackEntry() (wire.AckEntry, bool) {
 }
 
 // creditLocked is how many stream records the local readers of the queue
-// can take now: none without readers, fewer as records wait.
+// can take now: none without readers (the mirror's own, which take for
+// other hosts, do not count: records would bounce between hosts), fewer
+// as records wait.
 func (imp *importer) creditLocked() uint32 {
 	if !imp.isStream() {
 		return 0
 	}
 	readers := 0
 	for _, mi := range imp.ring.Members() {
-		if mi.State == channel.MemberActive && mi.Role == channel.RoleSubscriber && int(mi.Queue) == imp.key.Q {
+		if mi.State == channel.MemberActive && mi.Role == channel.RoleSubscriber && int(mi.Queue) == imp.key.Q &&
+			!imp.p.m.exporting(imp.key, mi.Slot) {
 			readers++
 		}
 	}

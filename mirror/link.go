@@ -124,6 +124,7 @@ func (m *Mirror) reconcile(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		p := m.newPeer(pe, shares)
+		m.restoreHolds(p)
 		pctx, cancel := context.WithCancel(ctx)
 		p.cancel = cancel
 		m.peers[name] = p
@@ -151,6 +152,7 @@ type peer struct {
 	importers map[chanKey]*importer // the run goroutine's, kept across sessions
 
 	state               atomic.Value // LinkState
+	ups                 int          // links that came up (the run goroutine's)
 	bytes, msgs, losses atomic.Uint64
 	reconnects          atomic.Uint64
 	sess                atomic.Pointer[session]
@@ -197,16 +199,10 @@ func (p *peer) getShares() [][2]string {
 func (p *peer) run(ctx context.Context) {
 	defer p.closeImporters()
 	backoff := p.m.o.MinBackoff
-	ups := 0
 	for ctx.Err() == nil {
 		p.state.Store(StateConnecting)
 		c, err := p.connect(ctx)
 		if err == nil {
-			if ups > 0 {
-				p.reconnects.Add(1)
-			}
-			ups++
-			p.state.Store(StateUp)
 			start := time.Now()
 			err = p.session(ctx, c)
 			c.Close()
@@ -254,6 +250,15 @@ func (p *peer) connect(ctx context.Context) (rdma.Conn, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// up records a link that came up (both Hellos exchanged).
+func (p *peer) up() {
+	if p.ups > 0 {
+		p.reconnects.Add(1)
+	}
+	p.ups++
+	p.state.Store(StateUp)
 }
 
 func (p *peer) stats() LinkStats {

@@ -138,6 +138,9 @@ type Mirror struct {
 	omu      sync.Mutex
 	outboxes map[holdKey]*outbox // stream records taken for a peer
 
+	xmu     sync.Mutex
+	readers map[slotKey]bool // stream readers of exporters
+
 	hmu   sync.Mutex
 	holds map[holdKey]*hold // block peers' slots while their link is down
 
@@ -165,7 +168,7 @@ func New(o Options) (*Mirror, error) {
 	m := &Mirror{
 		o: o, log: o.Log.WithField("component", "mirror"), state: st,
 		peers: map[string]*peer{}, wake: make(chan struct{}, 1),
-		imports: map[[2]string]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{},
+		imports: map[[2]string]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{}, readers: map[slotKey]bool{},
 	}
 	if o.Listen != "" {
 		if m.ln, err = o.Transport.Listen(o.Listen); err != nil {
@@ -211,7 +214,7 @@ func (m *Mirror) Authorize(identity string) error {
 // members live in the registry's rings. Run once.
 func (m *Mirror) Run(ctx context.Context) error {
 	err := m.run(ctx)
-	m.releaseHolds()
+	m.abandonHolds()
 	return err
 }
 

@@ -2,11 +2,14 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // expect waits until every tally counted want messages without error.
@@ -114,6 +117,7 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 	c.linksUp()
 	const n = 20000
 	seen := make(chan uint32, n+100)
+	var wg sync.WaitGroup
 	for _, h := range c.hosts {
 		r := mapRing(t, h)
 		for range 2 {
@@ -121,7 +125,9 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer rd.Close()
 				var buf []byte
 				for {
@@ -140,6 +146,7 @@ func TestStreamSharedAcrossHosts(t *testing.T) {
 			}()
 		}
 	}
+	t.Cleanup(func() { cancel(); wg.Wait() }) // before the rings are unmapped
 	if err := publish(ctx, mapRing(t, c.hosts[0]), 1, n, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -255,5 +262,116 @@ func TestOverwriteLossCounted(t *testing.T) {
 	accounted(n + more)
 	if b.stat("a").Losses == before {
 		t.Fatalf("the link lost nothing while a's ring lapped it %d times: %+v", more*100/(16<<10), b.stat("a"))
+	}
+}
+
+// TestAgentRestart: the agent of one host stops and starts again (a new
+// registry recovered from the state directory, a new mirror) while A's
+// publisher goes on; subscribers and readers that map the rings
+// themselves get every message once, in order: block and stream lose
+// nothing across a restart of either side.
+func TestAgentRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		typ     channel.Type
+		restart int // index of the host restarted
+	}{
+		{"block/receiver", channel.TypePubSub, 1},
+		{"block/origin", channel.TypePubSub, 0},
+		{"stream/receiver", channel.TypeStream, 1},
+		{"stream/origin", channel.TypeStream, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := newCluster(t, channel.Config{Type: tc.typ, Capacity: 64 << 10}, nil, "a", "b")
+			a, b := c.hosts[0], c.hosts[1]
+			const n = 20000
+			var received func() (int, error)
+			if tc.typ == channel.TypePubSub {
+				tl := subscribe(ctx, t, mapRing(t, b), false)
+				received = tl.count
+			} else {
+				// Readers on b only: every record crosses the link.
+				tl := &tally{}
+				rd, err := mapRing(t, b).NewReader(channel.ReaderOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				wg.Add(1)
+				t.Cleanup(wg.Wait) // before the ring is unmapped
+				go func() {
+					defer wg.Done()
+					defer rd.Close()
+					var buf []byte
+					for {
+						m, err := rd.Next(ctx, buf)
+						if err != nil {
+							return
+						}
+						buf = m
+						tl.add(m, false)
+					}
+				}()
+				received = tl.count
+			}
+			ra := mapRing(t, a)
+			c.linksUp()
+			done := make(chan error, 1)
+			t.Cleanup(func() { cancel(); <-done }) // before ra is unmapped
+			go func() { done <- publish(ctx, ra, 1, n, 0) }()
+			waitFor(t, 30*time.Second, func() error {
+				if got, err := received(); err != nil || got < n/3 {
+					return fmt.Errorf("b has %d messages (%v); a: %+v %+v; b: %+v %+v", got, err, a.m.Stats(), ra.QueueStats(0), b.m.Stats(), mapRing(t, b).QueueStats(0))
+				}
+				return nil
+			})
+			c.restartHost(c.hosts[tc.restart])
+			waitFor(t, 60*time.Second, func() error {
+				got, err := received()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != n {
+					return fmt.Errorf("b has %d of %d messages; a: %+v %+v; b: %+v %+v", got, n, a.m.Stats(), ra.QueueStats(0), b.m.Stats(), mapRing(t, b).QueueStats(0))
+				}
+				return nil
+			})
+			// Nothing more comes: no duplicate behind the count.
+			time.Sleep(200 * time.Millisecond)
+			if got, err := received(); got != n || err != nil {
+				t.Fatalf("b has %d of %d messages (%v)", got, n, err)
+			}
+		})
+	}
+}
+
+// TestUnknownPeerRefused: an agent of the cluster's CA that a's plan does
+// not list never gets a link to a, and a's link to b carries on.
+func TestUnknownPeerRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{}, nil, "b", "c")
+	b := c.hosts[0]
+	// "a" sorts first, so it dials b.
+	x := &host{name: "a", dir: testenv.ShmDir(t, "mirror-x-")}
+	c.startRegistry(x)
+	c.startMirror(x)
+	t.Cleanup(func() { c.stopHost(x) })
+	if err := x.m.Apply(Plan{Peers: []Peer{{Name: "b", Addr: b.addr}}}); err != nil {
+		t.Fatal(err)
+	}
+	tl := subscribe(ctx, t, mapRing(t, c.hosts[1]), false)
+	c.linksUp()
+	if err := publish(ctx, mapRing(t, b), 1, 100, 0); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, 100, map[string]*tally{"c": tl})
+	if st := x.stat("b"); st.State == StateUp || st.Messages != 0 {
+		t.Fatalf("an agent b's plan does not list got a link: %+v", st)
+	}
+	if err := b.m.Authorize("a"); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("Authorize(a) = %v, want ErrUnknownPeer", err)
 	}
 }

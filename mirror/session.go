@@ -84,6 +84,7 @@ func (p *peer) session(ctx context.Context, c rdma.Conn) (err error) {
 		return err
 	}
 	p.sess.Store(s)
+	p.up()
 	p.log.WithField("remote", c.RemoteAddr()).Info("link up")
 	var wg sync.WaitGroup
 	for _, f := range []func() error{s.control, s.completions, s.ticker} {

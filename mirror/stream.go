@@ -168,6 +168,7 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 	if ex.reader, err = ex.h.NewReader(channel.ReaderOptions{Queue: ex.key.Q}); err != nil {
 		return wire.Open{}, err
 	}
+	m.setExporting(ex.key, ex.reader.Slot(), true)
 	start := ex.ob.first()
 	ex.acked = channel.Extended{Seq: start}
 	ex.ext = ex.acked // next id to send
@@ -180,6 +181,10 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 }
 
 func (ex *exporter) onStreamAck(e wire.AckEntry) error {
+	// Lock order: omu before ex.mu (runStream's).
+	m := ex.s.p.m
+	m.omu.Lock()
+	defer m.omu.Unlock()
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	if e.Next.Seq < ex.acked.Seq || e.Next.Seq > ex.ext.Seq {
@@ -187,10 +192,7 @@ func (ex *exporter) onStreamAck(e wire.AckEntry) error {
 	}
 	if e.Next.Seq > ex.acked.Seq {
 		ex.acked.Seq = e.Next.Seq
-		ex.s.p.m.omu.Lock()
-		err := ex.ob.drop(e.Next.Seq)
-		ex.s.p.m.omu.Unlock()
-		if err != nil {
+		if err := ex.ob.drop(e.Next.Seq); err != nil {
 			return err
 		}
 		if err := ex.mark.store(markRec{streamEpoch, e.Next.Seq, 0}); err != nil {
@@ -289,4 +291,28 @@ func (ex *exporter) waitRecord() error {
 	case <-time.After(streamPoll):
 	}
 	return nil
+}
+
+// setExporting records that slot of k's ring is a reader of this mirror.
+func (m *Mirror) setExporting(k chanKey, slot uint32, on bool) {
+	m.xmu.Lock()
+	defer m.xmu.Unlock()
+	sk := slotKey{k, slot}
+	if on {
+		m.readers[sk] = true
+	} else {
+		delete(m.readers, sk)
+	}
+}
+
+// exporting reports whether slot of k's ring is a reader of this mirror.
+func (m *Mirror) exporting(k chanKey, slot uint32) bool {
+	m.xmu.Lock()
+	defer m.xmu.Unlock()
+	return m.readers[slotKey{k, slot}]
+}
+
+type slotKey struct {
+	k    chanKey
+	slot uint32
 }
