@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet verbs k8s-bins images node-images codegen bench bench-deps bench-full fuzz clean
+.PHONY: build run test vet verbs k8s-bins images node-images codegen bench bench-scale bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -72,6 +72,13 @@ verbs:
 # futex wake-up, all measured in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./bench/ringbench/
+
+# The node at scale (docs/limits.md): agent RSS and idle CPU at 0 to 100 000
+# channels (100 000 needs vm.max_map_count raised), a publisher with 1 to
+# 1 000 mmap subscribers, and 1 000 file readers coming and going.
+bench-scale:
+	$(GO) test -run '^$$' -bench 'IdleScale|FileReaders' -benchtime 1x -timeout 30m ./agent/
+	$(GO) test -run '^$$' -bench Fanout -benchtime 200000x ./channel/
 
 # Debian packages of the servers `shimmy-bench` compares against (Kafka is
 # not packaged in Debian 12), and of the C peers it compiles (iceoryx,
