@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -83,6 +84,7 @@ type mirrorPart struct {
 	cfg    MirrorConfig
 	log    logrus.FieldLogger
 	m      *mirror.Mirror
+	auth   atomic.Pointer[mirror.Mirror] // m, for the transport's accept goroutines, once set
 	tr     rdma.Transport
 	reload chan struct{}
 
@@ -108,10 +110,12 @@ func newMirror(cfg MirrorConfig, reg *registry.Registry, log logrus.FieldLogger)
 		CA:          node.CA,
 		Timeout:     cfg.Timeout,
 		Authorize: func(peer string) error {
-			if p.m == nil {
+			// mirror.New listens at once: a peer may knock before m is set.
+			m := p.auth.Load()
+			if m == nil {
 				return errors.New("mirror not started")
 			}
-			return p.m.Authorize(peer)
+			return m.Authorize(peer)
 		},
 		OnReject: func(remote string, err error) {
 			p.log.WithFields(logrus.Fields{"remote": remote}).WithError(err).Warn("refused a peer")
@@ -127,6 +131,7 @@ func newMirror(cfg MirrorConfig, reg *registry.Registry, log logrus.FieldLogger)
 		return nil, err
 	}
 	p.m, p.tr = m, tr
+	p.auth.Store(m)
 	if err := p.apply(); err != nil {
 		tr.Close()
 		return nil, err
