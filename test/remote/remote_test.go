@@ -145,7 +145,9 @@ shares:
 	}
 	c.start()
 	for _, n := range []*node{a, b} {
-		n.run(shimmyBin, "create", "--mount", n.mount, "demo/chat", "--capacity", "4M")
+		// As the doc says: no settings, since the running plan already
+		// shares it and the mirror may attach before a ctl write.
+		n.run(shimmyBin, "create", "--mount", n.mount, "demo/chat")
 	}
 	c.linksUp()
 	sub := b.h.Start(t, shimmyBin, "sub", "--mount", b.mount, "demo/chat", "-n", "1")
