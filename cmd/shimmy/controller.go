@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/shimmy-dev/shimmy/k8s/controller"
+	"github.com/shimmy-dev/shimmy/k8s/webhook"
 	"github.com/shimmy-dev/shimmy/k8s/webhook/serving"
 )
 
@@ -55,6 +56,7 @@ docs/kubernetes.md.`,
 	fl.StringVar(&wh.Secret, "webhook-secret", serving.DefaultSecret, "the Secret (in --lease-namespace) where the controller keeps the webhook's CA and certificate")
 	fl.StringVar(&wh.Service, "webhook-service", serving.DefaultService, "the webhook's Service (in --lease-namespace): the certificate's DNS names")
 	fl.StringVar(&wh.WebhookConfig, "webhook-config", serving.DefaultWebhookConfig, "the MutatingWebhookConfiguration whose caBundle the leader keeps")
+	fl.StringVar(&wh.HostRoot, "webhook-host-root", webhook.DefaultRoot, "the agents' mount point on the nodes (their --mount): the hostPath the webhook gives pods, which see it at "+webhook.DefaultRoot)
 	fl.DurationVar(&wh.Refresh, "webhook-refresh", serving.DefaultRefresh, "how often the certificate is read again (and the leader checks the Secret and caBundle)")
 	logLevel := fl.String("log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 	if _, err := parse(fl, e, args, 0, 0); err != nil {

@@ -36,7 +36,7 @@ func TestControllerConfig(t *testing.T) {
 		"--identity", "me", "--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "1s", "--metrics", "off",
 		"--workers", "5", "--node-report-timeout", "2m", "--log-level", "debug",
 		"--webhook-listen", "127.0.0.1:8443", "--webhook-cert-dir", "/tls", "--webhook-secret", "s", "--webhook-service", "svc",
-		"--webhook-config", "mwc", "--webhook-refresh", "5s"})
+		"--webhook-config", "mwc", "--webhook-refresh", "5s", "--webhook-host-root", "/var/shimmy"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestControllerConfig(t *testing.T) {
 		t.Errorf("config %+v", cfg)
 	}
 	if w := cfg.Webhook; w == nil || w.Listen != "127.0.0.1:8443" || w.CertDir != "/tls" || w.Secret != "s" || w.Service != "svc" ||
-		w.WebhookConfig != "mwc" || w.Refresh != 5*time.Second {
+		w.WebhookConfig != "mwc" || w.Refresh != 5*time.Second || w.HostRoot != "/var/shimmy" {
 		t.Errorf("webhook config %+v", w)
 	}
 	off, err := controllerConfig(envWith(nil), []string{"--kubeconfig", kubeconfig, "--webhook-listen", "off"})

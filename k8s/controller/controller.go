@@ -328,7 +328,7 @@ func newMetrics() *metrics {
 // handler serves /metrics from a private registry, /healthz, which
 // fails when this replica leads but has not renewed the Lease for longer
 // than the lease duration plus the renew deadline (a stuck leader), and
-// /readyz, which also fails while ready does (the webhook cannot answer).
+// /readyz, which fails while ready does (the webhook cannot answer).
 func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor, ready func() error) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.leader, m.writes, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
@@ -342,7 +342,7 @@ func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor, ready func() 
 		w.Write([]byte("ok"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := errors.Join(watchdog.Check(r), ready()); err != nil {
+		if err := ready(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

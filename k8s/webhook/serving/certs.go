@@ -61,7 +61,8 @@ func fromSecret(s *corev1.Secret) (*material, error) {
 }
 
 // provision makes sure the Secret holds a CA and a serving certificate
-// for the Service's DNS names with at least a third of its validity left,
+// for the Service's DNS names with at least a third of Options.Validity
+// left,
 // and returns it. A valid CA is kept when the serving certificate is
 // renewed, so the caBundle stays. Create and Update are conditional
 // (AlreadyExists, Conflict): of two writers one wins, and the next round
@@ -112,7 +113,7 @@ func (s *Server) provision(ctx context.Context) (*corev1.Secret, error) {
 
 // stale says why a Secret's certificate needs renewing ("" if it does
 // not): unreadable, not for the Service's names, not signed by its CA, or
-// within the last third of its validity.
+// with less than a third of Options.Validity left.
 func (s *Server) stale(sec *corev1.Secret) string {
 	m, err := fromSecret(sec)
 	if err != nil {
@@ -128,7 +129,7 @@ func (s *Server) stale(sec *corev1.Secret) string {
 			return fmt.Sprintf("certificate for %s: %v", name, err)
 		}
 	}
-	if left := time.Until(leaf.NotAfter); left < leaf.NotAfter.Sub(leaf.NotBefore)/3 {
+	if left := time.Until(leaf.NotAfter); left < s.opts.Validity/3 {
 		return fmt.Sprintf("expires in %s", left.Round(time.Hour))
 	}
 	return ""

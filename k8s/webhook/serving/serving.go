@@ -67,6 +67,9 @@ type Options struct {
 	// leader keeps; default DefaultWebhookConfig. With a mounted
 	// certificate and no ca.crt it is left alone.
 	WebhookConfig string
+	// HostRoot is the agents' mount point on the nodes, which pods get as
+	// hostPath volumes; default webhook.DefaultRoot (pods see it there).
+	HostRoot string
 	// Refresh is how often the certificate is read again (and, by the
 	// leader, the Secret and caBundle checked); default DefaultRefresh.
 	Refresh time.Duration
@@ -117,7 +120,7 @@ func New(opts Options) (*Server, error) {
 	inf := s.factory.Shimmy().V1alpha1().SharedMemoryChannels()
 	s.synced = inf.Informer().HasSynced
 	lister := inf.Lister()
-	h, err := webhook.New(webhook.Options{Log: log, Channels: func(ns string) ([]*v1.SharedMemoryChannel, error) {
+	h, err := webhook.New(webhook.Options{Log: log, HostRoot: opts.HostRoot, Channels: func(ns string) ([]*v1.SharedMemoryChannel, error) {
 		if !s.synced() {
 			return nil, fmt.Errorf("%w: channel cache not synced", ErrNotReady)
 		}
