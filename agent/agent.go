@@ -4,9 +4,8 @@
 // the node binary), runs the reaper (dead members, the heartbeat in every
 // ring), the mirror (channels kept in step with other hosts, by a plan file
 // or by the Kubernetes controller's plans) and the metrics server under
-// one errgroup, and
-// has one shutdown path (unmount, or detach and abort the connection, via
-// package mountpoint).
+// one errgroup, and has one shutdown path (unmount, or detach and abort
+// the connection, via package mountpoint).
 // It does not import fs: the binary that links the FUSE adapter hands it in.
 package agent
 

@@ -55,8 +55,8 @@ type Options struct {
 	// and the base of the keys an annotation leaves out; nil:
 	// registry.DefaultQuota.
 	DefaultQuota *registry.Quota
-	// MirrorAddress is the "host:port" this node's mirror listens on, for
-	// the status; "" when the agent has no mirror.
+	// MirrorAddress is the "host:port" peers dial to reach this node's
+	// mirror, for the status; "" when the agent has no mirror.
 	MirrorAddress string
 	// Mirror, if set, follows the node's plan (PlanFor) as the channels'
 	// status.mirror changes; nil: the reconciler applies no plan.
