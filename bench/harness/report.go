@@ -170,6 +170,7 @@ type Report struct {
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
 	Quick    bool      `json:"quick"`
+	Remote   bool      `json:"remote,omitempty"` // the remote cases: publisher and subscriber on two hosts
 	CaseCap  string    `json:"case_cap"`
 	Rounds   int       `json:"rounds,omitempty"` // interleaved rounds, each case's median reported
 	// /proc/loadavg before and after: the machine may be shared.
