@@ -18,10 +18,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Subnet is the /24 the hosts' addresses come from: host i (from 0) is
@@ -153,6 +156,42 @@ func (h *Host) Command(name string, args ...string) *exec.Cmd { return h.h.comma
 // Run runs a command in the host to completion and returns its combined
 // output; the error says what failed, with that output.
 func (h *Host) Run(name string, args ...string) (string, error) { return h.h.run(name, args...) }
+
+// InNet runs f on a thread that is in the host's network namespace: a
+// socket f opens (net.Listen, net.Dial) lives there, so the caller can
+// listen on or reach the host's addresses without a process inside it.
+func (h *Host) InNet(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- h.inNet(f)
+	}()
+	return <-errc
+}
+
+// inNet runs f in the host's network namespace on this (locked) thread
+// and unlocks it only if it could go back to its own namespace: else the
+// thread ends with the goroutine.
+func (h *Host) inNet(f func() error) error {
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return err
+	}
+	defer self.Close()
+	target, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", h.PID()))
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("nethost: enter %s's network: %w", h.Name, err)
+	}
+	err = f()
+	if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+		runtime.UnlockOSThread()
+	}
+	return err
+}
 
 // holder is the process whose namespaces a host (or the switch) is.
 type holder struct {
