@@ -233,6 +233,9 @@ func (r *remote) startAgent(ctx context.Context, h *nethost.Host) (*remoteAgent,
 	args := []string{"agent", "--mount", ag.mount, "--state-dir", "/dev/shm/shimmy", "--metrics", "off",
 		"--mirror-listen", h.Addr(mirrorPort), "--mirror-tls-dir", filepath.Join(base, "tls"), "--mirror-plan", ag.plan,
 		"--log-level", "warn"}
+	if dir := os.Getenv(envProfile); dir != "" {
+		args = append(args, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("agent-%s-%d.prof", h.Name, time.Now().UnixNano())))
+	}
 	ag.cmd = h.Command(r.shimmy, args...)
 	ag.cmd.Stdout, ag.cmd.Stderr = ag.out, ag.out
 	if err := ag.cmd.Start(); err != nil {

@@ -68,6 +68,7 @@ reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
 	fl.StringVar(&cfg.Mirror.TLSDir, "mirror-tls-dir", "", "mirror: this node's TLS directory, ca.crt, node.crt and node.key (shimmy certs node --out)")
 	fl.StringVar(&cfg.Mirror.Listen, "mirror-listen", "", "mirror: address to accept peers' links on, host:port (unset: dial only)")
 	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
+	fl.StringVar(&cfg.CPUProfile, "cpu-profile", "", "write a CPU profile of the agent's run to this file (go tool pprof), for profiling")
 	kube := addKubeFlags(fl, e)
 	_, err := parse(fl, e, args, 0, 0)
 	if err != nil {
