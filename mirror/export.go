@@ -344,6 +344,19 @@ func (ex *exporter) runPubSub() error {
 		count, bytes := 0, 0
 		ext := ex.ext
 		for len(buf) < batchTarget {
+			// What our importer wrote is passed over uncopied: its
+			// origin sends it.
+			skipped, err := ex.rd.SkipIf(ex.im.is)
+			if errors.Is(err, channel.ErrWouldBlock) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if skipped {
+				ext = ex.rd.Position().Extend(ext)
+				continue
+			}
 			off := len(buf)
 			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
 			if errors.Is(err, channel.ErrWouldBlock) {
