@@ -69,6 +69,9 @@ type Config struct {
 	Mirror       MirrorConfig       // channels kept in step with other hosts; off without a plan file or Kubernetes
 	// Kubernetes, if set, runs the node reconciler (KubernetesConfig).
 	Kubernetes *KubernetesConfig
+	// CPUProfile, if set, is a file Run writes a CPU profile of the
+	// agent's whole run to (runtime/pprof): where a mirror's time goes.
+	CPUProfile string
 }
 
 // DefaultConfig returns the configuration of a node agent.
@@ -203,6 +206,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	lg := a.log.WithField("component", "agent")
 	if err := checkPrivilege(); err != nil {
 		return err
+	}
+	if a.cfg.CPUProfile != "" {
+		stop, err := startCPUProfile(a.cfg.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer stop()
 	}
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)

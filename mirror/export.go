@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -344,6 +345,19 @@ func (ex *exporter) runPubSub() error {
 		count, bytes := 0, 0
 		ext := ex.ext
 		for len(buf) < batchTarget {
+			// What our importer wrote is passed over uncopied: its
+			// origin sends it.
+			skipped, err := ex.rd.SkipIf(ex.im.is)
+			if errors.Is(err, channel.ErrWouldBlock) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if skipped {
+				ext = ex.rd.Position().Extend(ext)
+				continue
+			}
 			off := len(buf)
 			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
 			if errors.Is(err, channel.ErrWouldBlock) {
@@ -375,6 +389,22 @@ func (ex *exporter) runPubSub() error {
 			}
 			continue
 		}
+		if count == 0 && lost == 0 && !ex.skipDue(ext) {
+			// Only imports passed over: the peer needs the position (its
+			// high-water mark; in a block ring, where its slot may move
+			// to), not a batch, and an acknowledgement back, for every
+			// message it sent here. It gets it after a quarter of the
+			// ring, or once no message came for skipDelay.
+			wctx, cancel := context.WithTimeout(ctx, skipDelay)
+			err := ex.rd.Wait(wctx)
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+		}
 		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: ext.Seq, Units: ext.Units}, lost, uint32(count))
 		// In flight before it is sent: its Ack may come back before send
 		// returns.
@@ -390,6 +420,19 @@ func (ex *exporter) runPubSub() error {
 		ex.s.p.bytes.Add(uint64(bytes))
 	}
 	return nil
+}
+
+// skipDelay is how long an exporter that only passed over imports waits
+// for a message of its own before it sends the position alone.
+const skipDelay = 2 * time.Millisecond
+
+// skipDue reports whether the position ext, reached by passing over
+// imports only, is a quarter of the ring past the last one sent: the
+// peer must learn it now, so that a block ring's space comes back.
+func (ex *exporter) skipDue(ext channel.Extended) bool {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return (ext.Units-ex.sentNext.Units)*channel.FrameAlign >= ex.cfg.Capacity/4
 }
 
 // onAck takes the peer's acknowledgement of the flow: for pubsub it must

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/shimmy-dev/shimmy/channel"
 )
@@ -28,6 +29,9 @@ type imports struct {
 	path string
 	mu   sync.Mutex
 	doc  importsDoc
+	// view is a copy of doc.Entries, replaced on every change, that is
+	// read without the lock: exporters ask about every message.
+	view atomic.Pointer[[]importEntry]
 }
 
 type importsDoc struct {
@@ -98,9 +102,7 @@ func (im *imports) end(slot uint32, to channel.Position) error {
 // at frame boundaries (a tail), so a frame lies at or after From exactly
 // when it ends after it, and before To when it ends at or before it.
 func (im *imports) is(slot uint32, after channel.Position) bool {
-	im.mu.Lock()
-	defer im.mu.Unlock()
-	for _, e := range im.doc.Entries {
+	for _, e := range *im.view.Load() {
 		if e.Slot == slot && e.From.Before(after) && (e.Open || !e.To.Before(after)) {
 			return true
 		}
@@ -109,6 +111,8 @@ func (im *imports) is(slot uint32, after channel.Position) bool {
 }
 
 func (im *imports) saveLocked() error {
+	view := append([]importEntry(nil), im.doc.Entries...)
+	im.view.Store(&view)
 	b, err := json.Marshal(im.doc)
 	if err != nil {
 		return err

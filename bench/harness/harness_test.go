@@ -163,6 +163,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("-short: no child processes")
 	}
 	for _, sys := range systems {
+		if sys.remote {
+			continue // TestRemoteEndToEnd
+		}
 		t.Run(sys.name, func(t *testing.T) {
 			opts := Options{}
 			if sys.name == SysShimmyFiles {
@@ -183,37 +186,47 @@ func TestEndToEnd(t *testing.T) {
 				{Mode: "throughput", Size: 100, Count: 300, Subs: 2},
 				{Mode: "latency", Size: 16, Count: 50, Subs: 1, Rate: 2000},
 			} {
-				var lines []string
-				rs := runSystem(context.Background(), sys, []Case{c}, 30*time.Second, t.TempDir(), opts,
-					func(f string, a ...any) { lines = append(lines, strings.TrimSpace(fmt.Sprintf(f, a...))) })
-				if len(rs) != 1 {
-					t.Fatalf("%d results: %v", len(rs), lines)
-				}
-				r := rs[0]
-				if r.Status != StatusOK || r.Received != c.Count || r.Sent != c.Count {
-					t.Fatalf("%s: %s, sent %d, received %d: %s", c, r.Status, r.Sent, r.Received, r.Note)
-				}
-				// Every message is timed at a fixed rate; at saturation
-				// every 16th by sequence, and the last.
-				every := clockEvery(c)
-				timed := (c.Count+every-1)/every + min(1, (c.Count-1)%every)
-				if r.Latency.N != timed*c.Subs || r.Latency.P50Ns <= 0 || r.MsgsPerSec <= 0 || r.CPUPubNs <= 0 {
-					t.Errorf("%s: implausible figures %+v", c, r)
-				}
-				// A short throughput case is run three times and its
-				// median run reported.
-				if c.Mode == "throughput" && r.Elapsed < repeatBelow.Seconds() {
-					if len(r.Runs) != repeats || !sort.Float64sAreSorted(r.Runs) || r.MsgsPerSec != r.Runs[repeats/2] {
-						t.Errorf("%s: runs %v, reported %v: want %d sorted runs and their median", c, r.Runs, r.MsgsPerSec, repeats)
-					}
-				}
-				if sys.broker && r.CPUServerNs <= 0 {
-					t.Errorf("%s: no server CPU time measured", c)
-				}
-				t.Log(r.progressLine())
+				checkTinyRun(t, sys, c, t.TempDir(), nil, opts)
 			}
 		})
 	}
+}
+
+// checkTinyRun runs one case of sys and checks that every message arrived
+// intact, counted end to end, with plausible figures.
+func checkTinyRun(t *testing.T, sys system, c Case, tmp string, rh *remote, opts Options) {
+	t.Helper()
+	var lines []string
+	rs := runSystem(context.Background(), sys, []Case{c}, 30*time.Second, tmp, rh, opts,
+		func(f string, a ...any) { lines = append(lines, strings.TrimSpace(fmt.Sprintf(f, a...))) })
+	if len(rs) != 1 {
+		t.Fatalf("%d results: %v", len(rs), lines)
+	}
+	r := rs[0]
+	if r.Status != StatusOK || r.Received != c.Count || r.Sent != c.Count || r.Corrupt != 0 {
+		t.Fatalf("%s: %s, sent %d, received %d, %d corrupt: %s", c, r.Status, r.Sent, r.Received, r.Corrupt, r.Note)
+	}
+	// Every message is timed at a fixed rate; at saturation every 16th by
+	// sequence, and the last.
+	every := clockEvery(c)
+	timed := (c.Count+every-1)/every + min(1, (c.Count-1)%every)
+	if r.Latency.N != timed*c.Subs || r.Latency.P50Ns <= 0 || r.MsgsPerSec <= 0 || r.CPUPubNs <= 0 {
+		t.Errorf("%s: implausible figures %+v", c, r)
+	}
+	// A short throughput case is run three times and its median run
+	// reported.
+	if c.Mode == "throughput" && r.Elapsed < repeatBelow.Seconds() {
+		if len(r.Runs) != repeats || !sort.Float64sAreSorted(r.Runs) || r.MsgsPerSec != r.Runs[repeats/2] {
+			t.Errorf("%s: runs %v, reported %v: want %d sorted runs and their median", c, r.Runs, r.MsgsPerSec, repeats)
+		}
+	}
+	if sys.broker && r.CPUServerNs <= 0 {
+		t.Errorf("%s: no server CPU time measured", c)
+	}
+	if sys.name == SysMirror && r.CPUAgentNs <= 0 {
+		t.Errorf("%s: no agent CPU time measured", c)
+	}
+	t.Log(r.progressLine())
 }
 
 // TestRunWritesOutputs runs Run on the kernel baselines with a tiny plan

@@ -128,7 +128,7 @@ func raiseMQLimits(size int) (string, error) {
 // run, each with enough chunks for four subscribers' full queues (256
 // each) and the chunks in flight: the lossless policies make a publisher
 // wait for space, so a pool too small would stall it, not drop.
-func startRouDi(ctx context.Context, dir string, cases []Case) (*server, error) {
+func startRouDi(ctx context.Context, at place, dir string, cases []Case) (*server, error) {
 	bin, err := findBinary("iox-roudi")
 	if err != nil {
 		return nil, err
@@ -150,7 +150,7 @@ func startRouDi(ctx context.Context, dir string, cases []Case) (*server, error) 
 		return nil, err
 	}
 	// One RouDi per machine: a second one (another run) fails at start.
-	return launch(ctx, "iox-roudi", bin, dir, "iceoryx", []string{"-c", path}, "get ready", func(s *server) bool {
+	return launch(ctx, at, "iox-roudi", bin, dir, "iceoryx", []string{"-c", path}, "get ready", func(s *server) bool {
 		return strings.Contains(s.out.String(), "RouDi is ready for clients")
 	})
 }

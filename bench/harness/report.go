@@ -170,6 +170,7 @@ type Report struct {
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
 	Quick    bool      `json:"quick"`
+	Remote   bool      `json:"remote,omitempty"` // the remote cases: publisher and subscriber on two hosts
 	CaseCap  string    `json:"case_cap"`
 	Rounds   int       `json:"rounds,omitempty"` // interleaved rounds, each case's median reported
 	// /proc/loadavg before and after: the machine may be shared.
@@ -229,7 +230,14 @@ func (rep *Report) Markdown() string {
 	if rep.Quick {
 		mode = "quick"
 	}
+	if rep.Remote {
+		mode += " remote"
+	}
 	fmt.Fprintf(&b, "# Shimmy benchmark results (%s run)\n\n", mode)
+	if rep.Remote {
+		b.WriteString("Remote cases: the publisher on host a, the subscriber on host b, two network namespaces joined by veth through a bridge on this machine; " +
+			"brokers run on host a, beside the publisher; shimmy-mirror is two shimmy agents, one per host, mirroring the channel over mutual TLS.\n\n")
+	}
 	m := rep.Machine
 	fmt.Fprintf(&b, "Run %s, took %s. Machine: %s, %d cores, Linux %s, %s.\n", rep.Started.Format("2006-01-02 15:04 MST"),
 		rep.Finished.Sub(rep.Started).Round(time.Second), m.CPU, m.Cores, m.Kernel, m.Go)
@@ -308,7 +316,13 @@ func mdEscape(s string) string {
 // messages) and median latency at the fixed rate. One table per Shimmy
 // reference: the sleeping subscriber and the busy-polling one.
 func (rep *Report) ratios() string {
-	return rep.ratioTable(SysShimmyZeroCopy) + rep.ratioTable(SysShimmyBusy)
+	var b strings.Builder
+	for _, ref := range []string{SysShimmyZeroCopy, SysShimmyBusy, SysMirror} {
+		if rep.has(ref) {
+			b.WriteString(rep.ratioTable(ref))
+		}
+	}
+	return b.String()
 }
 
 func (rep *Report) ratioTable(ref string) string {

@@ -75,6 +75,14 @@ type Options struct {
 	// round: a slow minute of a shared machine then hits every system
 	// alike instead of one. 0 or 1: one round.
 	Rounds int
+	// Remote runs the remote cases (remote.go) instead of the local ones:
+	// publisher and subscriber on two hosts joined by veth. Needs root,
+	// unshare, nsenter and ip.
+	Remote bool
+	// Shimmy is the shimmy binary the remote cases run as each host's
+	// agent; default "shimmy" beside this program's executable, else in
+	// PATH.
+	Shimmy string
 }
 
 // Usage describes the benchmark for `shimmy-bench --help` (the flags
@@ -95,7 +103,10 @@ Needs the brokers and the C peers' libraries installed (make bench-deps:
 apt-get install -y mosquitto nats-server redis-server gcc libc6-dev
 iceoryx libiceoryx-binding-c-dev libzmq3-dev); missing ones are skipped
 and named. --rounds N runs every system N times, interleaved, and reports
-each case's median round.
+each case's median round. --remote runs the remote cases instead:
+publisher on host a, subscriber on host b (network namespaces joined by
+veth), Shimmy's mirror between two shimmy agents against plain TCP and
+NATS and Mosquitto running on host a, 16 B and 100 KB.
 Writes results.md, results.csv, results.json and PNG plots to the results
 directory.`
 }
@@ -111,11 +122,12 @@ func allSystems() []string {
 // system is one row kind of the results.
 type system struct {
 	name   string
-	server func(ctx context.Context, dir string, cases []Case) (*server, error)
+	server func(ctx context.Context, at place, dir string, cases []Case) (*server, error)
 	pkg    string // Debian package that provides the server
 	batch  int    // pipelined clients: messages per round trip at saturation
 	broker bool
 	peer   *peer // a C client, compiled by the harness, runs the children
+	remote bool  // publisher and subscriber on two hosts (--remote)
 }
 
 var systems = []system{
@@ -134,6 +146,10 @@ var systems = []system{
 	{name: SysNATS, server: startNATS, pkg: "nats-server", broker: true},
 	{name: SysRedis, server: startRedis, pkg: "redis-server", batch: 64, broker: true},
 	{name: SysMosquitto, server: startMosquitto, pkg: "mosquitto", broker: true},
+	{name: SysMirror, remote: true},
+	{name: SysRemoteTCP, remote: true},
+	{name: SysRemoteNATS, server: startNATS, pkg: "nats-server", broker: true, remote: true},
+	{name: SysRemoteMosquitto, server: startMosquitto, pkg: "mosquitto", broker: true, remote: true},
 }
 
 // Case is one measurement.
@@ -250,13 +266,24 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer os.RemoveAll(tmp)
 	cases, capDur := plan(opts.Quick)
+	if opts.Remote {
+		cases, capDur = remotePlan(opts.Quick)
+	}
 	cases = filterCases(cases, opts.Cases)
 	if len(cases) == 0 {
 		return fmt.Errorf("bench: no case matches %q", strings.Join(opts.Cases, ","))
 	}
-	rep := &Report{Started: time.Now(), Quick: opts.Quick, Machine: machineInfo(), CaseCap: capDur.String(), LoadStart: loadAvg()}
+	rep := &Report{Started: time.Now(), Quick: opts.Quick, Remote: opts.Remote, Machine: machineInfo(), CaseCap: capDur.String(), LoadStart: loadAvg()}
 	logf := func(format string, a ...any) { fmt.Fprintf(opts.Progress, format+"\n", a...) }
 	logf("shimmy-bench: %d cases per system, each capped at %v; results in %s", len(cases), capDur, opts.OutDir)
+	var rh *remote
+	if opts.Remote {
+		if rh, err = newRemote(tmp, opts.Shimmy); err != nil {
+			return fmt.Errorf("bench: remote hosts: %w", err)
+		}
+		defer rh.close()
+		logf("remote hosts: a %s (publisher, brokers), b %s (subscriber), joined by veth through a bridge", rh.a.IP, rh.b.IP)
+	}
 	rounds := max(1, opts.Rounds)
 	var all []Result
 	for round := 1; round <= rounds; round++ {
@@ -264,18 +291,18 @@ func Run(ctx context.Context, opts Options) error {
 			logf("round %d of %d", round, rounds)
 		}
 		for _, sys := range systems {
-			if !selected(sys.name, opts.Systems) {
+			if sys.remote != opts.Remote || !selected(sys.name, opts.Systems) {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			all = append(all, runSystem(ctx, sys, cases, capDur, tmp, opts, logf)...)
+			all = append(all, runSystem(ctx, sys, cases, capDur, tmp, rh, opts, logf)...)
 		}
 	}
 	rep.Rounds = rounds
 	rep.Results = medianRounds(all)
-	if selected(SysKafka, opts.Systems) {
+	if !opts.Remote && selected(SysKafka, opts.Systems) {
 		note := "not packaged in Debian 12: not run here. Paper figures not available here (the paper's text could not be consulted from this machine)."
 		rep.Notes = append(rep.Notes, "kafka: "+note)
 		rep.Results = append(rep.Results, Result{System: SysKafka, Case: Case{Mode: "throughput"}, Status: StatusPaper, Note: note})
@@ -296,7 +323,7 @@ func Run(ctx context.Context, opts Options) error {
 
 // runSystem runs every case of one system, starting and stopping its
 // server or agent around them.
-func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Duration, tmp string, opts Options, logf func(string, ...any)) []Result {
+func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Duration, tmp string, rh *remote, opts Options, logf func(string, ...any)) []Result {
 	skip := func(why string) []Result {
 		logf("%-22s SKIPPED: %s", sys.name, why)
 		var rs []Result
@@ -306,6 +333,9 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 		return rs
 	}
 	env := &sysEnv{sys: sys, tmp: tmp}
+	if sys.remote {
+		env.pub, env.sub = place{rh.a}, place{rh.b}
+	}
 	if sys.peer != nil {
 		exe, err := sys.peer.build(tmp)
 		if err != nil {
@@ -331,7 +361,7 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 		if err != nil {
 			return skip(err.Error())
 		}
-		srv, err := sys.server(ctx, dir, cases)
+		srv, err := sys.server(ctx, env.pub, dir, cases)
 		if err != nil {
 			hint := ""
 			if _, ferr := findBinary(sys.pkg); ferr != nil {
@@ -353,6 +383,14 @@ func runSystem(ctx context.Context, sys system, cases []Case, capDur time.Durati
 		defer stop()
 		env.mount = mount
 		env.agentPID = opts.AgentPID
+	}
+	if sys.name == SysMirror {
+		setup, stop, err := rh.startMirror(ctx)
+		if err != nil {
+			return skip(fmt.Sprintf("shimmy agents: %v", err))
+		}
+		defer stop()
+		env.mirror = setup
 	}
 	var rs []Result
 	for i, c := range cases {
@@ -414,6 +452,8 @@ type sysEnv struct {
 	srv      *server
 	mount    string
 	agentPID int
+	pub, sub place       // where the publisher and the subscribers run
+	mirror   mirrorSetup // shimmy-mirror: the ring on each host, the agents
 }
 
 // prepare makes what one case needs before its clients start: a ring, a
@@ -446,13 +486,15 @@ func (e *sysEnv) prepare(c Case, id int) (addr, topic string, cleanup func(), er
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return "", "", nil, err
 		}
-		cfg := ringConfig()
-		ctl := chanfile.FormatCtl(registry.Change{Policy: &cfg.Policy, Capacity: &cfg.Capacity, MaxMessage: &cfg.MaxMessage})
-		if err := os.WriteFile(filepath.Join(dir, chanfile.Ctl), ctl, 0); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, chanfile.Ctl), ringCtl(), 0); err != nil {
 			os.Remove(dir)
 			return "", "", nil, fmt.Errorf("configure %s: %w", dir, err)
 		}
 		return dir, topic, func() { os.Remove(dir) }, nil
+	case SysMirror:
+		return e.mirror.pubRing, topic, cleanup, nil
+	case SysRemoteTCP:
+		return e.pub.ip() + ":0", topic, cleanup, nil
 	case SysUnix:
 		p := filepath.Join(e.tmp, fmt.Sprintf("s%d.sock", id))
 		return p, topic, func() { os.Remove(p) }, nil
@@ -473,6 +515,13 @@ func (e *sysEnv) prepare(c Case, id int) (addr, topic string, cleanup func(), er
 // 4 MiB of ring, room for 100 KB messages.
 func ringConfig() channel.Config {
 	return channel.Config{Capacity: 4 << 20, MaxMessage: 128 << 10, Policy: channel.PolicyBlock}
+}
+
+// ringCtl configures a channel of an agent as ringConfig, through its ctl
+// file.
+func ringCtl() []byte {
+	cfg := ringConfig()
+	return chanfile.FormatCtl(registry.Change{Policy: &cfg.Policy, Capacity: &cfg.Capacity, MaxMessage: &cfg.MaxMessage})
 }
 
 // clockEvery is how often the clock is read, in messages, on both sides:
@@ -505,8 +554,8 @@ type child struct {
 	done  chan struct{}
 }
 
-// startChild starts exe (this binary when "") in spec's role.
-func startChild(ctx context.Context, exe, name string, spec childSpec) (*child, error) {
+// startChild starts exe (this binary when "") in spec's role, at a place.
+func startChild(ctx context.Context, at place, exe, name string, spec childSpec) (*child, error) {
 	if exe == "" {
 		var err error
 		if exe, err = os.Executable(); err != nil {
@@ -514,7 +563,7 @@ func startChild(ctx context.Context, exe, name string, spec childSpec) (*child, 
 		}
 	}
 	b, _ := json.Marshal(spec)
-	cmd := exec.Command(exe)
+	cmd := at.command(exe)
 	cmd.Env = append(os.Environ(), envChild+"="+string(b))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, err := cmd.StdinPipe()
@@ -630,7 +679,7 @@ func (e *sysEnv) runCase(ctx context.Context, c Case, capDur time.Duration, id i
 	}()
 	ps := spec
 	ps.Role = "pub"
-	pub, err := startChild(ctx, e.exe, "publisher", ps)
+	pub, err := startChild(ctx, e.pub, e.exe, "publisher", ps)
 	if err != nil {
 		return fail(err)
 	}
@@ -648,7 +697,10 @@ func (e *sysEnv) runCase(ctx context.Context, c Case, capDur time.Duration, id i
 		if paddr != "" {
 			ss.Addr = paddr
 		}
-		sc, err := startChild(ctx, e.exe, fmt.Sprintf("subscriber %d", i), ss)
+		if e.sys.name == SysMirror {
+			ss.Addr = e.mirror.subRing
+		}
+		sc, err := startChild(ctx, e.sub, e.exe, fmt.Sprintf("subscriber %d", i), ss)
 		if err != nil {
 			return fail(err)
 		}
@@ -710,6 +762,14 @@ func (e *sysEnv) serverCPU() int64 {
 // agentCPU is the agent's CPU time: its process's, or this process's when
 // the agent runs inside it (the harness itself only waits meanwhile).
 func (e *sysEnv) agentCPU() int64 {
+	if len(e.mirror.pids) > 0 {
+		var sum int64
+		for _, pid := range e.mirror.pids {
+			n, _ := procCPU(pid)
+			sum += n
+		}
+		return sum
+	}
 	if e.mount == "" {
 		return 0
 	}

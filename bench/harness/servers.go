@@ -13,10 +13,42 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shimmy-dev/shimmy/internal/nethost"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 )
 
-// server is a broker the harness started: a child process on loopback.
+// place is where a server or client runs: this machine (host nil), on
+// loopback, or a host of the remote cases, on its address.
+type place struct {
+	host *nethost.Host
+}
+
+// ip is the address servers listen on.
+func (p place) ip() string {
+	if p.host == nil {
+		return "127.0.0.1"
+	}
+	return p.host.IP
+}
+
+// command runs bin there.
+func (p place) command(bin string, args ...string) *exec.Cmd {
+	if p.host == nil {
+		return exec.Command(bin, args...)
+	}
+	return p.host.Command(bin, args...)
+}
+
+// do runs f in the place's network namespace.
+func (p place) do(f func() error) error {
+	if p.host == nil {
+		return f()
+	}
+	return p.host.InNet(f)
+}
+
+// server is a broker the harness started: a child process, on loopback or
+// on a host of the remote cases.
 type server struct {
 	name string
 	addr string
@@ -39,16 +71,20 @@ func (s *server) stop() {
 	}
 }
 
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before the server binds; the server then fails to start and the
-// error says so.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+// freePort asks the kernel for a free port on the place's address.
+// Another process could take it before the server binds; the server then
+// fails to start and the error says so.
+func (p place) freePort() (port int, err error) {
+	err = p.do(func() error {
+		ln, err := net.Listen("tcp", net.JoinHostPort(p.ip(), "0"))
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		port = ln.Addr().(*net.TCPAddr).Port
+		return nil
+	})
+	return port, err
 }
 
 // findBinary looks in PATH and in the sbin directories Debian installs
@@ -68,8 +104,8 @@ func findBinary(name string) (string, error) {
 
 // startServer runs bin with args (which may contain {port} and {dir}) and
 // waits until its port accepts connections.
-func startServer(ctx context.Context, name, bin, dir string, conf func(port int) (args []string, file string, body string)) (*server, error) {
-	port, err := freePort()
+func startServer(ctx context.Context, at place, name, bin, dir string, conf func(port int) (args []string, file string, body string)) (*server, error) {
+	port, err := at.freePort()
 	if err != nil {
 		return nil, err
 	}
@@ -79,26 +115,31 @@ func startServer(ctx context.Context, name, bin, dir string, conf func(port int)
 			return nil, err
 		}
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return launch(ctx, name, bin, dir, addr, args, "listen on "+addr, func(*server) bool {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
+	addr := net.JoinHostPort(at.ip(), strconv.Itoa(port))
+	return launch(ctx, at, name, bin, dir, addr, args, "listen on "+addr, func(*server) bool {
+		return at.do(func() error {
+			c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}) == nil
 	})
 }
 
 // launch runs bin with args in dir and waits up to 10 s for ready, which
 // says (doing what) that the server serves.
-func launch(ctx context.Context, name, bin, dir, addr string, args []string, what string, ready func(*server) bool) (*server, error) {
+func launch(ctx context.Context, at place, name, bin, dir, addr string, args []string, what string, ready func(*server) bool) (*server, error) {
 	out := &syncbuf.Buffer{}
-	cmd := exec.Command(bin, args...)
+	cmd := at.command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group: a terminal's ^C reaches the harness, which
 	// stops the server itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -125,14 +166,14 @@ func launch(ctx context.Context, name, bin, dir, addr string, args []string, wha
 // Configurations that keep each broker from dropping messages for a slow
 // subscriber, on loopback only.
 
-func startMosquitto(ctx context.Context, dir string, _ []Case) (*server, error) {
+func startMosquitto(ctx context.Context, at place, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("mosquitto")
 	if err != nil {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "mosquitto.conf")
-	return startServer(ctx, "mosquitto", bin, dir, func(port int) ([]string, string, string) {
-		return []string{"-c", conf}, conf, fmt.Sprintf(`listener %d 127.0.0.1
+	return startServer(ctx, at, "mosquitto", bin, dir, func(port int) ([]string, string, string) {
+		return []string{"-c", conf}, conf, fmt.Sprintf(`listener %d %s
 allow_anonymous true
 persistence false
 # No per-client queue limits and no memory cap: QoS 0 must not be dropped.
@@ -144,34 +185,34 @@ set_tcp_nodelay true
 log_dest stderr
 log_type error
 log_type warning
-`, port)
+`, port, at.ip())
 	})
 }
 
-func startNATS(ctx context.Context, dir string, _ []Case) (*server, error) {
+func startNATS(ctx context.Context, at place, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("nats-server")
 	if err != nil {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "nats.conf")
-	return startServer(ctx, "nats-server", bin, dir, func(port int) ([]string, string, string) {
-		return []string{"-c", conf}, conf, fmt.Sprintf(`listen: "127.0.0.1:%d"
+	return startServer(ctx, at, "nats-server", bin, dir, func(port int) ([]string, string, string) {
+		return []string{"-c", conf}, conf, fmt.Sprintf(`listen: "%s:%d"
 # A slow consumer is cut off past max_pending bytes or write_deadline:
 # raise both so a subscriber that falls behind is not dropped.
 max_pending: 1073741824
 write_deadline: "60s"
 max_payload: 1048576
-`, port)
+`, at.ip(), port)
 	})
 }
 
-func startRedis(ctx context.Context, dir string, _ []Case) (*server, error) {
+func startRedis(ctx context.Context, at place, dir string, _ []Case) (*server, error) {
 	bin, err := findBinary("redis-server")
 	if err != nil {
 		return nil, err
 	}
-	return startServer(ctx, "redis-server", bin, dir, func(port int) ([]string, string, string) {
-		return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+	return startServer(ctx, at, "redis-server", bin, dir, func(port int) ([]string, string, string) {
+		return []string{"--port", strconv.Itoa(port), "--bind", at.ip(), "--save", "", "--appendonly", "no",
 			"--protected-mode", "no", "--dir", dir,
 			// Unlimited output buffers for pub/sub clients: Redis disconnects
 			// a subscriber past the default 32 MB hard limit.

@@ -53,22 +53,28 @@ type dialer struct {
 }
 
 var dialers = map[string]dialer{
-	SysShimmyCopy:     {pub: ringPub(false), sub: ringSub(false, channel.IdleDefault)},
-	SysShimmyZeroCopy: {pub: ringPub(true), sub: ringSub(true, channel.IdleDefault)},
-	SysShimmyBusy:     {pub: ringPub(true), sub: ringSub(true, channel.IdleBusy)},
+	SysShimmyCopy:     {pub: ringPub(false, shmRing), sub: ringSub(false, channel.IdleDefault, shmRing)},
+	SysShimmyZeroCopy: {pub: ringPub(true, shmRing), sub: ringSub(true, channel.IdleDefault, shmRing)},
+	SysShimmyBusy:     {pub: ringPub(true, shmRing), sub: ringSub(true, channel.IdleBusy, shmRing)},
 	SysShimmyFiles:    {pub: filePub, sub: fileSub},
 	SysUnix:           {pub: sockPub("unix"), sub: sockSub("unix")},
 	SysTCP:            {pub: sockPub("tcp"), sub: sockSub("tcp")},
 	SysMosquitto:      {pub: mqttPub, sub: mqttSub},
 	SysNATS:           {pub: natsPub, sub: natsSub},
 	SysRedis:          {pub: redisPub, sub: redisSub},
+	// The remote cases: a channel's ring mapped through each host's
+	// agent mount; the same clients as the local ones.
+	SysMirror:          {pub: ringPub(true, fileRing), sub: ringSub(true, channel.IdleDefault, fileRing)},
+	SysRemoteTCP:       {pub: sockPub("tcp"), sub: sockSub("tcp")},
+	SysRemoteNATS:      {pub: natsPub, sub: natsSub},
+	SysRemoteMosquitto: {pub: mqttPub, sub: mqttSub},
 }
 
 // --- Shimmy through mmap: the ring in a POSIX shm object ---
 
 type ringPubConn struct {
-	seg   *shm.Segment
 	ring  *channel.Ring
+	unmap func() error
 	p     *channel.Publisher
 	zc    bool
 	n     int
@@ -83,33 +89,48 @@ type ringPubConn struct {
 // not wait long for the last.
 const maxBatch = 64
 
-func openRing(path string) (*shm.Segment, *channel.Ring, error) {
+// ringOpener maps the ring at a path; the func it returns unmaps it,
+// after the ring's Close. exclusive says the case's publisher is the
+// ring's only one.
+type ringOpener func(path string) (r *channel.Ring, unmap func() error, exclusive bool, err error)
+
+// shmRing opens a POSIX shm object the harness made: the publisher is
+// alone on it.
+func shmRing(path string) (*channel.Ring, func() error, bool, error) {
 	seg, err := shm.OpenPOSIX(path, 0)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	r, err := channel.Open(seg.Bytes())
 	if err != nil {
 		seg.Close()
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	return seg, r, nil
+	return r, seg.Close, true, nil
 }
 
-func ringPub(zc bool) func(context.Context, childSpec) (pubConn, string, error) {
+// fileRing maps a channel's ring file through an agent's mount, where the
+// mirror's importer is a publisher too (so not exclusive). Close unmaps.
+func fileRing(path string) (*channel.Ring, func() error, bool, error) {
+	r, err := channel.MapFile(path)
+	return r, func() error { return nil }, false, err
+}
+
+func ringPub(zc bool, open ringOpener) func(context.Context, childSpec) (pubConn, string, error) {
 	return func(ctx context.Context, s childSpec) (pubConn, string, error) {
-		seg, r, err := openRing(s.Addr)
+		r, unmap, exclusive, err := open(s.Addr)
 		if err != nil {
 			return nil, "", err
 		}
-		// One publisher per case: the exclusive path (no CAS per message).
-		p, err := r.NewPublisher(channel.PublisherOptions{Idle: channel.IdleDefault, Exclusive: true})
+		// One publisher per case: the exclusive path (no CAS per message)
+		// where it is alone.
+		p, err := r.NewPublisher(channel.PublisherOptions{Idle: channel.IdleDefault, Exclusive: exclusive})
 		if err != nil {
 			r.Close()
-			seg.Close()
+			unmap()
 			return nil, "", err
 		}
-		c := &ringPubConn{seg: seg, ring: r, p: p, zc: zc, n: s.Size}
+		c := &ringPubConn{ring: r, unmap: unmap, p: p, zc: zc, n: s.Size}
 		if !zc {
 			c.buf = make([]byte, s.Size)
 		}
@@ -156,31 +177,31 @@ func (c *ringPubConn) Flush(context.Context) error { return nil }
 func (c *ringPubConn) Close() error {
 	c.p.Close()
 	c.ring.Close()
-	return c.seg.Close()
+	return c.unmap()
 }
 
 type ringSubConn struct {
-	seg    *shm.Segment
 	ring   *channel.Ring
+	unmap  func() error
 	s      *channel.Subscriber
 	zc     bool
 	viewed bool
 	buf    []byte
 }
 
-func ringSub(zc bool, idle channel.Idle) func(context.Context, childSpec) (subConn, error) {
+func ringSub(zc bool, idle channel.Idle, open ringOpener) func(context.Context, childSpec) (subConn, error) {
 	return func(ctx context.Context, s childSpec) (subConn, error) {
-		seg, r, err := openRing(s.Addr)
+		r, unmap, _, err := open(s.Addr)
 		if err != nil {
 			return nil, err
 		}
 		sub, err := r.NewSubscriber(channel.SubscriberOptions{Idle: idle})
 		if err != nil {
 			r.Close()
-			seg.Close()
+			unmap()
 			return nil, err
 		}
-		return &ringSubConn{seg: seg, ring: r, s: sub, zc: zc, buf: make([]byte, 0, s.Size)}, nil
+		return &ringSubConn{ring: r, unmap: unmap, s: sub, zc: zc, buf: make([]byte, 0, s.Size)}, nil
 	}
 }
 
@@ -205,7 +226,7 @@ func (c *ringSubConn) Close() error {
 	}
 	c.s.Close()
 	c.ring.Close()
-	return c.seg.Close()
+	return c.unmap()
 }
 
 // --- Shimmy through the data files of a mounted agent ---
@@ -273,8 +294,8 @@ type sockPubConn struct {
 func sockPub(network string) func(context.Context, childSpec) (pubConn, string, error) {
 	return func(ctx context.Context, s childSpec) (pubConn, string, error) {
 		addr := s.Addr
-		if network == "tcp" {
-			addr = "127.0.0.1:0"
+		if network == "tcp" && addr == "" {
+			addr = "127.0.0.1:0" // loopback; the remote case gives its host's address
 		}
 		ln, err := net.Listen(network, addr)
 		if err != nil {

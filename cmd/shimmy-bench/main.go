@@ -4,7 +4,7 @@
 // docs/benchmarks.md). It is a binary of its own so that the node binary,
 // cmd/shimmy, links no broker client and no plotting library.
 //
-//	shimmy-bench [--quick] [--out DIR] [--systems a,b] [--cases s] [--rounds N] [--no-agent] [--replot DIR]
+//	shimmy-bench [--quick] [--remote] [--out DIR] [--systems a,b] [--cases s] [--rounds N] [--no-agent] [--shimmy PATH] [--replot DIR]
 package main
 
 import (
@@ -22,12 +22,16 @@ import (
 	"github.com/shimmy-dev/shimmy/fs"
 )
 
-const synopsis = "shimmy-bench [--quick] [--out DIR] [--systems a,b,...] [--cases s,...] [--rounds N] [--no-agent] [--replot DIR]"
+const synopsis = "shimmy-bench [--quick] [--remote] [--out DIR] [--systems a,b,...] [--cases s,...] [--rounds N] [--no-agent] [--shimmy PATH] [--replot DIR]"
 
 const notes = `
 The data-file cases run against an agent that this command starts on a
 temporary mount (root and /dev/fuse needed); --no-agent skips them.
-Install the peers first: make bench-deps.`
+--remote runs the remote cases instead: publisher and subscriber on two
+hosts (network namespaces joined by veth; root, unshare, nsenter, ip),
+Shimmy's mirror between two real shimmy agents (--shimmy, default the
+shimmy beside this binary) against TCP, NATS and Mosquitto across the
+same link. Install the peers first: make bench-deps.`
 
 const example = "make bench-deps && shimmy-bench --quick"
 
@@ -55,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	noAgent := fl.Bool("no-agent", false, "skip the data-file cases (no FUSE mount)")
 	replot := fl.String("replot", "", "redraw the plots and results.md of this results directory from its results.json, and run nothing")
 	rounds := fl.Int("rounds", 1, "run every system this many times, interleaved, and report each case's median round")
+	remote := fl.Bool("remote", false, "run the remote cases (two hosts joined by veth) instead of the local ones")
+	shimmy := fl.String("shimmy", "", "with --remote: the shimmy binary the hosts' agents run (default: shimmy beside this binary, else in PATH)")
 	err := fl.Parse(args)
 	if err == nil && fl.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fl.Arg(0))
@@ -73,14 +79,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *replot != "" {
 		err = harness.Replot(*replot)
 	} else {
-		opts := harness.Options{Quick: *quick, OutDir: *out, Progress: stderr, Rounds: *rounds}
+		opts := harness.Options{Quick: *quick, OutDir: *out, Progress: stderr, Rounds: *rounds, Remote: *remote, Shimmy: *shimmy}
 		if *systems != "" {
 			opts.Systems = strings.Split(*systems, ",")
 		}
 		if *cases != "" {
 			opts.Cases = strings.Split(*cases, ",")
 		}
-		if !*noAgent {
+		if !*noAgent && !*remote {
 			opts.Agent = harness.InProcessAgent(fs.FrontEnd(fs.MountOptions{AllowOther: true}))
 		}
 		err = harness.Run(ctx, opts)

@@ -34,7 +34,7 @@ func TestHelp(t *testing.T) {
 		if code != 0 || errOut != "" {
 			t.Errorf("%s: code %d, stderr %q", h, code, errOut)
 		}
-		for _, want := range []string{"Usage:\n  shimmy-bench", "--quick", "--systems", "--no-agent", "--replot", "Example:"} {
+		for _, want := range []string{"Usage:\n  shimmy-bench", "--quick", "--remote", "--shimmy", "--systems", "--no-agent", "--replot", "Example:"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s: help lacks %q:\n%s", h, want, out)
 			}

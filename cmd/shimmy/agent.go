@@ -76,6 +76,7 @@ needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).`,
 	fl.StringVar(&cfg.Mirror.Listen, "mirror-listen", "", "mirror: address to accept peers' links on, host:port (unset: dial only)")
 	fl.StringVar(&cfg.Mirror.Advertise, "mirror-advertise", "", "mirror, with --kubernetes: the host:port peers dial, reported as the node's mirrorAddress (default --mirror-listen, which must then name a host)")
 	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
+	fl.StringVar(&cfg.CPUProfile, "cpu-profile", "", "write a CPU profile of the agent's run to this file (go tool pprof), for profiling")
 	kube := addKubeFlags(fl, e)
 	_, err := parse(fl, e, args, 0, 0)
 	if err != nil {

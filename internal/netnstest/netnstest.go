@@ -15,52 +15,40 @@ package netnstest
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/shimmy-dev/shimmy/internal/nethost"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
-// Subnet is the /24 the hosts' addresses come from: host i (from 0) is
-// Subnet.(i+1). Every Network has its own switch, so that networks of
-// concurrent tests never meet.
-const Subnet = "10.77.0"
+// Subnet is the /24 the hosts' addresses come from (nethost.Subnet).
+const Subnet = nethost.Subnet
 
 // Network is a set of hosts on one switch.
 type Network struct {
 	t     testing.TB
-	sw    *holder
+	n     *nethost.Network
 	hosts map[string]*Host
 }
 
-// Host is one host of a Network.
+// Host is one host of a Network: a nethost.Host (Name, IP, Addr, Path,
+// MountInfo, Command) with test helpers.
 type Host struct {
-	Name string
-	// IP is the host's address on the switch (its eth0).
-	IP   string
-	n    *Network
-	h    *holder
-	port string // the switch's end of the host's veth pair
+	*nethost.Host
+	n *Network
 }
 
 // Need skips t unless this machine can make the hosts: root and the tools
 // (unshare, nsenter, ip). Tools for faults are checked when used.
 func Need(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network namespaces need root")
-	}
-	for _, tool := range []string{"unshare", "nsenter", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is missing (util-linux, iproute2): %v", tool, err)
-		}
+	if err := nethost.Check(); err != nil {
+		t.Skip(err)
 	}
 }
 
@@ -69,22 +57,16 @@ func Need(t testing.TB) {
 func New(t testing.TB, names ...string) *Network {
 	t.Helper()
 	Need(t)
-	n := &Network{t: t, hosts: map[string]*Host{}}
-	n.sw = newHolder(t, "switch", []string{"--net"}, "ip link set lo up && ip link add br0 type bridge && ip link set br0 up")
-	for i, name := range names {
-		if _, dup := n.hosts[name]; dup {
-			t.Fatalf("netnstest: host %q twice", name)
-		}
-		h := &Host{Name: name, IP: fmt.Sprintf("%s.%d", Subnet, i+1), n: n, port: fmt.Sprintf("p%d", i)}
-		// A private mount tree (nothing propagates back to the test's),
-		// and a /dev/shm of its own.
-		h.h = newHolder(t, name, []string{"--net", "--mount", "--ipc", "--propagation", "private"},
-			"mount -t tmpfs -o mode=1777 shm /dev/shm && ip link set lo up")
-		n.sw.run(t, "ip", "link", "add", h.port, "type", "veth", "peer", "name", "eth0", "netns", strconv.Itoa(h.h.pid()))
-		n.sw.run(t, "ip", "link", "set", h.port, "master", "br0", "up")
-		h.h.run(t, "ip", "addr", "add", h.IP+"/24", "dev", "eth0")
-		h.h.run(t, "ip", "link", "set", "eth0", "up")
-		n.hosts[name] = h
+	nn, err := nethost.New(names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered first, so run last: after the processes started in the
+	// hosts are killed.
+	t.Cleanup(nn.Close)
+	n := &Network{t: t, n: nn, hosts: map[string]*Host{}}
+	for _, name := range names {
+		n.hosts[name] = &Host{Host: nn.Host(name), n: n}
 	}
 	return n
 }
@@ -98,29 +80,15 @@ func (n *Network) Host(name string) *Host {
 	return h
 }
 
-// Addr is ip:port of the host.
-func (h *Host) Addr(port int) string { return fmt.Sprintf("%s:%d", h.IP, port) }
-
-// Path is p as the host's processes see it (through /proc/PID/root of the
-// process holding its namespaces): the test reads and writes the files of
-// the host's own mounts, such as an agent's, through it.
-func (h *Host) Path(p string) string {
-	return filepath.Join("/proc", strconv.Itoa(h.h.pid()), "root", p)
-}
-
-// MountInfo is the path of the host's mountinfo (proc(5)).
-func (h *Host) MountInfo() string {
-	return filepath.Join("/proc", strconv.Itoa(h.h.pid()), "mountinfo")
-}
-
-// Command returns a command that runs inside the host's namespaces.
-func (h *Host) Command(name string, args ...string) *exec.Cmd { return h.h.command(name, args...) }
-
 // Run runs a command in the host to completion and returns its combined
 // output, failing t if it fails.
 func (h *Host) Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	return h.h.run(t, name, args...)
+	out, err := h.Host.Run(name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // Start starts a command in the host; it is killed at cleanup if it still
@@ -135,13 +103,13 @@ func (h *Host) Start(t testing.TB, name string, args ...string) *Proc {
 // both ends until they time out). LinkUp restores it.
 func (h *Host) LinkDown(t testing.TB) {
 	t.Helper()
-	h.n.sw.run(t, "ip", "link", "set", h.port, "down")
+	h.n.switchRun(t, "ip", "link", "set", h.Port(), "down")
 }
 
 // LinkUp brings the host's port on the switch back up.
 func (h *Host) LinkUp(t testing.TB) {
 	t.Helper()
-	h.n.sw.run(t, "ip", "link", "set", h.port, "up")
+	h.n.switchRun(t, "ip", "link", "set", h.Port(), "up")
 }
 
 // DropShare makes the host drop percent of the packets it sends or
@@ -204,41 +172,11 @@ func needTool(t testing.TB, tool, pkg string) {
 	}
 }
 
-// holder is the process whose namespaces a host (or the switch) is.
-type holder struct {
-	name string
-	p    *Proc
-}
-
-// newHolder starts unshare with flags, runs setup inside, and keeps the
-// namespaces until cleanup.
-func newHolder(t testing.TB, name string, flags []string, setup string) *holder {
+func (n *Network) switchRun(t testing.TB, name string, args ...string) {
 	t.Helper()
-	args := append(flags, "--", "sh", "-c", setup+" && echo ready && exec sleep infinity")
-	h := &holder{name: name, p: StartCmd(t, exec.Command("unshare", args...))}
-	h.p.WaitLine(t, "ready", 10*time.Second)
-	return h
-}
-
-func (h *holder) pid() int { return h.p.Cmd.Process.Pid }
-
-func (h *holder) command(name string, args ...string) *exec.Cmd {
-	ns := []string{"-t", strconv.Itoa(h.pid()), "--net", "--mount", "--ipc", "--"}
-	if h.name == "switch" {
-		ns = []string{"-t", strconv.Itoa(h.pid()), "--net", "--"}
+	if _, err := n.n.Switch(name, args...); err != nil {
+		t.Fatal(err)
 	}
-	cmd := exec.Command("nsenter", append(ns, append([]string{name}, args...)...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
-}
-
-func (h *holder) run(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := h.command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("netnstest: %s: %s %s: %v\n%s", h.name, name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // Proc is a process a test started; it is killed at cleanup if it still
