@@ -320,3 +320,23 @@ func TestExampleWalkthrough(t *testing.T) {
 		t.Errorf("walkthrough on a plain directory: %v, %q", err, b)
 	}
 }
+
+// TestExamplePipeline runs the image pipeline as host processes
+// (examples/pipeline/host.sh: a camera, three workers on a stream channel,
+// a sink on a pubsub channel): every frame arrives once, intact, and the
+// script removes its channels.
+func TestExamplePipeline(t *testing.T) {
+	a := startAgent(t)
+	script, err := filepath.Abs("../../examples/pipeline/host.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := shRun(t, fmt.Sprintf("MOUNT=%s NS=pipe sh %s 500 0 3", a.mount, script))
+	want := "report run=1 frames=500 received=500 duplicates=0 missing=0 checksum_failures=0 "
+	if !strings.Contains(out, want) || !strings.Contains(out, " workers=3\n") {
+		t.Errorf("host.sh printed:\n%s\nwant %q and workers=3", out, want)
+	}
+	if _, err := os.Stat(filepath.Join(a.mount, "pipe")); !os.IsNotExist(err) {
+		t.Errorf("host.sh left its namespace behind: %v", err)
+	}
+}

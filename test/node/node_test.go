@@ -38,6 +38,7 @@ func TestNode(t *testing.T) {
 	t.Run("RunsPods", func(t *testing.T) { testRunsPods(t, c, n) })
 	t.Run("HostAgent", func(t *testing.T) { testHostAgent(t, c, n, mnt) })
 	t.Run("AgentDaemonSet", func(t *testing.T) { testAgentDaemonSet(t, c, n, mnt) })
+	t.Run("Pipeline", func(t *testing.T) { testPipeline(t, c, n, mnt) })
 }
 
 // testRunsPods: a pod bound to the node runs the client image's busybox
