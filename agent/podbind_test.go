@@ -156,3 +156,61 @@ func TestPodDirAcrossRestart(t *testing.T) {
 		t.Errorf("stats after both agents:\n%s\nwant %q", stats, want)
 	}
 }
+
+// TestPodDirFollowsNamespaces: every namespace, made or recovered, has its
+// directory in the pod directory, bound to the agent's mount; a removed
+// namespace's directory goes, and so does one whose namespace is gone from
+// the state directory when an agent starts.
+func TestPodDirFollowsNamespaces(t *testing.T) {
+	cfg := agenttest.Config(t, frontEnd)
+	cfg.PodDir = filepath.Join(t.TempDir(), "pods")
+	t.Cleanup(func() {
+		for _, ns := range []string{"a", "b", ""} {
+			for unix.Unmount(filepath.Join(cfg.PodDir, ns), unix.MNT_DETACH) == nil {
+			}
+		}
+	})
+	bound := func(want ...string) {
+		t.Helper()
+		eventually(t, 10*time.Second, func() error {
+			ents, err := os.ReadDir(cfg.PodDir)
+			if err != nil {
+				return err
+			}
+			var got []string
+			for _, e := range ents {
+				got = append(got, e.Name())
+			}
+			if strings.Join(got, " ") != strings.Join(want, " ") {
+				return fmt.Errorf("pod directory holds %q, want %q", got, want)
+			}
+			for _, ns := range want { // each one the live mount's namespace
+				if _, err := os.Stat(filepath.Join(cfg.PodDir, ns, ns+"-ch", "stats")); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	_, stop := agenttest.Start(t, cfg)
+	for _, ns := range []string{"a", "b"} {
+		if err := os.MkdirAll(filepath.Join(cfg.MountPoint, ns, ns+"-ch"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bound("a", "b")
+	for _, d := range []string{"b/b-ch", "b"} {
+		if err := os.Remove(filepath.Join(cfg.MountPoint, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bound("a")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(cfg.PodDir, "gone"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.Start(t, cfg) // recovers a and stacks on its dead bind
+	bound("a")
+}
