@@ -65,6 +65,10 @@ func TestNewValidates(t *testing.T) {
 		{"bad default capacity", func(c *agent.Config) { c.Defaults.Capacity = 3000 }},
 		{"reap slower than lease", func(c *agent.Config) { c.ReapInterval = 30 * time.Second }},
 		{"kubernetes without a node name", func(c *agent.Config) { c.Kubernetes = &agent.KubernetesConfig{Kubeconfig: "/k"} }},
+		{"relative pod directory", func(c *agent.Config) { c.PodDir = "run/pods" }},
+		{"pod directory inside the mount", func(c *agent.Config) { c.PodDir = c.MountPoint + "/pods" }},
+		{"mount inside the pod directory", func(c *agent.Config) { c.PodDir = filepath.Dir(c.MountPoint) }},
+		{"pod directory in the state directory", func(c *agent.Config) { c.PodDir = c.StateDir + "/pods" }},
 	} {
 		cfg := agent.DefaultConfig()
 		cfg.FrontEnd = frontEnd

@@ -45,8 +45,18 @@ channel of each SharedMemoryChannel that selects a pod bound to this node
 (--node-name, default $NODE_NAME), keeps its settings in step with the spec,
 removes it once no local pod selects it and it is idle, sets namespace
 quotas from the shimmy.io/quota annotation (or --default-quota), and
-reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
+reports this node in each channel's status.nodes. See docs/kubernetes.md.
+
+--pod-dir keeps, for each namespace, a bind of <mount>/<ns> at
+<pod-dir>/<ns>: the host path of pods' volumes (the admission webhook gives
+pods /run/shimmy-pods/<ns>). An agent that starts again covers those binds
+with its own, and the kernel carries that into running pods: files they open
+afterwards work, files open across the restart fail with ENOTCONN (reopen
+them), mmap clients never notice. A volume of <mount>/<ns> itself stays dead
+after a restart. On by default (`+agent.DefaultPodDir+`) only with
+--kubernetes; "off" disables it.`,
 		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug\n"+
+			"shimmy agent --pod-dir /run/shimmy-pods\n"+
 			"shimmy agent --mirror-plan /etc/shimmy/plan.yaml --mirror-tls-dir /etc/shimmy/tls --mirror-listen 10.0.0.1:7470\n"+
 			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'")
 	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
@@ -68,6 +78,7 @@ reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
 	fl.StringVar(&cfg.Mirror.TLSDir, "mirror-tls-dir", "", "mirror: this node's TLS directory, ca.crt, node.crt and node.key (shimmy certs node --out)")
 	fl.StringVar(&cfg.Mirror.Listen, "mirror-listen", "", "mirror: address to accept peers' links on, host:port (unset: dial only)")
 	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
+	podDir := fl.String("pod-dir", "", `pods' view of the namespaces, kept across agent restarts (`+agent.DefaultPodDir+` with --kubernetes, else none; "off": none)`)
 	kube := addKubeFlags(fl, e)
 	_, err := parse(fl, e, args, 0, 0)
 	if err != nil {
@@ -75,6 +86,13 @@ reports this node in each channel's status.nodes. See docs/kubernetes.md.`,
 	}
 	if cfg.Kubernetes, err = kube.kubernetes(); err != nil {
 		return cfg, mount, err
+	}
+	switch {
+	case *podDir == "off":
+	case *podDir != "":
+		cfg.PodDir = *podDir
+	case cfg.Kubernetes != nil:
+		cfg.PodDir = agent.DefaultPodDir
 	}
 	level, err := logrus.ParseLevel(*logLevel)
 	if err != nil {

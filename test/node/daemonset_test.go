@@ -24,17 +24,9 @@ import (
 // propagation and the wiring pod through HostToContainer, and the pod's
 // containers talk through mmap and the files as with an agent on the
 // host. Deleting the DaemonSet unmounts cleanly.
-func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
+func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
 	state := testenv.ShmDir(t, "k8snode-state-")
-	port := strconv.Itoa(k8stest.FreePort(t))
-
-	// The manifests as users apply them, but for the host paths (this
-	// test's node, not the machine's /run/shimmy) and the health port
-	// (tests run in parallel on one host network).
-	manifest := kustomize(t, c, "deploy",
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
-		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", port)
+	manifest := deployManifest(t, c, mnt, pods, state)
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -45,10 +37,14 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
 	t.Log("the agent's mount is on the host")
 
-	if err := os.MkdirAll(filepath.Join(mnt, "default", "pod"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, ch := range []string{"pod", "restart"} {
+		if err := os.MkdirAll(filepath.Join(mnt, "default", ch), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	checkWiring(t, c, n, mnt, "pod")
+	waitBound(t, pods, "restart")
+	checkWiring(t, c, n, mnt, pods, "pod")
+	checkAcrossRestart(t, c, n, pods, "restart-daemonset", func() { restartAgentPod(t, c) })
 	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
 	}
@@ -69,6 +65,17 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 		return nil
 	})
 	checkUnmounted(t, mnt)
+}
+
+// deployManifest is deploy/ as users apply it, but for the host paths
+// (this test's node, not the machine's /run/shimmy) and the health port
+// (tests run in parallel on one host network).
+func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) string {
+	return kustomize(t, c, "deploy",
+		"path: /run/shimmy\n", "path: "+mnt+"\n",
+		"path: /run/shimmy-pods\n", "path: "+pods+"\n",
+		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
+		"9477", strconv.Itoa(k8stest.FreePort(t)))
 }
 
 // kustomize renders a kustomization of the repository (kubectl kustomize),

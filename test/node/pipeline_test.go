@@ -44,9 +44,9 @@ const (
 //   - the same run at full speed in pods and as host processes (host.sh),
 //     logged side by side;
 //   - everything deleted, no channel and no mount is left.
-func testPipeline(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
-	mntOf = mnt
-	installShimmy(t, c, n, mnt)
+func testPipeline(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
+	mntOf = pods
+	installShimmy(t, c, n, mnt, pods)
 	cs := c.Clientset(t)
 	p := &pipeline{t: t, c: c, n: n, cs: cs, dir: filepath.Join(mnt, visionNS)}
 	p.apply()
@@ -236,7 +236,6 @@ func (p *pipeline) checkConsoleSaw(r report) {
 // memory, not the mount.
 func (p *pipeline) agentRestartDuring(id, frames int, fps float64) {
 	t := p.t
-	old := agentPod(t, p.cs)
 	p.send(id, frames, fps)
 	camera := p.pod("camera")
 	wait.Eventually(t, time.Minute, func() error {
@@ -245,21 +244,7 @@ func (p *pipeline) agentRestartDuring(id, frames int, fps float64) {
 		}
 		return nil
 	})
-	time.Sleep(time.Second) // a second of frames before the restart, one after the run starts
-	t.Logf("deleting the agent's pod %s", old.Name)
-	if _, err := p.c.Kubectl("", "-n", "shimmy-system", "delete", "pod", old.Name, "--wait=false"); err != nil {
-		t.Fatal(err)
-	}
-	wait.Eventually(t, PodTimeout, func() error {
-		pod := agentPod(t, p.cs)
-		if pod.UID == old.UID {
-			return fmt.Errorf("the agent's pod is still %s", old.Name)
-		}
-		if !podReady(pod) {
-			return fmt.Errorf("the new agent's pod %s is not ready: %s", pod.Name, podStatus(pod))
-		}
-		return nil
-	})
+	restartAgentPod(t, p.c)
 	t.Log("the DaemonSet's new agent pod is ready")
 	sink := p.pod("sink")
 	if r, err := findReport(p.n.Logs(t, visionNS, sink.Name, "sink"), id); err == nil {
@@ -267,35 +252,6 @@ func (p *pipeline) agentRestartDuring(id, frames int, fps float64) {
 	}
 	r := p.report(id, time.Duration(float64(frames)/fps*float64(time.Second))+PodTimeout)
 	p.checkExactlyOnce(r, frames)
-}
-
-// agentPod returns the agent's pod (the DaemonSet's only one).
-func agentPod(t *testing.T, cs kubernetes.Interface) *corev1.Pod {
-	t.Helper()
-	var pod *corev1.Pod
-	wait.Eventually(t, PodTimeout, func() error {
-		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=shimmy-agent"})
-		if err != nil {
-			return err
-		}
-		for i := range pods.Items {
-			if pods.Items[i].DeletionTimestamp == nil {
-				pod = &pods.Items[i]
-				return nil
-			}
-		}
-		return fmt.Errorf("no agent pod (of %d)", len(pods.Items))
-	})
-	return pod
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // compareWithHost runs the same full-speed run in the pods and as host
@@ -407,13 +363,8 @@ func overlayPods(t *testing.T, manifest string, change func(*corev1.PodSpec)) st
 
 // installShimmy installs deploy/ for the pipeline and removes it at the
 // end of the test, checking that the agent's mount went with it.
-func installShimmy(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
-	state := testenv.ShmDir(t, "k8snode-state-")
-	port := strconv.Itoa(k8stest.FreePort(t))
-	manifest := kustomize(t, c, "deploy",
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
-		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", port)
+func installShimmy(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
+	manifest := deployManifest(t, c, mnt, pods, testenv.ShmDir(t, "k8snode-state-"))
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -443,6 +394,12 @@ func installShimmy(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string
 	}
 	if err := os.MkdirAll(filepath.Join(mnt, "other", "notes"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	for _, ch := range []string{"other/notes", "vision/frames"} {
+		wait.Eventually(t, time.Minute, func() error {
+			_, err := os.Stat(filepath.Join(pods, ch, "stats"))
+			return err
+		})
 	}
 }
 
