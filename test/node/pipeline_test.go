@@ -92,10 +92,8 @@ func (p *pipeline) apply() {
 		t.Fatal(err)
 	}
 	t.Log("applied examples/pipeline, waiting for its rollout")
-	for _, d := range []string{"camera", "worker", "sink", "console"} {
-		if _, err := p.c.Kubectl("", "-n", visionNS, "rollout", "status", "deployment/"+d, "--timeout", PodTimeout.String()); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := p.c.Kubectl("", "-n", visionNS, "wait", "--for=condition=Available", "deployment", "--all", "--timeout", PodTimeout.String()); err != nil {
+		t.Fatal(err)
 	}
 }
 
