@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +25,10 @@ import (
 // host. Deleting the DaemonSet unmounts cleanly.
 func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
 	state := testenv.ShmDir(t, "k8snode-state-")
+	// The manifests as users apply them, but for the host paths (this
+	// test's node, not the machine's /run/shimmy), the health port
+	// (tests run in parallel on one host network) and what this node
+	// lacks (testOverlay).
 	manifest := deployManifest(t, c, mnt, pods, state)
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -36,6 +39,7 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	}
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
 	t.Log("the agent's mount is on the host")
+	waitController(t, c)
 
 	for _, ch := range []string{"pod", "restart"} {
 		if err := os.MkdirAll(filepath.Join(mnt, "default", ch), 0o755); err != nil {
@@ -44,6 +48,7 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	}
 	waitBound(t, pods, "restart")
 	checkWiring(t, c, n, mnt, pods, "pod")
+	checkWebhook(t, c, n, mnt)
 	checkAcrossRestart(t, c, n, pods, "restart-daemonset", func() { restartAgentPod(t, c) })
 	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
@@ -67,22 +72,15 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	checkUnmounted(t, mnt)
 }
 
-// deployManifest is deploy/ as users apply it, but for the host paths
-// (this test's node, not the machine's /run/shimmy) and the health port
-// (tests run in parallel on one host network).
-func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) string {
-	return kustomize(t, c, "deploy",
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
-		"path: /run/shimmy-pods\n", "path: "+pods+"\n",
-		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", strconv.Itoa(k8stest.FreePort(t)))
-}
-
-// kustomize renders a kustomization of the repository (kubectl kustomize),
+// kustomize renders a kustomization (kubectl kustomize; a relative dir is
+// the repository's),
 // replacing each old string (which must occur) with its new one.
 func kustomize(t *testing.T, c *k8stest.Cluster, dir string, oldnew ...string) string {
 	t.Helper()
-	s, err := c.Kubectl("", "kustomize", filepath.Join(k8stest.RepoRoot(t), dir))
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(k8stest.RepoRoot(t), dir)
+	}
+	s, err := c.Kubectl("", "kustomize", dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,8 +45,7 @@ const (
 //     logged side by side;
 //   - everything deleted, no channel and no mount is left.
 func testPipeline(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
-	mntOf = pods
-	installShimmy(t, c, n, mnt, pods)
+	installShimmy(t, c, mnt, pods)
 	cs := c.Clientset(t)
 	p := &pipeline{t: t, c: c, n: n, cs: cs, dir: filepath.Join(mnt, visionNS)}
 	p.apply()
@@ -86,7 +85,6 @@ func (p *pipeline) apply() {
 	t := p.t
 	manifest := overlayPods(t, kustomize(t, p.c, "examples/pipeline"), func(spec *corev1.PodSpec) {
 		spec.HostNetwork = true
-		wireByHand(spec, p.dir)
 	})
 	if _, err := p.c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -285,8 +283,10 @@ func (p *pipeline) delete() {
 		if err != nil && !os.IsNotExist(err) {
 			return err
 		}
-		if len(ents) > 0 {
-			return fmt.Errorf("%d channels left in %s", len(ents), p.dir)
+		for _, e := range ents {
+			if e.IsDir() {
+				return fmt.Errorf("channel %s left in %s", e.Name(), p.dir)
+			}
 		}
 		return nil
 	})
@@ -321,7 +321,7 @@ echo hello > "$SHIMMY_CHANNEL/pub" && echo published`
 	pod.Namespace = ns
 	pod.Labels = map[string]string{"app": "nosy"}
 	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
-	wireByHand(&pod.Spec, "")
+	waitWebhookSees(t, c, n, ns, "nosy")
 	create(t, c.Clientset(t), pod)
 	waitPhase(t, c.Clientset(t), ns, pod.Name, corev1.PodSucceeded)
 	out := n.Logs(t, ns, pod.Name, "main")
@@ -359,9 +359,9 @@ func overlayPods(t *testing.T, manifest string, change func(*corev1.PodSpec)) st
 	return strings.Join(docs, "\n---\n")
 }
 
-// installShimmy installs deploy/ for the pipeline and removes it at the
-// end of the test, checking that the agent's mount went with it.
-func installShimmy(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
+// installShimmy installs deploy/ (with the test overlay) and removes it
+// at the end of the test, checking that the agent's mount went with it.
+func installShimmy(t *testing.T, c *k8stest.Cluster, mnt, pods string) {
 	manifest := deployManifest(t, c, mnt, pods, testenv.ShmDir(t, "k8snode-state-"))
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -376,50 +376,5 @@ func installShimmy(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods 
 		t.Fatal(err)
 	}
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
-	// INTERIM until the agent runs --kubernetes: the channels by hand.
-	d := filepath.Join(mnt, visionNS)
-	for ch, ctl := range map[string]string{
-		"frames":  "type stream\ncapacity 4M\nmax_message 128K\n",
-		"results": "type pubsub\npolicy block\ncapacity 1M\n",
-		"control": "type pubsub\npolicy overwrite\ncapacity 64K\nmax_message 4K\n",
-	} {
-		if err := os.MkdirAll(filepath.Join(d, ch), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(d, ch, "ctl"), []byte(ctl), 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(mnt, "other", "notes"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range []string{"other/notes", "vision/frames"} {
-		wait.Eventually(t, time.Minute, func() error {
-			_, err := os.Stat(filepath.Join(pods, ch, "stats"))
-			return err
-		})
-	}
+	waitController(t, c)
 }
-
-// wireByHand is INTERIM until the webhook runs: what it injects.
-func wireByHand(spec *corev1.PodSpec, dir string) {
-	ns := visionNS
-	chans := []string{"frames", "results", "control"}
-	if dir == "" {
-		ns, chans = "other", []string{"notes"}
-	}
-	host := filepath.Join(mntOf, ns)
-	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "shimmy-channels", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: host}}})
-	for i := range spec.Containers {
-		ct := &spec.Containers[i]
-		ct.VolumeMounts = append(ct.VolumeMounts, corev1.VolumeMount{Name: "shimmy-channels", MountPath: "/run/shimmy/" + ns, MountPropagation: ptr(corev1.MountPropagationHostToContainer)})
-		for _, ch := range chans {
-			ct.Env = append(ct.Env, corev1.EnvVar{Name: "SHIMMY_CHANNEL_" + strings.ToUpper(ch), Value: "/run/shimmy/" + ns + "/" + ch})
-		}
-		if len(chans) == 1 {
-			ct.Env = append(ct.Env, corev1.EnvVar{Name: "SHIMMY_CHANNEL", Value: "/run/shimmy/" + ns + "/" + chans[0]})
-		}
-	}
-}
-
-var mntOf string
