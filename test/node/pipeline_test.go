@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/shimmy-dev/shimmy/internal/k8stest"
 	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/k8s/webhook"
 )
 
 // The pipeline's namespace and the frames of its runs: enough that every
@@ -92,6 +94,13 @@ func (p *pipeline) apply() {
 	t.Log("applied examples/pipeline, waiting for its rollout")
 	if _, err := p.c.Kubectl("", "-n", visionNS, "wait", "--for=condition=Available", "deployment", "--all", "--timeout", PodTimeout.String()); err != nil {
 		t.Fatal(err)
+	}
+	// The manifests name no volume: each pod has the webhook's.
+	for _, app := range []string{"camera", "worker", "sink", "console"} {
+		pod := p.pod(app)
+		if !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == webhook.VolumeName }) {
+			t.Errorf("pod %s has no volume %s: the webhook did not wire it", pod.Name, webhook.VolumeName)
+		}
 	}
 }
 
