@@ -39,7 +39,7 @@ i=1; while [ $i -le %[2]d ]; do
 done
 until echo end 2>/dev/null >%[1]s/pub; do sleep 0.05; done
 echo published; sleep 3600`, dir, restartMessages),
-		"mmap":  "mmap-sub",
+		"mmap": "mmap-sub",
 		// A read loop, not busybox's cat, which gets end of file at once
 		// from sub (docs/filesystem.md, "Reading").
 		"files": fmt.Sprintf(`while true; do while IFS= read -r l; do echo "$l"; done <%s/sub; echo reopen; sleep 0.05; done`, dir),
