@@ -28,8 +28,8 @@ const restartMessages = 600
 // message again until its open and write succeed (while no agent runs
 // they fail: the write of the message in flight when the agent stopped may
 // have reached the ring, so it may come twice); "mmap" subscribes through
-// the ring (mmap-sub), which no restart touches; "files" follows `cat sub`
-// and opens it again when its descriptor dies with the agent.
+// the ring (mmap-sub), which no restart touches; "files" follows sub with
+// a shell loop and opens it again when its descriptor dies with the agent.
 func restartScripts(dir string) map[string]string {
 	return map[string]string{
 		"pub": fmt.Sprintf(`until grep -q '^subscribers 2$' %[1]s/stats; do sleep 0.1; done
@@ -40,7 +40,11 @@ done
 until echo end 2>/dev/null >%[1]s/pub; do sleep 0.05; done
 echo published; sleep 3600`, dir, restartMessages),
 		"mmap":  "mmap-sub",
-		"files": fmt.Sprintf(`while true; do cat %s/sub; echo reopen; sleep 0.05; done`, dir),
+		// Not cat: busybox's uses sendfile, to which sub answers end of file.
+		"files": fmt.Sprintf(`while true; do
+  while IFS= read -r line; do echo "$line"; done <%s/sub
+  echo reopen; sleep 0.05
+done`, dir),
 	}
 }
 
