@@ -39,7 +39,7 @@ i=1; while [ $i -le %[2]d ]; do
 done
 until echo end 2>/dev/null >%[1]s/pub; do sleep 0.05; done
 echo published; sleep 3600`, dir, restartMessages),
-		"mmap":  "mmap-sub",
+		"mmap": "mmap-sub",
 		// Not cat: busybox's uses sendfile, to which sub answers end of file.
 		"files": fmt.Sprintf(`while true; do
   while IFS= read -r line; do echo "$line"; done <%s/sub
