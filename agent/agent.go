@@ -2,11 +2,11 @@
 // registry (which recovers the channels kept in the state directory), mounts
 // the front end it is given (Config.FrontEnd: the FUSE tree of package fs in
 // the node binary), runs the reaper (dead members, the heartbeat in every
-// ring), the mirror (when Config.Mirror names a plan file: channels kept in
-// step with other hosts) and the metrics server under one errgroup, and
-// has one shutdown path (unmount, or detach and abort the connection, via
-// package mountpoint). With Config.PodDir it keeps the pods' view of the
-// namespaces (podbind.go).
+// ring), the mirror (channels kept in step with other hosts, by a plan file
+// or by the Kubernetes controller's plans) and the metrics server under
+// one errgroup, and has one shutdown path (unmount, or detach and abort
+// the connection, via package mountpoint). With Config.PodDir it keeps the
+// pods' view of the namespaces (podbind.go).
 // It does not import fs: the binary that links the FUSE adapter hands it in.
 package agent
 
@@ -67,7 +67,7 @@ type Config struct {
 	Quota        *registry.Quota    // quota of new namespaces; nil: registry.DefaultQuota (docs/limits.md)
 	Log          logrus.FieldLogger // nil: logrus.StandardLogger(); each part adds its component field
 	ReapInterval time.Duration      // default 100ms: reaping and agent heartbeat period
-	Mirror       MirrorConfig       // channels kept in step with other hosts; off without a plan file
+	Mirror       MirrorConfig       // channels kept in step with other hosts; off without a plan file or Kubernetes
 	// Kubernetes, if set, runs the node reconciler (KubernetesConfig).
 	Kubernetes *KubernetesConfig
 	// PodDir, if set, is kept as the pods' view of the namespaces: a
@@ -153,7 +153,7 @@ func New(cfg Config) (*Agent, error) {
 	if lease := def.WithDefaults().Lease; cfg.ReapInterval >= lease {
 		return nil, fmt.Errorf("%w: reap interval %v must be shorter than the channel lease %v", ErrConfig, cfg.ReapInterval, lease)
 	}
-	if err := cfg.Mirror.check(); err != nil {
+	if err := cfg.Mirror.check(cfg.Kubernetes); err != nil {
 		return nil, err
 	}
 	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), done: make(chan struct{})}, nil
@@ -235,20 +235,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: recover channels: %w", err)
 	}
 	reg.Reap() // heartbeat at once, so clients see a live agent
-	var kube func(context.Context) error
-	if a.cfg.Kubernetes != nil {
-		if kube, err = a.kubernetesPart(reg); err != nil {
-			reg.Close()
-			return fmt.Errorf("agent: %w", err)
-		}
-	}
-	if a.cfg.Mirror.enabled() {
+	if a.cfg.Mirror.enabled(a.cfg.Kubernetes != nil) {
 		mp, err := newMirror(a.cfg.Mirror, reg, a.log)
 		if err != nil {
 			reg.Close()
 			return fmt.Errorf("agent: mirror: %w", err)
 		}
 		a.mirror.Store(mp)
+	}
+	var kube func(context.Context) error
+	if a.cfg.Kubernetes != nil {
+		if kube, err = a.kubernetesPart(reg, a.mirror.Load()); err != nil {
+			if mp := a.mirror.Load(); mp != nil {
+				mp.tr.Close()
+			}
+			reg.Close()
+			return fmt.Errorf("agent: %w", err)
+		}
 	}
 
 	var metrics net.Listener

@@ -26,9 +26,6 @@ type KubernetesConfig struct {
 	// DefaultQuota is the quota of a namespace without the shimmy.io/quota
 	// annotation; nil: the agent's Quota (registry.DefaultQuota if unset).
 	DefaultQuota *registry.Quota
-	// MirrorAddress is where this agent's mirror listens ("host:port"),
-	// reported in the status; "" when it has none.
-	MirrorAddress string
 	// Workers reconcile channels in parallel; default 2.
 	Workers int
 	// StatusInterval bounds how often one channel's status is written and
@@ -48,8 +45,9 @@ func (k *KubernetesConfig) validate() error {
 
 // kubernetesPart builds the node reconciler over reg: its clients come
 // from the kubeconfig (or the in-cluster configuration) now, its informers
-// start when the part runs.
-func (a *Agent) kubernetesPart(reg *registry.Registry) (func(context.Context) error, error) {
+// start when the part runs. With the mirror mp (nil: none) it reports
+// the mirror's address and applies the controller's plans to it.
+func (a *Agent) kubernetesPart(reg *registry.Registry, mp *mirrorPart) (func(context.Context) error, error) {
 	k := a.cfg.Kubernetes
 	rc, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
 	if err != nil {
@@ -67,10 +65,14 @@ func (a *Agent) kubernetesPart(reg *registry.Registry) (func(context.Context) er
 	if quota == nil {
 		quota = a.cfg.Quota
 	}
-	r, err := node.New(node.Options{
+	o := node.Options{
 		Node: k.NodeName, Kube: kube, Shimmy: shimmy, Registry: reg, Log: a.log,
-		DefaultQuota: quota, MirrorAddress: k.MirrorAddress, StatusInterval: k.StatusInterval,
-	})
+		DefaultQuota: quota, StatusInterval: k.StatusInterval,
+	}
+	if mp != nil {
+		o.Mirror, o.MirrorAddress = mp.m, a.cfg.Mirror.advertised(mp.m.Addr())
+	}
+	r, err := node.New(o)
 	if err != nil {
 		return nil, err
 	}

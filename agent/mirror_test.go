@@ -67,23 +67,39 @@ func TestMirrorConfigValidates(t *testing.T) {
 	writePlan(t, plan, planText("node-b"))
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	writePlan(t, bad, "peers: [{name: b}]\nshares: [{namespace: demo, channel: chat, peers: [c]}]\n")
+	kube := &agent.KubernetesConfig{NodeName: "node-a"}
 	for _, tc := range []struct {
 		name string
 		m    agent.MirrorConfig
+		kube *agent.KubernetesConfig
 		ok   bool
 	}{
-		{"off", agent.MirrorConfig{}, true},
-		{"on", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: "127.0.0.1:0"}, true},
-		{"dial only", agent.MirrorConfig{PlanFile: plan, TLSDir: tls}, true},
-		{"listen without plan", agent.MirrorConfig{Listen: "127.0.0.1:0", TLSDir: tls}, false},
-		{"no TLS directory", agent.MirrorConfig{PlanFile: plan}, false},
-		{"TLS directory without certificates", agent.MirrorConfig{PlanFile: plan, TLSDir: t.TempDir()}, false},
-		{"missing plan", agent.MirrorConfig{PlanFile: plan + ".nowhere", TLSDir: tls}, false},
-		{"invalid plan", agent.MirrorConfig{PlanFile: bad, TLSDir: tls}, false},
-		{"bad listen address", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: "7470"}, false},
+		{"off", agent.MirrorConfig{}, nil, true},
+		{"on", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: "127.0.0.1:0"}, nil, true},
+		{"dial only", agent.MirrorConfig{PlanFile: plan, TLSDir: tls}, nil, true},
+		{"listen without plan", agent.MirrorConfig{Listen: "127.0.0.1:0", TLSDir: tls}, nil, false},
+		{"no TLS directory", agent.MirrorConfig{PlanFile: plan}, nil, false},
+		{"TLS directory without certificates", agent.MirrorConfig{PlanFile: plan, TLSDir: t.TempDir()}, nil, false},
+		{"missing plan", agent.MirrorConfig{PlanFile: plan + ".nowhere", TLSDir: tls}, nil, false},
+		{"invalid plan", agent.MirrorConfig{PlanFile: bad, TLSDir: tls}, nil, false},
+		{"bad listen address", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: "7470"}, nil, false},
+		{"advertised address without Kubernetes", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: ":7470", Advertise: "10.0.0.1:7470"}, nil, false},
+		{"Kubernetes, mirror off", agent.MirrorConfig{}, kube, true},
+		{"Kubernetes", agent.MirrorConfig{TLSDir: tls, Listen: "127.0.0.1:0"}, kube, true},
+		{"Kubernetes, a host name", agent.MirrorConfig{TLSDir: tls, Listen: "localhost:7470"}, kube, true},
+		{"Kubernetes, wildcard and advertised", agent.MirrorConfig{TLSDir: tls, Listen: ":7470", Advertise: "10.0.0.1:7470"}, kube, true},
+		{"Kubernetes and a plan file", agent.MirrorConfig{PlanFile: plan, TLSDir: tls, Listen: "127.0.0.1:0"}, kube, false},
+		{"Kubernetes, dial only", agent.MirrorConfig{TLSDir: tls}, kube, false},
+		{"Kubernetes, wildcard listen", agent.MirrorConfig{TLSDir: tls, Listen: ":7470"}, kube, false},
+		{"Kubernetes, 0.0.0.0", agent.MirrorConfig{TLSDir: tls, Listen: "0.0.0.0:7470"}, kube, false},
+		{"Kubernetes, ::", agent.MirrorConfig{TLSDir: tls, Listen: "[::]:7470"}, kube, false},
+		{"Kubernetes, wildcard advertised", agent.MirrorConfig{TLSDir: tls, Listen: ":7470", Advertise: "0.0.0.0:7470"}, kube, false},
+		{"Kubernetes, advertised port 0", agent.MirrorConfig{TLSDir: tls, Listen: ":0", Advertise: "10.0.0.1:0"}, kube, false},
+		{"Kubernetes, advertised without port", agent.MirrorConfig{TLSDir: tls, Listen: ":7470", Advertise: "10.0.0.1"}, kube, false},
+		{"Kubernetes, certificate of another node", agent.MirrorConfig{TLSDir: nodeDir(t, "node-b"), Listen: "127.0.0.1:0"}, kube, false},
 	} {
 		cfg := agenttest.Config(t, frontEnd)
-		cfg.Mirror = tc.m
+		cfg.Mirror, cfg.Kubernetes = tc.m, tc.kube
 		_, err := agent.New(cfg)
 		if tc.ok && err != nil || !tc.ok && !errors.Is(err, agent.ErrConfig) {
 			t.Errorf("%s: New: %v (want ok=%v, else ErrConfig)", tc.name, err, tc.ok)

@@ -422,7 +422,8 @@ func (ex *exporter) lag() uint64 {
 }
 
 // close ends the flow once its goroutine and the session's control loop
-// are done with it; a block slot is kept for Hold.
+// are done with it; a block slot is kept for Hold while the plan still
+// shares the channel with the peer.
 func (ex *exporter) close() {
 	if ex.rd != nil {
 		ex.rd.Close()
@@ -439,6 +440,7 @@ func (ex *exporter) close() {
 		acked := ex.acked
 		ex.mu.Unlock()
 		ex.s.p.m.parkHold(holdKey{ex.s.p.cfg.ID(), ex.key}, &hold{sub: ex.hold, h: ex.h, ext: acked, epoch: ex.epoch})
+		ex.s.p.m.releaseUnshared()
 		return
 	}
 	ex.h.Close()

@@ -43,6 +43,7 @@ func (m *Mirror) run(ctx context.Context) error {
 	}
 	for {
 		m.reconcile(ctx, &wg)
+		m.releaseUnshared()
 		select {
 		case <-ctx.Done():
 			m.mu.Lock()
@@ -200,6 +201,7 @@ func (p *peer) run(ctx context.Context) {
 	defer p.closeImporters()
 	backoff := p.m.o.MinBackoff
 	for ctx.Err() == nil {
+		p.closeUnshared()
 		p.state.Store(StateConnecting)
 		c, err := p.connect(ctx)
 		if err == nil {

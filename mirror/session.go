@@ -401,6 +401,7 @@ func (s *session) ticker() error {
 // subscribeAll sends a Sub for every shared channel (and stream queue)
 // that has no open flow.
 func (s *session) subscribeAll() error {
+	s.p.closeUnshared()
 	for _, sh := range s.p.getShares() {
 		for q := 0; q < 2; q++ {
 			k := chanKey{NS: sh[0], Ch: sh[1], Q: q}

@@ -46,6 +46,12 @@ channel of each SharedMemoryChannel that selects a pod bound to this node
 removes it once no local pod selects it and it is idle, sets namespace
 quotas from the shimmy.io/quota annotation (or --default-quota), and
 reports this node in each channel's status.nodes. See docs/kubernetes.md.
+With --kubernetes and --mirror-tls-dir (no --mirror-plan: refused), the
+mirror follows the controller's plans instead (each channel's
+status.mirror): the node's certificate must carry its node name (shimmy
+certs node --name <node>), --mirror-listen is required, and the node
+reports the address peers dial as its mirrorAddress: --mirror-advertise,
+needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).
 
 --pod-dir keeps, for each namespace, a bind of <mount>/<ns> at
 <pod-dir>/<ns>: the host path of pods' volumes (the admission webhook gives
@@ -58,7 +64,8 @@ after a restart. On by default (`+agent.DefaultPodDir+`) only with
 		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug\n"+
 			"shimmy agent --pod-dir /run/shimmy-pods\n"+
 			"shimmy agent --mirror-plan /etc/shimmy/plan.yaml --mirror-tls-dir /etc/shimmy/tls --mirror-listen 10.0.0.1:7470\n"+
-			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'")
+			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'\n"+
+			"NODE_NAME=node-a shimmy agent --kubernetes --mirror-tls-dir /etc/shimmy/tls --mirror-listen :7470 --mirror-advertise 10.0.0.1:7470")
 	fl.StringVar(&cfg.MountPoint, "mount", cfg.MountPoint, "mount point of the channel filesystem")
 	fl.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the rings' shared memory (a tmpfs)")
 	fl.StringVar(&cfg.MetricsAddr, "metrics", cfg.MetricsAddr, fmt.Sprintf("address of the /metrics and /healthz HTTP server (%q disables it)", agent.MetricsOff))
@@ -77,6 +84,7 @@ after a restart. On by default (`+agent.DefaultPodDir+`) only with
 	fl.StringVar(&cfg.Mirror.PlanFile, "mirror-plan", "", "mirror: plan file of peers and shared channels (docs/remote.md); reloaded when it changes and on SIGHUP; unset: no mirror")
 	fl.StringVar(&cfg.Mirror.TLSDir, "mirror-tls-dir", "", "mirror: this node's TLS directory, ca.crt, node.crt and node.key (shimmy certs node --out)")
 	fl.StringVar(&cfg.Mirror.Listen, "mirror-listen", "", "mirror: address to accept peers' links on, host:port (unset: dial only)")
+	fl.StringVar(&cfg.Mirror.Advertise, "mirror-advertise", "", "mirror, with --kubernetes: the host:port peers dial, reported as the node's mirrorAddress (default --mirror-listen, which must then name a host)")
 	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
 	podDir := fl.String("pod-dir", "", `pods' view of the namespaces, kept across agent restarts (`+agent.DefaultPodDir+` with --kubernetes, else none; "off": none)`)
 	kube := addKubeFlags(fl, e)

@@ -75,4 +75,12 @@ func TestAgentMirrorFlags(t *testing.T) {
 	if cfg, _, _ := agentFlags(e, nil); cfg.Mirror != (agent.MirrorConfig{}) {
 		t.Errorf("the mirror is on by default: %+v", cfg.Mirror)
 	}
+	cfg, _, err = agentFlags(e, []string{"--kubernetes", "--node-name", "node-a", "--mirror-tls-dir", "/etc/tls", "--mirror-listen", ":7470", "--mirror-advertise", "10.0.0.1:7470"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = agent.MirrorConfig{TLSDir: "/etc/tls", Listen: ":7470", Advertise: "10.0.0.1:7470"}
+	if cfg.Mirror != want || cfg.Kubernetes == nil || cfg.Kubernetes.NodeName != "node-a" {
+		t.Errorf("mirror config %+v, kubernetes %+v, want %+v for node-a", cfg.Mirror, cfg.Kubernetes, want)
+	}
 }

@@ -5,7 +5,9 @@
 // local pod selects it and it is idle; a namespace's quota follows its
 // QuotaAnnotation. It changes and removes only the channels it created
 // (registry owner Owner), and writes this node's entry of each channel's
-// status.nodes. It talks to the registry's API only.
+// status.nodes. With Options.Mirror it also turns the controller's
+// mirroring plans (each channel's status.mirror) into the node's
+// mirror.Plan (PlanFor). It talks to the registry's API only.
 package node
 
 import (
@@ -35,6 +37,7 @@ import (
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
 	"github.com/shimmy-dev/shimmy/k8s/client/informers/externalversions"
 	listers "github.com/shimmy-dev/shimmy/k8s/client/listers/shimmy/v1alpha1"
+	"github.com/shimmy-dev/shimmy/mirror"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -52,9 +55,16 @@ type Options struct {
 	// and the base of the keys an annotation leaves out; nil:
 	// registry.DefaultQuota.
 	DefaultQuota *registry.Quota
-	// MirrorAddress is the "host:port" this node's mirror listens on, for
-	// the status; "" when the agent has no mirror.
+	// MirrorAddress is the "host:port" peers dial to reach this node's
+	// mirror, for the status; "" when the agent has no mirror.
 	MirrorAddress string
+	// Mirror, if set, follows the node's plan (PlanFor) as the channels'
+	// status.mirror changes; nil: the reconciler applies no plan.
+	Mirror Mirror
+	// MirrorDebounce is how long changes of the channels' plans are
+	// gathered before the node's plan is applied; default
+	// DefaultMirrorDebounce.
+	MirrorDebounce time.Duration
 	// IdlePoll is how often a channel that should go, or change, but is
 	// in use is looked at again; default 2s.
 	IdlePoll time.Duration
@@ -87,6 +97,9 @@ type Reconciler struct {
 	// namespace) whose quota to sync.
 	queue  workqueue.TypedRateLimitingInterface[cache.ObjectName]
 	status *statusWriter
+
+	pmu     sync.Mutex
+	applied *mirror.Plan // the plan last applied to o.Mirror
 }
 
 // New builds a Reconciler; Run starts it.
@@ -99,6 +112,9 @@ func New(o Options) (*Reconciler, error) {
 	}
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = 2 * time.Second
+	}
+	if o.MirrorDebounce <= 0 {
+		o.MirrorDebounce = DefaultMirrorDebounce
 	}
 	var log logrus.FieldLogger = logrus.StandardLogger()
 	if o.Log != nil {
@@ -136,7 +152,14 @@ func New(o Options) (*Reconciler, error) {
 	}
 	onPod := func(obj any) { r.enqueueNamespace(obj) }
 	if _, err := chans.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: onChannel, UpdateFunc: func(_, o any) { onChannel(o) }, DeleteFunc: onChannel,
+		AddFunc: func(o any) { onChannel(o); r.enqueuePlan() },
+		UpdateFunc: func(old, o any) {
+			onChannel(o)
+			if mirrorChanged(old, o) {
+				r.enqueuePlan()
+			}
+		},
+		DeleteFunc: func(o any) { onChannel(o); r.enqueuePlan() },
 	}); err != nil {
 		return nil, fmt.Errorf("node: channel informer: %w", err)
 	}
@@ -283,6 +306,9 @@ func (r *Reconciler) onRegistryEvent(e registry.Event) {
 // step. retry asks to look again later without counting a failure (a
 // channel waiting to be idle).
 func (r *Reconciler) reconcile(key cache.ObjectName) (retry bool, err error) {
+	if key == planKey {
+		return false, r.syncMirror()
+	}
 	if key.Namespace == "" {
 		return false, r.syncQuota(key.Name)
 	}

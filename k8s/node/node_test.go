@@ -36,8 +36,9 @@ type env struct {
 }
 
 // start runs a control plane with the CRD, a registry in tmpfs and a
-// reconciler for node-a until the test ends.
-func start(t *testing.T) env {
+// reconciler for node-a, its options changed by tune (if any), until the
+// test ends.
+func start(t *testing.T, tune ...func(*Options)) env {
 	c := k8stest.Start(t)
 	c.Apply(t, "deploy/crd")
 	shimmy, err := versioned.NewForConfig(c.Config)
@@ -52,7 +53,11 @@ func start(t *testing.T) env {
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.DebugLevel)
 	e := env{log: hook, kube: c.Clientset(t), shimmy: shimmy, reg: reg}
-	r, err := New(Options{Node: node, Kube: e.kube, Shimmy: shimmy, Registry: reg, Log: log, IdlePoll: 100 * time.Millisecond})
+	o := Options{Node: node, Kube: e.kube, Shimmy: shimmy, Registry: reg, Log: log, IdlePoll: 100 * time.Millisecond}
+	for _, f := range tune {
+		f(&o)
+	}
+	r, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

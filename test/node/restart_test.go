@@ -29,7 +29,7 @@ const restartMessages = 600
 // they fail: the write of the message in flight when the agent stopped may
 // have reached the ring, so it may come twice); "mmap" subscribes through
 // the ring (mmap-sub), which no restart touches; "files" follows sub with
-// a read loop and opens it again when its descriptor dies with the agent.
+// a shell loop and opens it again when its descriptor dies with the agent.
 func restartScripts(dir string) map[string]string {
 	return map[string]string{
 		"pub": fmt.Sprintf(`until grep -q '^subscribers 2$' %[1]s/stats; do sleep 0.1; done
@@ -40,9 +40,11 @@ done
 until echo end 2>/dev/null >%[1]s/pub; do sleep 0.05; done
 echo published; sleep 3600`, dir, restartMessages),
 		"mmap": "mmap-sub",
-		// A read loop, not busybox's cat, which gets end of file at once
-		// from sub (docs/filesystem.md, "Reading").
-		"files": fmt.Sprintf(`while true; do while IFS= read -r l; do echo "$l"; done <%s/sub; echo reopen; sleep 0.05; done`, dir),
+		// Not cat: busybox's uses sendfile, to which sub answers end of file.
+		"files": fmt.Sprintf(`while true; do
+  while IFS= read -r line; do echo "$line"; done <%s/sub
+  echo reopen; sleep 0.05
+done`, dir),
 	}
 }
 

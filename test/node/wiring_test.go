@@ -41,6 +41,10 @@ func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods 
 		return []string{"agent", "--mount", mnt, "--state-dir", state, "--pod-dir", pods,
 			"--metrics", "127.0.0.1:" + strconv.Itoa(k8stest.FreePort(t))}
 	}
+	// After the agents (cleanups run last first): a crashed agent's dead
+	// mount would keep the next agent pod from starting (the kubelet
+	// stats its volume's host path).
+	t.Cleanup(func() { mountpoint.CleanStale(mnt) })
 	crash := startCrashable(t, n.Dir, "agent", bin, args()...)
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
 
