@@ -60,7 +60,7 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	}
 	cs := c.Clientset(t)
 	wait.Eventually(t, PodTimeout, func() error {
-		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{})
+		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=shimmy-agent"})
 		if err != nil {
 			return err
 		}
