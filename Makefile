@@ -7,7 +7,7 @@ STATE_DIR ?= /dev/shm/shimmy
 # The race detector slows the multi-process tests; give them room.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: build run test vet verbs k8s-bins images node-images codegen bench bench-scale bench-deps bench-full fuzz clean
+.PHONY: build run test test-node vet verbs k8s-bins images node-images codegen bench bench-scale bench-deps bench-full fuzz clean
 
 # The node binary (agent + CLI) and the benchmark against brokers, which
 # is kept out of it so that the node links no broker client.
@@ -28,8 +28,16 @@ vet:
 # rest built from the tool module hack/k8s-bins, and test/node runs the
 # images; building them first keeps a cold build (minutes) out of the tests'
 # timeout. A warm cache (.cache/k8s-bins, Go's build cache) returns at once.
-test: vet verbs k8s-bins node-images
-	$(GO) test $(TEST_FLAGS) ./...
+# test/node (a real node running deploy/ and examples/pipeline) runs last,
+# alone, in test-node: it needs the machine's two cores to itself.
+test: vet verbs k8s-bins
+	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v '/test/node$$')
+	$(MAKE) --no-print-directory test-node
+
+# The node end-to-end test alone (it skips, saying why, without root,
+# containerd, runc or busybox-static).
+test-node: k8s-bins node-images
+	$(GO) test $(TEST_FLAGS) -v ./test/node/
 
 k8s-bins:
 	hack/k8s-bins/build.sh >/dev/null

@@ -5,7 +5,8 @@
 // ring), the mirror (channels kept in step with other hosts, by a plan file
 // or by the Kubernetes controller's plans) and the metrics server under
 // one errgroup, and has one shutdown path (unmount, or detach and abort
-// the connection, via package mountpoint).
+// the connection, via package mountpoint). With Config.PodDir it keeps the
+// pods' view of the namespaces (podbind.go).
 // It does not import fs: the binary that links the FUSE adapter hands it in.
 package agent
 
@@ -72,6 +73,11 @@ type Config struct {
 	// CPUProfile, if set, is a file Run writes a CPU profile of the
 	// agent's whole run to (runtime/pprof): where a mirror's time goes.
 	CPUProfile string
+	// PodDir, if set, is kept as the pods' view of the namespaces: a
+	// bind of <MountPoint>/<ns> at <PodDir>/<ns> for each, which a new
+	// agent covers with its own so that running pods see it
+	// (mountpoint.PodBinds; DefaultPodDir with --kubernetes). Unset: none.
+	PodDir string
 }
 
 // DefaultConfig returns the configuration of a node agent.
@@ -125,6 +131,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("%w: state directory %q is not an absolute path", ErrConfig, cfg.StateDir)
 	case isWithin(cfg.StateDir, cfg.MountPoint) || isWithin(cfg.MountPoint, cfg.StateDir):
 		return nil, fmt.Errorf("%w: state directory %q and mount point %q overlap", ErrConfig, cfg.StateDir, cfg.MountPoint)
+	case cfg.PodDir != "" && !filepath.IsAbs(cfg.PodDir):
+		return nil, fmt.Errorf("%w: pod directory %q is not an absolute path", ErrConfig, cfg.PodDir)
+	case cfg.PodDir != "" && (overlap(cfg.PodDir, cfg.MountPoint) || overlap(cfg.PodDir, cfg.StateDir)):
+		return nil, fmt.Errorf("%w: pod directory %q overlaps the mount point or the state directory", ErrConfig, cfg.PodDir)
 	case cfg.ReapInterval < 0 || cfg.ReapInterval > time.Minute:
 		return nil, fmt.Errorf("%w: reap interval %v (want up to 1m)", ErrConfig, cfg.ReapInterval)
 	}
@@ -151,6 +161,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), done: make(chan struct{})}, nil
 }
+
+func overlap(a, b string) bool { return isWithin(a, b) || isWithin(b, a) }
 
 func isWithin(path, dir string) bool {
 	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
@@ -217,6 +229,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := mountpoint.CleanStale(a.cfg.MountPoint); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	pods := mountpoint.PodBinds{Dir: a.cfg.PodDir, Source: a.cfg.MountPoint}
+	if pods.Dir != "" {
+		if err := pods.Prepare(); err != nil {
+			return fmt.Errorf("agent: pod directory: %w", err)
+		}
+	}
 	reg, err := registry.New(registry.Options{StateDir: a.cfg.StateDir, Defaults: a.cfg.Defaults, Quota: a.cfg.Quota, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -271,6 +289,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		wait()
 		close(served)
 	}()
+	unbind := func() {}
+	if pods.Dir != "" && dev != 0 {
+		pods.Dev = dev
+		unbind = startPodBinds(reg, pods, a.log) // stops the binding; the binds stay: see unmount
+	}
 	a.passthrough.Store(pt)
 	a.mounted.Store(true)
 	lg.WithFields(logrus.Fields{"mount": a.cfg.MountPoint, "state": a.cfg.StateDir, "passthrough": pt,
@@ -310,7 +333,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = g.Wait()
 
 	a.mounted.Store(false)
-	if !a.unmount(served, dev) {
+	unbind()
+	if !a.unmount(served, dev, pods.Dev != 0) {
 		// Requests may still come for open files: leave the rings mapped.
 		return errors.Join(err, fmt.Errorf("agent: FUSE connection at %s did not end; rings left mapped", a.cfg.MountPoint))
 	}
@@ -368,9 +392,15 @@ func (a *Agent) serveMetrics(ctx context.Context, ln net.Listener) error {
 // reach the rings after the registry unmaps them) and waits for the serve
 // loops to end. It reports false if they did not; the caller must then
 // keep the rings mapped.
-func (a *Agent) unmount(served <-chan struct{}, dev uint64) bool {
+//
+// Binds of the mount outlive the unmount and keep the connection: the pod
+// directory's (bound), which stay so that the next agent covers them and
+// running pods see its mount, and pods' volumes of the mount itself. The
+// connection is then aborted, as a crash would end it.
+func (a *Agent) unmount(served <-chan struct{}, dev uint64, bound bool) bool {
 	lg := a.log.WithFields(logrus.Fields{"component": "agent", "op": "unmount"})
-	switch res, err := mountpoint.Teardown(a.cfg.MountPoint, dev); {
+	res, err := mountpoint.Teardown(a.cfg.MountPoint, dev)
+	switch {
 	case res == mountpoint.Detached:
 		lg.WithError(err).Warn("cannot abort the FUSE connection; open files keep it until they close")
 	case err != nil:
@@ -378,10 +408,22 @@ func (a *Agent) unmount(served <-chan struct{}, dev uint64) bool {
 	case res == mountpoint.Aborted:
 		lg.Info("files were still open: mount detached and connection aborted")
 	}
-	t := time.NewTimer(5 * time.Second)
+	if res == mountpoint.Unmounted && dev != 0 && (bound || !closedWithin(served, time.Second)) {
+		if err := mountpoint.AbortFUSE(dev); err != nil {
+			lg.WithError(err).Warn("the mount is still bound elsewhere and its connection cannot be aborted")
+		} else {
+			lg.Debug("the mount is still bound elsewhere (pod directory, pods): connection aborted")
+		}
+	}
+	return closedWithin(served, 5*time.Second)
+}
+
+// closedWithin reports whether c is closed within d.
+func closedWithin(c <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-served:
+	case <-c:
 		return true
 	case <-t.C:
 		return false

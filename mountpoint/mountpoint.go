@@ -1,8 +1,9 @@
 // Package mountpoint mounts and cleans up the agent's mount point: it
 // detects mounts in /proc/self/mountinfo, clears a dead FUSE mount left by
 // a crashed agent, takes a live one down (aborting its FUSE connection if
-// files are still open), and prepares a hostPath directory for mount
-// propagation.
+// files are still open), prepares a hostPath directory for mount
+// propagation, and keeps the pod directory's per-namespace binds
+// (PodBinds).
 package mountpoint
 
 import (
@@ -28,6 +29,7 @@ type Mount struct {
 	FSType     string
 	Source     string
 	Optional   []string // optional fields, e.g. "shared:12"
+	Dev        uint64   // the filesystem's device, as stat reports it
 }
 
 // Shared reports whether the mount is in a shared peer group.
@@ -51,6 +53,7 @@ func ParseMountInfo(r io.Reader) ([]Mount, error) {
 		out = append(out, Mount{
 			ID: in.ID, Parent: in.Parent, Root: in.Root, Point: in.Mountpoint,
 			Optional: strings.Fields(in.Optional), FSType: in.FSType, Source: in.Source,
+			Dev: unix.Mkdev(uint32(in.Major), uint32(in.Minor)),
 		})
 	}
 	return out, nil

@@ -6,7 +6,7 @@ import (
 	"github.com/shimmy-dev/shimmy/channel"
 )
 
-// EventKind says what happened to a channel.
+// EventKind says what happened to a channel or a namespace.
 type EventKind int
 
 const (
@@ -24,6 +24,11 @@ const (
 	// Overflow: the subscriber fell so far behind that Dropped events were
 	// discarded; it must re-read the registry (Channels) to catch up.
 	Overflow
+	// NamespaceCreated: a namespace was created (or recovered by
+	// Recover); Channel is "".
+	NamespaceCreated
+	// NamespaceRemoved: a namespace was removed; Channel is "".
+	NamespaceRemoved
 )
 
 func (k EventKind) String() string {
@@ -38,11 +43,15 @@ func (k EventKind) String() string {
 		return "broken"
 	case Overflow:
 		return "overflow"
+	case NamespaceCreated:
+		return "namespace created"
+	case NamespaceRemoved:
+		return "namespace removed"
 	}
 	return "unknown"
 }
 
-// Event is one change of a channel.
+// Event is one change of a channel, or of a namespace (Channel "").
 type Event struct {
 	Seq       uint64 // registry-wide order, from 1; gaps only after an Overflow (whose Seq is 0)
 	Kind      EventKind

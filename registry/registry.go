@@ -187,6 +187,7 @@ func (r *Registry) recoverNamespace(name string) error {
 		return nil // recovered already
 	}
 	ns := r.newNamespace(name, m)
+	r.events.emit(Event{Kind: NamespaceCreated, Namespace: name}) // before its channels'
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
 	for _, c := range chs {
@@ -276,6 +277,7 @@ func (r *Registry) CreateNamespace(name string, a Attr) (*Namespace, error) {
 	}
 	ns := r.newNamespace(name, m)
 	r.nss[name] = ns
+	r.events.emit(Event{Kind: NamespaceCreated, Namespace: name})
 	r.log.WithFields(logrus.Fields{"ns": name, "op": "create"}).Info("namespace created")
 	return ns, nil
 }
@@ -298,6 +300,7 @@ func (r *Registry) RemoveNamespace(name string) error {
 	}
 	ns.removed = true
 	delete(r.nss, name)
+	r.events.emit(Event{Kind: NamespaceRemoved, Namespace: name})
 	r.log.WithFields(logrus.Fields{"ns": name, "op": "remove"}).Info("namespace removed")
 	return nil
 }

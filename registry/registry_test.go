@@ -229,8 +229,14 @@ func TestLifecycle(t *testing.T) {
 	if err := ch.SetAttr(func(a *Attr) { a.Mode = 0o700 }); !errors.Is(err, ErrNotFound) {
 		t.Errorf("SetAttr of a removed channel: %v, want ErrNotFound", err)
 	}
+	if err := ns.RemoveChannel("st"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RemoveNamespace("ns"); err != nil {
+		t.Fatal(err)
+	}
 
-	evs := rec.wait(t, 4)
+	evs := rec.wait(t, 7)
 	var got []string
 	var last uint64
 	for _, e := range evs {
@@ -240,12 +246,12 @@ func TestLifecycle(t *testing.T) {
 		}
 		last = e.Seq
 	}
-	want := "created ns/ch, created ns/st, reconfigured ns/ch, removed ns/ch"
+	want := "namespace created ns/, created ns/ch, created ns/st, reconfigured ns/ch, removed ns/ch, removed ns/st, namespace removed ns/"
 	if s := strings.Join(got, ", "); s != want {
 		t.Errorf("events: %s\nwant:   %s", s, want)
 	}
-	if evs[2].Epoch != cfg.Epoch || evs[2].Config != cfg {
-		t.Errorf("reconfigured event %+v, want epoch %d", evs[2], cfg.Epoch)
+	if evs[3].Epoch != cfg.Epoch || evs[3].Config != cfg {
+		t.Errorf("reconfigured event %+v, want epoch %d", evs[3], cfg.Epoch)
 	}
 }
 
@@ -393,10 +399,10 @@ func TestRecover(t *testing.T) {
 		t.Errorf("reconfigure of a broken channel: %v, want ErrBroken", err)
 	}
 	var got []string
-	for _, e := range rec.wait(t, 3) {
-		got = append(got, fmt.Sprintf("%s %s", e.Kind, e.Channel))
+	for _, e := range rec.wait(t, 4) {
+		got = append(got, fmt.Sprintf("%s %s/%s", e.Kind, e.Namespace, e.Channel))
 	}
-	if s := strings.Join(got, ", "); s != "created bad, broken bad, created ch" {
+	if s := strings.Join(got, ", "); s != "namespace created ns/, created ns/bad, broken ns/bad, created ns/ch" {
 		t.Errorf("recovery events: %s", s)
 	}
 }
@@ -406,9 +412,9 @@ func TestRecover(t *testing.T) {
 func TestReap(t *testing.T) {
 	dir := testenv.ShmDir(t, "shimmy-registry-test-")
 	r := newRegistry(t, dir)
-	var rec recorder
-	defer r.Subscribe(0, rec.add)()
 	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
+	var rec recorder
+	defer r.Subscribe(0, rec.add)() // channel events only
 	ch, _ := ns.CreateChannel("ch", CreateOptions{})
 	mem := mapBacking(t, ch.Backing().Path)
 	// A publisher slot whose owner "died" long ago, as a SIGKILLed mmap
@@ -485,13 +491,16 @@ func TestSlowSubscriber(t *testing.T) {
 	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
 	release := make(chan struct{})
 	var slow recorder
-	cancelSlow := r.Subscribe(2, func(e Event) {
+	cancelSlow := r.Subscribe(2, func(e Event) { // channel events only, as ns exists
+		if e.Kind == NamespaceCreated {
+			return
+		}
 		slow.add(e)
 		<-release
 	})
+	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
 	var fast recorder
 	defer r.Subscribe(0, fast.add)()
-	ns, _ := r.CreateNamespace("ns", Attr{Mode: 0o755})
 	small := channel.Config{Capacity: 4096}
 	const n = 6
 	for i := 0; i < n; i++ {
@@ -979,12 +988,12 @@ func TestStatsNoWait(t *testing.T) {
 // carrying messages, which a real change could not touch.
 func TestReconfigureNoop(t *testing.T) {
 	r := newRegistry(t, testenv.ShmDir(t, "shimmy-registry-test-"))
-	var rec recorder
-	defer r.Subscribe(0, rec.add)()
 	ns, err := r.CreateNamespace("ns", Attr{Mode: 0o755})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rec recorder
+	defer r.Subscribe(0, rec.add)() // channel events only
 	cfg := channel.Config{Type: channel.TypeStream, Capacity: 16 << 10, MemberSlots: 8}
 	ch, err := ns.CreateChannel("ch", CreateOptions{Config: &cfg})
 	if err != nil {

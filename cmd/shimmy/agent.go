@@ -51,8 +51,18 @@ mirror follows the controller's plans instead (each channel's
 status.mirror): the node's certificate must carry its node name (shimmy
 certs node --name <node>), --mirror-listen is required, and the node
 reports the address peers dial as its mirrorAddress: --mirror-advertise,
-needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).`,
+needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).
+
+--pod-dir keeps, for each namespace, a bind of <mount>/<ns> at
+<pod-dir>/<ns>: the host path of pods' volumes (the admission webhook gives
+pods /run/shimmy-pods/<ns>). An agent that starts again covers those binds
+with its own, and the kernel carries that into running pods: files they open
+afterwards work, files open across the restart fail with ENOTCONN (reopen
+them), mmap clients never notice. A volume of <mount>/<ns> itself stays dead
+after a restart. On by default (`+agent.DefaultPodDir+`) only with
+--kubernetes; "off" disables it.`,
 		"shimmy agent --mount /run/shimmy --state-dir /dev/shm/shimmy --capacity 4M --log-level debug\n"+
+			"shimmy agent --pod-dir /run/shimmy-pods\n"+
 			"shimmy agent --mirror-plan /etc/shimmy/plan.yaml --mirror-tls-dir /etc/shimmy/tls --mirror-listen 10.0.0.1:7470\n"+
 			"NODE_NAME=node-a shimmy agent --kubernetes --kubeconfig ~/.kube/config --default-quota 'max_channels 64, max_bytes 1G'\n"+
 			"NODE_NAME=node-a shimmy agent --kubernetes --mirror-tls-dir /etc/shimmy/tls --mirror-listen :7470 --mirror-advertise 10.0.0.1:7470")
@@ -77,6 +87,7 @@ needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).`,
 	fl.StringVar(&cfg.Mirror.Advertise, "mirror-advertise", "", "mirror, with --kubernetes: the host:port peers dial, reported as the node's mirrorAddress (default --mirror-listen, which must then name a host)")
 	fl.DurationVar(&cfg.Mirror.Timeout, "mirror-timeout", 0, "mirror: a link silent this long is closed and dialed again (0: 10s)")
 	fl.StringVar(&cfg.CPUProfile, "cpu-profile", "", "write a CPU profile of the agent's run to this file (go tool pprof), for profiling")
+	podDir := fl.String("pod-dir", "", `pods' view of the namespaces, kept across agent restarts (`+agent.DefaultPodDir+` with --kubernetes, else none; "off": none)`)
 	kube := addKubeFlags(fl, e)
 	_, err := parse(fl, e, args, 0, 0)
 	if err != nil {
@@ -84,6 +95,13 @@ needed when --mirror-listen is a wildcard (:7470, 0.0.0.0:7470).`,
 	}
 	if cfg.Kubernetes, err = kube.kubernetes(); err != nil {
 		return cfg, mount, err
+	}
+	switch {
+	case *podDir == "off":
+	case *podDir != "":
+		cfg.PodDir = *podDir
+	case cfg.Kubernetes != nil:
+		cfg.PodDir = agent.DefaultPodDir
 	}
 	level, err := logrus.ParseLevel(*logLevel)
 	if err != nil {

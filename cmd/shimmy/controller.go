@@ -56,7 +56,7 @@ docs/kubernetes.md.`,
 	fl.StringVar(&wh.Secret, "webhook-secret", serving.DefaultSecret, "the Secret (in --lease-namespace) where the controller keeps the webhook's CA and certificate")
 	fl.StringVar(&wh.Service, "webhook-service", serving.DefaultService, "the webhook's Service (in --lease-namespace): the certificate's DNS names")
 	fl.StringVar(&wh.WebhookConfig, "webhook-config", serving.DefaultWebhookConfig, "the MutatingWebhookConfiguration whose caBundle the leader keeps")
-	fl.StringVar(&wh.HostRoot, "webhook-host-root", webhook.DefaultRoot, "the agents' mount point on the nodes (their --mount): the hostPath the webhook gives pods, which see it at "+webhook.DefaultRoot)
+	fl.StringVar(&wh.HostRoot, "webhook-host-root", webhook.DefaultHostRoot, "the agents' pod directory on the nodes (their --pod-dir): the hostPath the webhook gives pods, which see it at "+webhook.DefaultRoot)
 	fl.DurationVar(&wh.Refresh, "webhook-refresh", serving.DefaultRefresh, "how often the certificate is read again (and the leader checks the Secret and caBundle)")
 	logLevel := fl.String("log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 	if _, err := parse(fl, e, args, 0, 0); err != nil {

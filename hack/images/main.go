@@ -5,8 +5,10 @@
 //
 //	shimmy:dev         the node binary (/shimmy) and busybox (for the
 //	                   DaemonSet's preStop hook and debugging)
-//	shimmy-client:dev  busybox-static (sh, cat, echo, ...) and the mmap
-//	                   examples (/bin/mmap-pub, /bin/mmap-sub); its default
+//	shimmy-client:dev  busybox-static (sh, cat, echo, ...), the mmap
+//	                   examples (/bin/mmap-pub, /bin/mmap-sub) and the image
+//	                   pipeline's programs (/bin/pipeline-camera,
+//	                   /bin/pipeline-worker, /bin/pipeline-sink); its default
 //	                   command sleeps, so it also serves as a sandbox image
 //
 // Usage:
@@ -56,7 +58,8 @@ func run(out, load, address string) error {
 		return err
 	}
 	defer os.RemoveAll(bin)
-	if err := goBuild(bin, "./cmd/shimmy", "./examples/mmap-pub", "./examples/mmap-sub"); err != nil {
+	if err := goBuild(bin, "./cmd/shimmy", "./examples/mmap-pub", "./examples/mmap-sub",
+		"./examples/pipeline/camera", "./examples/pipeline/worker", "./examples/pipeline/sink"); err != nil {
 		return err
 	}
 	bb, err := busyboxFiles()
@@ -67,7 +70,10 @@ func run(out, load, address string) error {
 	if err != nil {
 		return err
 	}
-	clients, err := files(bin, map[string]string{"mmap-pub": "/bin/mmap-pub", "mmap-sub": "/bin/mmap-sub"})
+	clients, err := files(bin, map[string]string{
+		"mmap-pub": "/bin/mmap-pub", "mmap-sub": "/bin/mmap-sub",
+		"camera": "/bin/pipeline-camera", "worker": "/bin/pipeline-worker", "sink": "/bin/pipeline-sink",
+	})
 	if err != nil {
 		return err
 	}

@@ -408,3 +408,14 @@ func Images(t testing.TB) []string {
 	}
 	return images.paths
 }
+
+// Exec runs argv in a running container (its ID from the pod's status,
+// with or without the "containerd://" prefix), as `kubectl exec` does,
+// and returns its combined output: the API server cannot reach this
+// kubelet, so ctr runs it.
+func (n *Node) Exec(t testing.TB, containerID string, argv ...string) (string, error) {
+	t.Helper()
+	id := strings.TrimPrefix(containerID, "containerd://")
+	args := append([]string{"-n", "k8s.io", "tasks", "exec", "--exec-id", "exec-" + randomHex(t, 4), id}, argv...)
+	return n.Ctr(args...)
+}

@@ -296,6 +296,9 @@ func (r *Reconciler) onRegistryEvent(e registry.Event) {
 		}
 		return
 	}
+	if e.Channel == "" {
+		return // a namespace event: its quota is kept in step from the Namespace object
+	}
 	r.queue.Add(cache.ObjectName{Namespace: e.Namespace, Name: e.Channel})
 }
 

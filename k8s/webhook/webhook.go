@@ -1,8 +1,10 @@
 // Package webhook is the mutating admission webhook that wires pods to
 // their channels, so that application manifests stay unchanged: a pod that
 // one or more SharedMemoryChannels of its namespace select gets the
-// hostPath volume of its namespace's channel directory (mounted with
-// mountPropagation HostToContainer in every container) and one environment
+// hostPath volume of its namespace's directory in the agents' pod
+// directory (/run/shimmy-pods/<ns>, which outlives an agent restart),
+// mounted at /run/shimmy/<ns> with mountPropagation HostToContainer in
+// every container, and one environment
 // variable per channel naming the channel's directory. Only channels of
 // the pod's own namespace are considered, so a pod never learns of another
 // namespace's channels. A selected pod that asks for hostIPC is refused:
@@ -35,6 +37,11 @@ const (
 	// DefaultRoot is the agent's mount point on the host and, by
 	// default, the path where pods see it.
 	DefaultRoot = "/run/shimmy"
+	// DefaultHostRoot is the agents' pod directory on the nodes (shimmy
+	// agent --pod-dir, agent.DefaultPodDir): a pod's volume of
+	// <pod dir>/<ns> sees the next agent's mount after a restart, one of
+	// <mount>/<ns> would not.
+	DefaultHostRoot = "/run/shimmy-pods"
 	// VolumeName names the injected volume; a pod that has it is left
 	// as it is (the webhook may be called again on the same pod).
 	VolumeName = "shimmy-channels"
@@ -60,8 +67,8 @@ type Lister func(namespace string) ([]*v1.SharedMemoryChannel, error)
 // Options configures a Handler.
 type Options struct {
 	Channels Lister // required
-	// HostRoot is the agent's mount point on the nodes; default
-	// DefaultRoot.
+	// HostRoot is the agents' pod directory on the nodes; default
+	// DefaultHostRoot.
 	HostRoot string
 	// PodRoot is where containers see it; default DefaultRoot.
 	PodRoot string
@@ -80,7 +87,7 @@ func New(opts Options) (*Handler, error) {
 		return nil, errors.New("webhook: Options.Channels is required")
 	}
 	if opts.HostRoot == "" {
-		opts.HostRoot = DefaultRoot
+		opts.HostRoot = DefaultHostRoot
 	}
 	if opts.PodRoot == "" {
 		opts.PodRoot = DefaultRoot

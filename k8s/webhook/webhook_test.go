@@ -190,8 +190,9 @@ func checkWired(t *testing.T, pod *corev1.Pod, dir string, wantEnv map[string]st
 		t.Fatalf("volumes %+v: want data, then %s", pod.Spec.Volumes, VolumeName)
 	}
 	v := pod.Spec.Volumes[1]
-	if v.Name != VolumeName || v.HostPath == nil || v.HostPath.Path != dir || v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectory {
-		t.Errorf("volume %+v: want hostPath %s, type Directory", v, dir)
+	host := strings.Replace(dir, "/run/shimmy/", "/run/shimmy-pods/", 1) // the agents' pod directory
+	if v.Name != VolumeName || v.HostPath == nil || v.HostPath.Path != host || v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectory {
+		t.Errorf("volume %+v: want hostPath %s, type Directory", v, host)
 	}
 	all := append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...)
 	for _, c := range all {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The examples are built on first use into binDir, which TestMain removes
@@ -318,5 +320,35 @@ func TestExampleWalkthrough(t *testing.T) {
 	cmd := exec.Command("sh", script, t.TempDir())
 	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "is not a mount point") {
 		t.Errorf("walkthrough on a plain directory: %v, %q", err, b)
+	}
+}
+
+// TestExamplePipeline runs the image pipeline as host processes
+// (examples/pipeline/host.sh: a camera, three workers on a stream channel,
+// a sink on a pubsub channel): every frame arrives once, intact, and the
+// script removes its channels.
+func TestExamplePipeline(t *testing.T) {
+	a := startAgent(t)
+	script, err := filepath.Abs("../../examples/pipeline/host.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not shRun: host.sh builds the programs first, which takes a while
+	// with a cold build cache on a busy machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", script, "500", "0", "3")
+	cmd.Env = append(os.Environ(), "MOUNT="+a.mount, "NS=pipe")
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	if err != nil {
+		t.Fatalf("host.sh: %v\n%s", err, out)
+	}
+	want := "report run=1 frames=500 received=500 duplicates=0 missing=0 checksum_failures=0 "
+	if !strings.Contains(out, want) || !strings.Contains(out, " workers=3\n") {
+		t.Errorf("host.sh printed:\n%s\nwant %q and workers=3", out, want)
+	}
+	if _, err := os.Stat(filepath.Join(a.mount, "pipe")); !os.IsNotExist(err) {
+		t.Errorf("host.sh left its namespace behind: %v", err)
 	}
 }

@@ -252,9 +252,11 @@ func checkWired(pod *corev1.Pod, wired bool) error {
 		}
 		return nil
 	}
-	dir := "/run/shimmy/" + ns
-	if vol == nil || vol.HostPath == nil || vol.HostPath.Path != dir || vol.HostPath.Type == nil || *vol.HostPath.Type != corev1.HostPathDirectory {
-		return fmt.Errorf("pod %s/%s: volume %+v, want hostPath %s of type Directory", ns, pod.Name, vol, dir)
+	// The agents' pod directory on the node, seen in the pod at their
+	// mount point.
+	host, dir := "/run/shimmy-pods/"+ns, "/run/shimmy/"+ns
+	if vol == nil || vol.HostPath == nil || vol.HostPath.Path != host || vol.HostPath.Type == nil || *vol.HostPath.Type != corev1.HostPathDirectory {
+		return fmt.Errorf("pod %s/%s: volume %+v, want hostPath %s of type Directory", ns, pod.Name, vol, host)
 	}
 	for _, ct := range pod.Spec.Containers {
 		env := map[string]string{}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,15 +23,13 @@ import (
 // propagation and the wiring pod through HostToContainer, and the pod's
 // containers talk through mmap and the files as with an agent on the
 // host. Deleting the DaemonSet unmounts cleanly.
-func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
+func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
 	state := testenv.ShmDir(t, "k8snode-state-")
-	port := strconv.Itoa(k8stest.FreePort(t))
-
 	// The manifests as users apply them, but for the host paths (this
 	// test's node, not the machine's /run/shimmy), the health port
 	// (tests run in parallel on one host network) and what this node
 	// lacks (testOverlay).
-	manifest := deployManifest(t, c, mnt, state, port)
+	manifest := deployManifest(t, c, mnt, pods, state)
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +41,15 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	t.Log("the agent's mount is on the host")
 	waitController(t, c)
 
-	if err := os.MkdirAll(filepath.Join(mnt, "default", "pod"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, ch := range []string{"pod", "restart"} {
+		if err := os.MkdirAll(filepath.Join(mnt, "default", ch), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	checkWiring(t, c, n, mnt, "pod")
+	waitBound(t, pods, "restart")
+	checkWiring(t, c, n, mnt, pods, "pod")
 	checkWebhook(t, c, n, mnt)
+	checkAcrossRestart(t, c, n, pods, "restart-daemonset", func() { restartAgentPod(t, c) })
 	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
 	}

@@ -36,10 +36,11 @@ func TestNode(t *testing.T) {
 	c := k8stest.StartWith(t, k8stest.Options{ServiceAccounts: true})
 	c.StartControllers(t)
 	n := k8snode.Start(t, c, k8snode.Options{Images: imgs, SandboxImage: k8snode.ClientImage})
-	mnt := n.SharedDir(t, "shimmy")
+	mnt, pods := n.SharedDir(t, "shimmy"), n.SharedDir(t, "shimmy-pods")
 	t.Run("RunsPods", func(t *testing.T) { testRunsPods(t, c, n) })
-	t.Run("HostAgent", func(t *testing.T) { testHostAgent(t, c, n, mnt) })
-	t.Run("AgentDaemonSet", func(t *testing.T) { testAgentDaemonSet(t, c, n, mnt) })
+	t.Run("HostAgent", func(t *testing.T) { testHostAgent(t, c, n, mnt, pods) })
+	t.Run("AgentDaemonSet", func(t *testing.T) { testAgentDaemonSet(t, c, n, mnt, pods) })
+	t.Run("Pipeline", func(t *testing.T) { testPipeline(t, c, n, mnt, pods) })
 }
 
 // testRunsPods: a pod bound to the node runs the client image's busybox

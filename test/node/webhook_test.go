@@ -29,7 +29,7 @@ import (
 // which in-cluster clients read); without a CNI plugin every pod uses the
 // host's network, so the controller does too, as one replica (two would
 // ask for the same host ports), on free ports; the webhook gives pods the
-// test's mount point. The host paths and the agent's health port are
+// test's pod directory. The host paths and the agent's health port are
 // replaced in the rendering (deployManifest).
 const testOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -55,8 +55,9 @@ patches:
 `
 
 // deployManifest renders deploy/ with the test overlay, and this test
-// node's host paths and agent health port in place of the machine's.
-func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, state, agentPort string) string {
+// node's host paths (mount, pod directory, state) and agent health port in
+// place of the machine's.
+func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) string {
 	t.Helper()
 	dir := t.TempDir()
 	// kustomize takes a base by a relative path only.
@@ -64,14 +65,15 @@ func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, state, agentPort stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	overlay := fmt.Sprintf(testOverlay, base, c.Port, k8stest.FreePort(t), k8stest.FreePort(t), mnt)
+	overlay := fmt.Sprintf(testOverlay, base, c.Port, k8stest.FreePort(t), k8stest.FreePort(t), pods)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return kustomize(t, c, dir,
 		"path: /run/shimmy\n", "path: "+mnt+"\n",
+		"path: /run/shimmy-pods\n", "path: "+pods+"\n",
 		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", agentPort)
+		"9477", strconv.Itoa(k8stest.FreePort(t)))
 }
 
 // waitController waits for the controller's rollout and for its
@@ -163,25 +165,8 @@ func checkWebhook(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string)
 	if _, err := c.Kubectl(wiredManifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	c.WaitServiceAccount(t, "wired")
+	waitWebhookSees(t, c, n, "wired", "chat")
 	cs := c.Clientset(t)
-	// The webhook's view of the channels follows a watch: until the new
-	// channel is in it, a pod would be admitted unwired. A server dry run
-	// creates nothing.
-	probe := clientPod("probe", n.Name, "true")
-	probe.Namespace, probe.Labels = "wired", map[string]string{"app": "chat"}
-	wait.Eventually(t, time.Minute, func() error {
-		p, err := cs.CoreV1().Pods("wired").Create(context.Background(), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err != nil {
-			return err
-		}
-		for _, e := range p.Spec.Containers[0].Env {
-			if e.Name == "SHIMMY_CHANNEL" {
-				return nil
-			}
-		}
-		return fmt.Errorf("the webhook does not wire the channel's pods yet")
-	})
 	if _, err := c.Kubectl(fmt.Sprintf(wiredPod, n.Name, messages), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -223,6 +208,30 @@ func checkWebhook(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string)
 			return fmt.Errorf("wired/chat still on the node after its pod went: %v", err)
 		}
 		return nil
+	})
+}
+
+// waitWebhookSees waits until namespace ns has its default ServiceAccount
+// and the webhook wires its pods labelled app=<app>: its view of the
+// channels follows a watch, and until a new channel is in it a pod would
+// be admitted unwired. A server dry run creates nothing.
+func waitWebhookSees(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, ns, app string) {
+	t.Helper()
+	c.WaitServiceAccount(t, ns)
+	cs := c.Clientset(t)
+	probe := clientPod("probe", n.Name, "true")
+	probe.Namespace, probe.Labels = ns, map[string]string{"app": app}
+	wait.Eventually(t, time.Minute, func() error {
+		p, err := cs.CoreV1().Pods(ns).Create(context.Background(), probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return err
+		}
+		for _, e := range p.Spec.Containers[0].Env {
+			if e.Name == "SHIMMY_CHANNEL" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the webhook does not wire the channel's pods yet")
 	})
 }
 

@@ -4,9 +4,11 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,21 +28,38 @@ import (
 const messages = 500
 
 // testHostAgent: the agent runs on the host; a pod gets its
-// namespace's channel directory through a hostPath volume
+// namespace's directory in the pod directory through a hostPath volume
 // (mountPropagation HostToContainer) as docs/kubernetes.md shows, and
 // three of its containers use one channel: one publishes with `echo >
 // pub`, one subscribes through mmap (mmap-sub), one through `head sub`.
-// Both subscribers must get every message, in order, bytes intact.
-func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
-	stop := k8stest.Serve(t, n.Dir, "agent", buildShimmy(t), "agent",
-		"--mount", mnt, "--state-dir", testenv.ShmDir(t, "k8snode-state-"),
-		"--metrics", "127.0.0.1:"+strconv.Itoa(k8stest.FreePort(t)))
+// Both subscribers must get every message, in order, bytes intact. Then
+// the agent crashes (SIGKILL) while another pod publishes and subscribes,
+// and a new agent takes over (checkAcrossRestart).
+func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods string) {
+	bin, state := buildShimmy(t), testenv.ShmDir(t, "k8snode-state-")
+	args := func() []string {
+		return []string{"agent", "--mount", mnt, "--state-dir", state, "--pod-dir", pods,
+			"--metrics", "127.0.0.1:" + strconv.Itoa(k8stest.FreePort(t))}
+	}
+	// After the agents (cleanups run last first): a crashed agent's dead
+	// mount would keep the next agent pod from starting (the kubelet
+	// stats its volume's host path).
+	t.Cleanup(func() { mountpoint.CleanStale(mnt) })
+	crash := startCrashable(t, n.Dir, "agent", bin, args()...)
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
 
-	if err := os.MkdirAll(filepath.Join(mnt, "default", "host"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, ch := range []string{"host", "restart"} {
+		if err := os.MkdirAll(filepath.Join(mnt, "default", ch), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	checkWiring(t, c, n, mnt, "host")
+	waitBound(t, pods, "restart")
+	checkWiring(t, c, n, mnt, pods, "host")
+	var stop func() error
+	checkAcrossRestart(t, c, n, pods, "restart-host", func() {
+		crash()
+		stop = k8stest.Serve(t, n.Dir, "agent-after-crash", bin, args()...)
+	})
 	if err := stop(); err != nil {
 		t.Errorf("agent exited: %v", err)
 	}
@@ -48,15 +67,16 @@ func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string
 }
 
 // checkWiring runs the wiring pod on the namespace "default"'s channel
-// ch (it must exist, fresh) and checks what each container saw.
-func checkWiring(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, ch string) {
+// ch (it must exist, fresh), its volume from the pod directory pods, and
+// checks what each container saw.
+func checkWiring(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods, ch string) {
 	t.Helper()
 	cs := c.Clientset(t)
 	dir := "/run/shimmy/default/" + ch
 	pub := fmt.Sprintf(`until grep -q '^subscribers 2$' %[1]s/stats; do sleep 0.1; done
 i=1; while [ $i -le %[2]d ]; do echo "msg $i" > %[1]s/pub; i=$((i+1)); done
 echo published`, dir, messages)
-	pod := wiringPod("wiring-"+ch, n.Name, filepath.Join(mnt, "default"), dir, map[string]string{
+	pod := wiringPod("wiring-"+ch, n.Name, filepath.Join(pods, "default"), dir, map[string]string{
 		"mmap":  fmt.Sprintf("set -o pipefail; mmap-sub -n %d | md5sum", messages),
 		"files": fmt.Sprintf("set -o pipefail; head -n %d %s/sub | md5sum", messages, dir),
 		"pub":   pub,
@@ -101,9 +121,10 @@ func wantOutputs() map[string][]string {
 }
 
 // wiringPod is a pod whose containers (name -> sh script) share the
-// hostPath volume of a namespace's channel directory, mounted with
-// HostToContainer at /run/shimmy/default, with $SHIMMY_CHANNEL naming
-// the channel; docs/kubernetes.md shows the same wiring in YAML.
+// hostPath volume hostDir (a namespace's directory in the pod directory),
+// mounted with HostToContainer at /run/shimmy/default, with
+// $SHIMMY_CHANNEL naming the channel; docs/kubernetes.md shows the same
+// wiring in YAML.
 func wiringPod(name, node, hostDir, channelDir string, scripts map[string]string) *corev1.Pod {
 	pod := clientPod(name, node, "")
 	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
@@ -115,7 +136,7 @@ func wiringPod(name, node, hostDir, channelDir string, scripts map[string]string
 	}}
 	base := pod.Spec.Containers[0]
 	pod.Spec.Containers = nil
-	for _, cname := range []string{"mmap", "files", "pub"} {
+	for _, cname := range slices.Sorted(maps.Keys(scripts)) {
 		ct := *base.DeepCopy()
 		ct.Name = cname
 		ct.Command = []string{"sh", "-c", scripts[cname]}
