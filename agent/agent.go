@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/internal/metricsserver"
 	"github.com/shimmy-dev/shimmy/mountpoint"
 	"github.com/shimmy-dev/shimmy/registry"
 )
@@ -35,12 +36,12 @@ var ErrConfig = errors.New("agent: invalid configuration")
 
 // Defaults.
 const (
-	DefaultMountPoint   = "/run/shimmy"
+	DefaultMountPoint   = mountpoint.Default
 	DefaultStateDir     = "/dev/shm/shimmy"
 	DefaultMetricsAddr  = "127.0.0.1:9477"
 	DefaultReapInterval = 100 * time.Millisecond
 	// MetricsOff as MetricsAddr disables the metrics server (as "" does).
-	MetricsOff = "off"
+	MetricsOff = metricsserver.Off
 )
 
 // FrontEnd serves reg's tree at mountPoint and returns once the kernel has
@@ -119,7 +120,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	if cfg.MetricsAddr == MetricsOff {
+	if metricsserver.Disabled(cfg.MetricsAddr) {
 		cfg.MetricsAddr = ""
 	}
 	switch {

@@ -1,11 +1,12 @@
 package agent
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shimmy-dev/shimmy/internal/metricsserver"
 )
 
 // channelCollector exports every channel's counters at scrape time, so the
@@ -68,21 +69,20 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// handler serves /metrics from a private registry and /healthz.
+// handler serves /metrics from a private registry and /healthz ("ok"
+// once the filesystem is mounted).
 func (a *Agent) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newChannelCollector(a))
 	reg.MustRegister(NewLinkCollector(a.LinkStats))
-	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(collectors.NewGoCollector())
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !a.mounted.Load() {
-			http.Error(w, "not mounted", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok"))
+	return metricsserver.Handler(reg, map[string]metricsserver.Probe{
+		"/healthz": func(*http.Request) error {
+			if !a.mounted.Load() {
+				return errNotMounted
+			}
+			return nil
+		},
 	})
-	return mux
 }
+
+var errNotMounted = errors.New("not mounted")

@@ -11,7 +11,7 @@ import (
 
 // DefaultPodDir is the pod directory of an agent run with --kubernetes
 // (Config.PodDir), the host path the admission webhook gives pods.
-const DefaultPodDir = "/run/shimmy-pods"
+const DefaultPodDir = mountpoint.DefaultPodDir
 
 // podBinds keeps Config.PodDir in step with the registry's namespaces:
 // one bind of <mount>/<ns> at <pod dir>/<ns> from this agent's mount, on

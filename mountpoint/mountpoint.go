@@ -21,6 +21,16 @@ import (
 // FSType is the type of the agent's FUSE mounts in mountinfo.
 const FSType = "fuse.shimmy"
 
+// The well-known host paths, owned here so that the agent, the webhook
+// and the CLI agree on them.
+const (
+	// Default is the agent's mount point (shimmy agent --mount).
+	Default = "/run/shimmy"
+	// DefaultPodDir is the pod directory of an agent run with Kubernetes
+	// (shimmy agent --pod-dir): the hostPath of pods' volumes (PodBinds).
+	DefaultPodDir = "/run/shimmy-pods"
+)
+
 // Mount is one line of /proc/self/mountinfo.
 type Mount struct {
 	ID, Parent int

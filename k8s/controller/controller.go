@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/shimmy-dev/shimmy/internal/metricsserver"
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
 	"github.com/shimmy-dev/shimmy/k8s/webhook/serving"
 )
@@ -39,7 +38,7 @@ const (
 	DefaultMetricsAddr    = ":9478"
 	DefaultWorkers        = 2
 	// MetricsOff as MetricsAddr disables the metrics server (as "" does).
-	MetricsOff = "off"
+	MetricsOff = metricsserver.Off
 )
 
 // ErrConfig marks an invalid Config.
@@ -123,7 +122,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = d.Workers
 	}
-	if cfg.MetricsAddr == MetricsOff {
+	if metricsserver.Disabled(cfg.MetricsAddr) {
 		cfg.MetricsAddr = ""
 	}
 	if cfg.MetricsAddr != "" {
@@ -331,22 +330,9 @@ func newMetrics() *metrics {
 // /readyz, which fails while ready does (the webhook cannot answer).
 func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor, ready func() error) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(m.leader, m.writes, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := watchdog.Check(r); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok"))
+	reg.MustRegister(m.leader, m.writes)
+	return metricsserver.Handler(reg, map[string]metricsserver.Probe{
+		"/healthz": watchdog.Check,
+		"/readyz":  func(*http.Request) error { return ready() },
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok"))
-	})
-	return mux
 }

@@ -31,17 +31,18 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	v1 "github.com/shimmy-dev/shimmy/k8s/apis/shimmy/v1alpha1"
+	"github.com/shimmy-dev/shimmy/mountpoint"
 )
 
 const (
 	// DefaultRoot is the agent's mount point on the host and, by
 	// default, the path where pods see it.
-	DefaultRoot = "/run/shimmy"
+	DefaultRoot = mountpoint.Default
 	// DefaultHostRoot is the agents' pod directory on the nodes (shimmy
 	// agent --pod-dir, agent.DefaultPodDir): a pod's volume of
 	// <pod dir>/<ns> sees the next agent's mount after a restart, one of
 	// <mount>/<ns> would not.
-	DefaultHostRoot = "/run/shimmy-pods"
+	DefaultHostRoot = mountpoint.DefaultPodDir
 	// VolumeName names the injected volume; a pod that has it is left
 	// as it is (the webhook may be called again on the same pod).
 	VolumeName = "shimmy-channels"
