@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/shimmy-dev/shimmy/k8s/controller"
+	"github.com/shimmy-dev/shimmy/k8s/webhook/serving"
 )
 
 const testKubeconfig = `apiVersion: v1
@@ -33,7 +34,9 @@ func TestControllerConfig(t *testing.T) {
 
 	cfg, err := controllerConfig(envWith(nil), []string{"--kubeconfig", kubeconfig, "--lease-namespace", "ops", "--lease-name", "l",
 		"--identity", "me", "--lease-duration", "30s", "--renew-deadline", "20s", "--retry-period", "1s", "--metrics", "off",
-		"--workers", "5", "--node-report-timeout", "2m", "--log-level", "debug"})
+		"--workers", "5", "--node-report-timeout", "2m", "--log-level", "debug",
+		"--webhook-listen", "127.0.0.1:8443", "--webhook-cert-dir", "/tls", "--webhook-secret", "s", "--webhook-service", "svc",
+		"--webhook-config", "mwc", "--webhook-refresh", "5s", "--webhook-host-root", "/var/shimmy"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +48,14 @@ func TestControllerConfig(t *testing.T) {
 		lg == nil || lg.GetLevel() != logrus.DebugLevel {
 		t.Errorf("config %+v", cfg)
 	}
+	if w := cfg.Webhook; w == nil || w.Listen != "127.0.0.1:8443" || w.CertDir != "/tls" || w.Secret != "s" || w.Service != "svc" ||
+		w.WebhookConfig != "mwc" || w.Refresh != 5*time.Second || w.HostRoot != "/var/shimmy" {
+		t.Errorf("webhook config %+v", w)
+	}
+	off, err := controllerConfig(envWith(nil), []string{"--kubeconfig", kubeconfig, "--webhook-listen", "off"})
+	if err != nil || off.Webhook != nil {
+		t.Errorf("--webhook-listen off: webhook %+v, %v; want none", off.Webhook, err)
+	}
 
 	def, err := controllerConfig(envWith(map[string]string{"KUBECONFIG": kubeconfig}), nil)
 	if err != nil {
@@ -53,7 +64,8 @@ func TestControllerConfig(t *testing.T) {
 	want := controller.DefaultConfig()
 	if def.Kube == nil || def.Kube.Host != "https://10.9.8.7:6443" || def.LeaseNamespace != want.LeaseNamespace || def.LeaseName != want.LeaseName ||
 		def.LeaseDuration != want.LeaseDuration || def.MetricsAddr != want.MetricsAddr || def.Workers != want.Workers ||
-		def.NodeReportTimeout != want.NodeReportTimeout || def.Identity != "" {
+		def.NodeReportTimeout != want.NodeReportTimeout || def.Identity != "" ||
+		def.Webhook == nil || def.Webhook.Listen != serving.DefaultListen || def.Webhook.CertDir != "" || def.Webhook.Secret != serving.DefaultSecret {
 		t.Errorf("defaults from $KUBECONFIG: %+v", def)
 	}
 	if _, err := controller.New(def); err != nil {

@@ -34,6 +34,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/rdma/certs"
 )
 
 // StartTimeout bounds etcd's and the API server's start-up: generous, the
@@ -92,17 +93,46 @@ type Cluster struct {
 	Kubeconfig string
 	// KubectlPath is the kubectl binary built with the server.
 	KubectlPath string
-	dir         string
+	// Port is the API server's, on 127.0.0.1 (pods of the host's network
+	// reach it there: KUBERNETES_SERVICE_HOST and _PORT).
+	Port int
+	// CAFile verifies the API server's certificate, which names
+	// 127.0.0.1, the host's addresses and kubernetes.default.svc.
+	CAFile string
+	dir    string
+	opts   Options
+}
+
+// Options configure a control plane: what real clusters have beyond the
+// API server alone.
+type Options struct {
+	// ServiceAccounts turns the ServiceAccount admission plugin on, as
+	// real clusters have it: a pod runs as a ServiceAccount (its
+	// namespace's "default" unless it names one) and gets its token, the
+	// cluster's CA and the namespace in
+	// /var/run/secrets/kubernetes.io/serviceaccount, so that in-cluster
+	// clients work. The "default" ServiceAccounts and the kube-root-ca.crt
+	// ConfigMaps come from kube-controller-manager: call StartControllers.
+	// Off (as in envtest), pods need neither.
+	ServiceAccounts bool
 }
 
 // Start runs etcd and kube-apiserver until the test ends. RBAC is on (the
 // admin is in system:masters); the ServiceAccount admission plugin is off,
-// as in envtest, so pods need no token.
+// as in envtest, so pods need no token. The API server reaches webhook
+// and aggregated API Services through their endpoints (there is no
+// kube-proxy for cluster IPs).
 func Start(t testing.TB) *Cluster {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	bin := Binaries(t)
 	dir := t.TempDir()
-	c := &Cluster{dir: dir, KubectlPath: filepath.Join(bin, "kubectl")}
+	c := &Cluster{dir: dir, KubectlPath: filepath.Join(bin, "kubectl"), opts: opts}
 
 	etcdURL := "http://" + freeAddr(t)
 	peerURL := "http://" + freeAddr(t)
@@ -116,29 +146,86 @@ func Start(t testing.TB) *Cluster {
 	token := randomHex(t)
 	write(t, filepath.Join(dir, "tokens.csv"), token+",admin,admin,system:masters\n")
 	writeServiceAccountKey(t, filepath.Join(dir, "sa.key"))
-	port := FreePort(t)
-	c.run(t, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
+	ca := c.writeServingCert(t)
+	admission := []string{"--disable-admission-plugins", "ServiceAccount"}
+	if opts.ServiceAccounts {
+		admission = []string{"--enable-admission-plugins", "ServiceAccount"}
+	}
+	c.Port = FreePort(t)
+	c.run(t, "kube-apiserver", filepath.Join(bin, "kube-apiserver"), append(admission,
 		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
-		"--cert-dir", filepath.Join(dir, "certs"),
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.Port),
+		"--tls-cert-file", filepath.Join(dir, "apiserver.crt"), "--tls-private-key-file", filepath.Join(dir, "apiserver.key"),
 		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
 		"--authorization-mode", "RBAC",
-		"--disable-admission-plugins", "ServiceAccount",
 		"--service-account-key-file", filepath.Join(dir, "sa.key"),
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc",
-		"--service-cluster-ip-range", "10.0.0.0/24",
+		"--service-cluster-ip-range", serviceRange,
+		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
-		"--v", "0")
+		"--v", "0")...)
 
 	c.Config = &rest.Config{
-		Host:            fmt.Sprintf("https://127.0.0.1:%d", port),
+		Host:            fmt.Sprintf("https://127.0.0.1:%d", c.Port),
 		BearerToken:     token,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, // a self-signed certificate made at start
+		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
 	}
 	c.writeKubeconfig(t)
 	c.waitReady(t)
 	return c
+}
+
+// serviceRange is the cluster IP range; the API server's own Service,
+// kubernetes.default, takes its first address.
+const serviceRange = "10.0.0.0/24"
+
+// writeServingCert makes a CA and the API server's certificate for every
+// name a client of the test uses, and returns the CA's PEM.
+func (c *Cluster) writeServingCert(t testing.TB) []byte {
+	t.Helper()
+	ca, err := certs.NewCA(certs.Options{Name: "k8stest-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 0, 0, 1)}, hostIPs(t)...)
+	srv, err := ca.Issue(certs.Options{Name: "kubernetes", IPs: ips,
+		DNS: []string{"localhost", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CAFile = filepath.Join(c.dir, "ca.crt")
+	write(t, c.CAFile, string(ca.CertPEM))
+	write(t, filepath.Join(c.dir, "apiserver.crt"), string(srv.CertPEM))
+	write(t, filepath.Join(c.dir, "apiserver.key"), string(srv.KeyPEM))
+	return ca.CertPEM
+}
+
+// HostIP returns an address of this host that is not a loopback one:
+// Endpoints and EndpointSlices refuse loopback addresses, and the kubelet
+// reports such an address as a hostNetwork pod's IP.
+func HostIP(t testing.TB) net.IP {
+	t.Helper()
+	ips := hostIPs(t)
+	if len(ips) == 0 {
+		t.Fatal("this host has no IPv4 address but loopback ones")
+	}
+	return ips[0]
+}
+
+func hostIPs(t testing.TB) []net.IP {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ips []net.IP
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			ips = append(ips, n.IP.To4())
+		}
+	}
+	return ips
 }
 
 // run starts a server whose log is in the cluster's directory.
@@ -240,7 +327,7 @@ func (c *Cluster) Kubectl(stdin string, args ...string) (string, error) {
 func (c *Cluster) writeKubeconfig(t testing.TB) {
 	t.Helper()
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: c.Config.Host, InsecureSkipTLSVerify: true}
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: c.Config.Host, CertificateAuthorityData: c.Config.CAData}
 	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: c.Config.BearerToken}
 	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin", Namespace: "default"}
 	cfg.CurrentContext = "test"
@@ -317,7 +404,8 @@ func (c *Cluster) Apply(t testing.TB, paths ...string) {
 }
 
 // StartControllers runs kube-controller-manager (its default controllers:
-// DaemonSets, Deployments, garbage collection, node lifecycle, ...) and
+// DaemonSets, Deployments, EndpointSlices, garbage collection, node
+// lifecycle, ServiceAccounts and the kube-root-ca.crt ConfigMaps, ...) and
 // kube-scheduler against the cluster until the test ends, for tests whose
 // workloads need them; Start alone runs neither.
 func (c *Cluster) StartControllers(t testing.TB) {
@@ -328,6 +416,7 @@ func (c *Cluster) StartControllers(t testing.TB) {
 		"--leader-elect=false",
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(FreePort(t)),
 		"--service-account-private-key-file", filepath.Join(c.dir, "sa.key"),
+		"--root-ca-file", c.CAFile,
 		"--use-service-account-credentials=false",
 		"--v", "0")
 	c.run(t, "kube-scheduler", filepath.Join(bin, "kube-scheduler"),
@@ -335,6 +424,26 @@ func (c *Cluster) StartControllers(t testing.TB) {
 		"--leader-elect=false",
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(FreePort(t)),
 		"--v", "0")
+	if c.opts.ServiceAccounts {
+		c.WaitServiceAccount(t, "default")
+	}
+}
+
+// WaitServiceAccount waits until kube-controller-manager has made what a
+// pod of namespace ns needs when the cluster has ServiceAccounts
+// (Options.ServiceAccounts): the "default" ServiceAccount (without it the
+// API server refuses the pod) and the kube-root-ca.crt ConfigMap (without
+// it the kubelet cannot give the pod its token volume).
+func (c *Cluster) WaitServiceAccount(t testing.TB, ns string) {
+	t.Helper()
+	cs := c.Clientset(t)
+	wait.Eventually(t, StartTimeout, func() error {
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(context.Background(), "default", metav1.GetOptions{}); err != nil {
+			return err
+		}
+		_, err := cs.CoreV1().ConfigMaps(ns).Get(context.Background(), "kube-root-ca.crt", metav1.GetOptions{})
+		return err
+	})
 }
 
 // Go runs a component's Run(ctx) in a goroutine until stop is called or

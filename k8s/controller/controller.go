@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
+	"github.com/shimmy-dev/shimmy/k8s/webhook/serving"
 )
 
 // Defaults of Config.
@@ -66,7 +67,12 @@ type Config struct {
 	MetricsAddr       string
 	Workers           int
 	NodeReportTimeout time.Duration // see DefaultNodeReportTimeout
-	Log               logrus.FieldLogger
+	// Webhook, if set, serves the pod-wiring admission webhook from every
+	// replica (package k8s/webhook/serving); its Kube and Shimmy clients
+	// and Log are the controller's, its Namespace defaults to
+	// LeaseNamespace. The leader keeps its certificate and caBundle.
+	Webhook *serving.Options
+	Log     logrus.FieldLogger
 }
 
 // DefaultConfig is a Config with every default but Kube.
@@ -85,7 +91,8 @@ type Controller struct {
 	kube    kubernetes.Interface
 	rec     *Reconciler
 	metrics *metrics
-	addr    atomic.Value // string: the metrics server's address
+	webhook *serving.Server // nil: not served
+	addr    atomic.Value    // string: the metrics server's address
 }
 
 // New checks cfg and builds a Controller; Run (once) runs it.
@@ -139,6 +146,16 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	c := &Controller{cfg: cfg, log: log.WithFields(logrus.Fields{"component": "k8s-controller", "identity": cfg.Identity}), kube: kube, metrics: newMetrics()}
+	if cfg.Webhook != nil {
+		o := *cfg.Webhook
+		o.Kube, o.Shimmy, o.Log = kube, shimmy, log
+		if o.Namespace == "" {
+			o.Namespace = cfg.LeaseNamespace
+		}
+		if c.webhook, err = serving.New(o); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+	}
 	c.rec, err = NewReconciler(Options{Kube: kube, Shimmy: shimmy, Log: log, NodeReportTimeout: cfg.NodeReportTimeout, OnWrite: c.metrics.writes.Inc})
 	if err != nil {
 		return nil, err
@@ -159,13 +176,29 @@ func (c *Controller) MetricsAddr() string {
 // this replica follows the next leader's first.
 func (c *Controller) Run(ctx context.Context) error {
 	watchdog := leaderelection.NewLeaderHealthzAdaptor(c.cfg.RenewDeadline)
+	if c.webhook != nil {
+		// Every replica serves, leader or not.
+		ln, err := c.webhook.Listen()
+		if err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+		wctx, stopWebhook := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := c.webhook.Serve(wctx, ln); err != nil {
+				c.log.WithError(err).Error("webhook server stopped")
+			}
+		}()
+		defer func() { stopWebhook(); <-done }()
+	}
 	if c.cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", c.cfg.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("controller: metrics: %w", err)
 		}
 		c.addr.Store(ln.Addr().String())
-		srv := &http.Server{Handler: c.metrics.handler(watchdog), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: c.metrics.handler(watchdog, c.ready), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
@@ -241,13 +274,39 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// lead runs the reconciler until ctx ends or leadership (lctx) is lost.
+// WebhookAddr returns the address the webhook listens on once Run has
+// started it ("" before, or when not served).
+func (c *Controller) WebhookAddr() string {
+	if c.webhook == nil {
+		return ""
+	}
+	return c.webhook.Addr()
+}
+
+// ready is nil when this replica can answer the webhook (always, when it
+// serves none): what the readiness probe asks, so that the Service sends
+// AdmissionReviews only to replicas that have a certificate and a synced
+// view of the channels.
+func (c *Controller) ready() error {
+	if c.webhook == nil {
+		return nil
+	}
+	return c.webhook.Ready()
+}
+
+// lead runs the reconciler, and the webhook's certificate upkeep, until
+// ctx ends or leadership (lctx) is lost.
 func (c *Controller) lead(ctx, lctx context.Context) {
 	c.metrics.leader.Set(1)
 	c.log.Info("leading: reconciling")
 	rctx, cancel := context.WithCancel(lctx)
 	defer cancel()
 	defer context.AfterFunc(ctx, cancel)()
+	if c.webhook != nil {
+		done := make(chan struct{})
+		go func() { defer close(done); c.webhook.Lead(rctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	if err := c.rec.Run(rctx, c.cfg.Workers); err != nil && ctx.Err() == nil && lctx.Err() == nil {
 		c.log.WithError(err).Error("reconciler stopped")
 	}
@@ -266,16 +325,24 @@ func newMetrics() *metrics {
 	}
 }
 
-// handler serves /metrics from a private registry and /healthz, which
+// handler serves /metrics from a private registry, /healthz, which
 // fails when this replica leads but has not renewed the Lease for longer
-// than the lease duration plus the renew deadline (a stuck leader).
-func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor) http.Handler {
+// than the lease duration plus the renew deadline (a stuck leader), and
+// /readyz, which fails while ready does (the webhook cannot answer).
+func (m *metrics) handler(watchdog *leaderelection.HealthzAdaptor, ready func() error) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.leader, m.writes, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := watchdog.Check(r); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

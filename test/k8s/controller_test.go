@@ -31,6 +31,7 @@ import (
 	shimmyv1alpha1 "github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned/typed/shimmy/v1alpha1"
 	"github.com/shimmy-dev/shimmy/k8s/controller"
 	k8snode "github.com/shimmy-dev/shimmy/k8s/node"
+	"github.com/shimmy-dev/shimmy/k8s/webhook/serving"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -117,11 +118,19 @@ func kubeClient(t *testing.T, cfg *rest.Config) kubernetes.Interface {
 func testRBAC(t *testing.T, c *k8stest.Cluster) {
 	type access struct {
 		verb, group, resource, sub, ns string
+		name                           string // one object's, if set
 	}
-	smc := func(verb string) access { return access{verb, v1.GroupName, "sharedmemorychannels", "", "team"} }
-	status := func(verb string) access { return access{verb, v1.GroupName, "sharedmemorychannels", "status", "team"} }
-	core := func(verb, resource, ns string) access { return access{verb, "", resource, "", ns} }
-	lease := func(verb, ns string) access { return access{verb, "coordination.k8s.io", "leases", "", ns} }
+	smc := func(verb string) access { return access{verb, v1.GroupName, "sharedmemorychannels", "", "team", ""} }
+	status := func(verb string) access {
+		return access{verb, v1.GroupName, "sharedmemorychannels", "status", "team", ""}
+	}
+	core := func(verb, resource, ns string) access { return access{verb, "", resource, "", ns, ""} }
+	named := func(a access, name string) access { a.name = name; return a }
+	webhookSecret := func(verb string) access { return named(core(verb, "secrets", systemNS), serving.DefaultSecret) }
+	mwc := func(verb, name string) access {
+		return access{verb, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "", name}
+	}
+	lease := func(verb, ns string) access { return access{verb, "coordination.k8s.io", "leases", "", ns, ""} }
 	for _, tc := range []struct {
 		sa      string
 		allowed []access
@@ -135,10 +144,13 @@ func testRBAC(t *testing.T, c *k8stest.Cluster) {
 				core("get", "nodes", ""), core("create", "events", systemNS), lease("create", systemNS)}},
 		{controllerSA,
 			[]access{smc("get"), smc("list"), smc("watch"), status("patch"), core("list", "pods", ""), core("watch", "pods", ""),
-				lease("get", systemNS), lease("create", systemNS), lease("update", systemNS), core("create", "events", systemNS)},
+				lease("get", systemNS), lease("create", systemNS), lease("update", systemNS), core("create", "events", systemNS),
+				webhookSecret("get"), webhookSecret("update"), core("create", "secrets", systemNS), mwc("get", serving.DefaultWebhookConfig), mwc("patch", serving.DefaultWebhookConfig)},
 			[]access{smc("create"), smc("update"), smc("patch"), smc("delete"), status("update"),
 				core("create", "pods", "team"), core("get", "secrets", systemNS), core("list", "namespaces", ""),
-				lease("create", "team"), lease("update", "kube-system"), lease("delete", systemNS), core("create", "events", "team")}},
+				lease("create", "team"), lease("update", "kube-system"), lease("delete", systemNS), core("create", "events", "team"),
+				core("list", "secrets", systemNS), named(core("get", "secrets", systemNS), "other"), webhookSecret("delete"), core("create", "secrets", "team"),
+				mwc("patch", "another"), mwc("list", ""), mwc("create", ""), mwc("delete", serving.DefaultWebhookConfig)}},
 	} {
 		for _, want := range []bool{true, false} {
 			list := tc.allowed
@@ -146,12 +158,12 @@ func testRBAC(t *testing.T, c *k8stest.Cluster) {
 				list = tc.denied
 			}
 			for _, a := range list {
-				name := fmt.Sprintf("%s/%s %s.%s/%s in %q", tc.sa, a.verb, a.resource, a.group, a.sub, a.ns)
+				name := fmt.Sprintf("%s/%s %s.%s/%s %q in %q", tc.sa, a.verb, a.resource, a.group, a.sub, a.name, a.ns)
 				sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
 					User:   "system:serviceaccount:" + systemNS + ":" + tc.sa,
 					Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNS, "system:authenticated"},
 					ResourceAttributes: &authv1.ResourceAttributes{
-						Namespace: a.ns, Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub,
+						Namespace: a.ns, Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub, Name: a.name,
 					},
 				}}
 				got, err := c.Clientset(t).AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
@@ -273,7 +285,7 @@ func runController(t *testing.T, c *k8stest.Cluster, identity, lease string, tim
 // newController builds a controller acting as the controller
 // ServiceAccount, with short leader-election timing; writes counts the
 // status writes that reach the API server.
-func newController(t *testing.T, c *k8stest.Cluster, identity, lease string, timeout time.Duration, metrics string) (ctl *controller.Controller, writes *atomic.Int64) {
+func newController(t *testing.T, c *k8stest.Cluster, identity, lease string, timeout time.Duration, metrics string, edits ...func(*controller.Config)) (ctl *controller.Controller, writes *atomic.Int64) {
 	t.Helper()
 	writes = new(atomic.Int64)
 	kcfg := as(c, controllerSA)
@@ -289,6 +301,9 @@ func newController(t *testing.T, c *k8stest.Cluster, identity, lease string, tim
 	cfg.Kube, cfg.Identity, cfg.LeaseName, cfg.MetricsAddr = kcfg, identity, lease, metrics
 	cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond
 	cfg.NodeReportTimeout = timeout
+	for _, edit := range edits {
+		edit(&cfg)
+	}
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)

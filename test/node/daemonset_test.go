@@ -29,12 +29,10 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	port := strconv.Itoa(k8stest.FreePort(t))
 
 	// The manifests as users apply them, but for the host paths (this
-	// test's node, not the machine's /run/shimmy) and the health port
-	// (tests run in parallel on one host network).
-	manifest := kustomize(t, c, "deploy",
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
-		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", port)
+	// test's node, not the machine's /run/shimmy), the health port
+	// (tests run in parallel on one host network) and what this node
+	// lacks (testOverlay).
+	manifest := deployManifest(t, c, mnt, state, port)
 	if _, err := c.Kubectl(manifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +42,13 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	}
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
 	t.Log("the agent's mount is on the host")
+	waitController(t, c)
 
 	if err := os.MkdirAll(filepath.Join(mnt, "default", "pod"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	checkWiring(t, c, n, mnt, "pod")
+	checkWebhook(t, c, n, mnt)
 	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
 	}
@@ -59,7 +59,7 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	}
 	cs := c.Clientset(t)
 	wait.Eventually(t, PodTimeout, func() error {
-		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{})
+		pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=shimmy-agent"})
 		if err != nil {
 			return err
 		}
@@ -71,11 +71,15 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt s
 	checkUnmounted(t, mnt)
 }
 
-// kustomize renders a kustomization of the repository (kubectl kustomize),
+// kustomize renders a kustomization (kubectl kustomize; a relative dir is
+// the repository's),
 // replacing each old string (which must occur) with its new one.
 func kustomize(t *testing.T, c *k8stest.Cluster, dir string, oldnew ...string) string {
 	t.Helper()
-	s, err := c.Kubectl("", "kustomize", filepath.Join(k8stest.RepoRoot(t), dir))
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(k8stest.RepoRoot(t), dir)
+	}
+	s, err := c.Kubectl("", "kustomize", dir)
 	if err != nil {
 		t.Fatal(err)
 	}

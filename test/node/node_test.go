@@ -31,7 +31,9 @@ const PodTimeout = 3 * time.Minute
 func TestNode(t *testing.T) {
 	k8snode.Need(t)
 	imgs := k8snode.Images(t)
-	c := k8stest.Start(t)
+	// ServiceAccounts: the agent and the controller of deploy/ reach the
+	// API server with their pods' tokens.
+	c := k8stest.StartWith(t, k8stest.Options{ServiceAccounts: true})
 	c.StartControllers(t)
 	n := k8snode.Start(t, c, k8snode.Options{Images: imgs, SandboxImage: k8snode.ClientImage})
 	mnt := n.SharedDir(t, "shimmy")

@@ -64,17 +64,7 @@ echo published`, dir, messages)
 	create(t, cs, pod)
 	waitPhase(t, cs, "default", pod.Name, corev1.PodSucceeded)
 
-	var want strings.Builder
-	for i := 1; i <= messages; i++ {
-		fmt.Fprintf(&want, "msg %d\n", i)
-	}
-	sum := md5.Sum([]byte(want.String()))
-	wantSum := hex.EncodeToString(sum[:]) + "  -"
-	for container, wants := range map[string][]string{
-		"mmap":  {wantSum, fmt.Sprintf("received %d messages, lost 0", messages)},
-		"files": {wantSum},
-		"pub":   {"published"},
-	} {
+	for container, wants := range wantOutputs() {
 		out := n.Logs(t, "default", pod.Name, container)
 		for _, w := range wants {
 			if !strings.Contains(out, w) {
@@ -91,6 +81,22 @@ echo published`, dir, messages)
 	}
 	if err := cs.CoreV1().Pods("default").Delete(t.Context(), pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Error(err)
+	}
+}
+
+// wantOutputs is what each container of a wiring pod prints when its
+// subscribers got every message, in order, bytes intact.
+func wantOutputs() map[string][]string {
+	var want strings.Builder
+	for i := 1; i <= messages; i++ {
+		fmt.Fprintf(&want, "msg %d\n", i)
+	}
+	sum := md5.Sum([]byte(want.String()))
+	wantSum := hex.EncodeToString(sum[:]) + "  -"
+	return map[string][]string{
+		"mmap":  {wantSum, fmt.Sprintf("received %d messages, lost 0", messages)},
+		"files": {wantSum},
+		"pub":   {"published"},
 	}
 }
 
