@@ -297,14 +297,17 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 		base = asExtended(ex.rd.Position())
 	}
 	ex.ext = ex.rd.Position().Extend(base)
-	// Skip what the peer has (it stored its mark after publishing them).
-	var scratch []byte
+	// Skip what the peer has (it stored its mark after publishing them),
+	// and no further: a message past its mark is the peer's to get.
 	for resume && ex.ext.Seq < sub.Next.Seq {
-		var err error
-		if scratch, _, err = ex.rd.AppendNext(scratch[:0]); err != nil {
+		next := sub.Next.Seq
+		skipped, err := ex.rd.SkipIf(func(_ uint32, after channel.Position) bool {
+			return after.Extend(ex.ext).Seq <= next
+		})
+		ex.ext = ex.rd.Position().Extend(ex.ext)
+		if err != nil || !skipped {
 			break
 		}
-		ex.ext = ex.rd.Position().Extend(ex.ext)
 	}
 	ex.lost = ex.rd.Lost()
 	ex.acked, ex.sentNext = ex.ext, ex.ext
@@ -314,8 +317,20 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	return wire.Open{
 		Flow: ex.flow, Epoch: ex.epoch, Start: wire.Pos{Seq: ex.ext.Seq, Units: ex.ext.Units},
-		Type: uint32(ex.cfg.Type), Policy: uint32(ex.cfg.Policy), Lost: ex.lost, MaxMessage: ex.cfg.MaxMessage,
+		Type: uint32(ex.cfg.Type), Policy: uint32(ex.cfg.Policy), Lost: ex.peerLost(sub), MaxMessage: ex.cfg.MaxMessage,
 	}, nil
+}
+
+// peerLost is how many messages the peer of sub misses where the reader
+// starts: those the ring no longer held from its mark on. The reader
+// may have started behind the mark (at the acknowledged position, when
+// the Acks of the last batches went down with the link), and what it
+// lost before the mark the peer has.
+func (ex *exporter) peerLost(sub wire.Sub) uint64 {
+	if sub.Epoch != ex.epoch {
+		return ex.lost
+	}
+	return min(ex.lost, ex.ext.Seq-min(ex.ext.Seq, sub.Next.Seq))
 }
 
 // advanceHold moves the block slot to p (a position the reader passed)
