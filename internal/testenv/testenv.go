@@ -10,6 +10,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -167,4 +168,24 @@ func Tmpfs(t testing.TB, size int64) string {
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 	return dir
+}
+
+// UnmountBelowAtCleanup detaches, when t ends, every mount at or below
+// dir, the topmost of a stack first, until none is left: what an agent
+// with a pod directory keeps when it stops (its per-namespace binds and
+// the directory's own shared bind). Call it before starting the agent,
+// so that it runs after the agent has stopped.
+func UnmountBelowAtCleanup(t testing.TB, dir string) {
+	t.Cleanup(func() {
+		for range 100 {
+			ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+			if err != nil || len(ms) == 0 {
+				return
+			}
+			for i := len(ms) - 1; i >= 0; i-- { // mountinfo lists a mount after what it covers
+				unix.Unmount(ms[i].Mountpoint, unix.MNT_DETACH)
+			}
+		}
+		t.Errorf("mounts left below %s", dir)
+	})
 }

@@ -59,8 +59,11 @@ func startMirrorNode(t *testing.T, c *k8stest.Cluster, bin, dir, name, tls strin
 	if err := os.MkdirAll(n.mount, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	pods := filepath.Join(dir, name, "pods") // not the machine's /run/shimmy-pods
+	testenv.UnmountBelowAtCleanup(t, pods)   // the binds the agent keeps when it stops
 	args := append([]string{"agent", "--mount", n.mount, "--state-dir", testenv.ShmDir(t, "kmirror-"+name+"-"),
 		"--metrics", n.metrics, "--kubernetes", "--kubeconfig", c.Kubeconfig, "--node-name", name,
+		"--pod-dir", pods,
 		"--mirror-tls-dir", tls, "--mirror-timeout", "2s"}, mirror...)
 	k8stest.Serve(t, dir, "agent-"+name, bin, args...)
 	return n
