@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shimmy-dev/shimmy/internal/agenttest"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // podMessages is how many messages the pod publishes under each agent.
@@ -119,12 +118,7 @@ func TestPodDirAcrossRestart(t *testing.T) {
 	cfg := agenttest.Config(t, frontEnd)
 	cfg.PodDir = filepath.Join(t.TempDir(), "pods")
 	volume := filepath.Join(cfg.PodDir, "ns")
-	t.Cleanup(func() { // after the agents: every layer, then the pod directory's own bind
-		for _, p := range []string{volume, cfg.PodDir} {
-			for unix.Unmount(p, unix.MNT_DETACH) == nil {
-			}
-		}
-	})
+	testenv.UnmountBelowAtCleanup(t, cfg.PodDir) // after the agents: every layer, then the pod directory's own bind
 	_, stop := agenttest.Start(t, cfg)
 	if err := os.MkdirAll(filepath.Join(cfg.MountPoint, "ns", "ch"), 0o755); err != nil {
 		t.Fatal(err)
@@ -164,12 +158,7 @@ func TestPodDirAcrossRestart(t *testing.T) {
 func TestPodDirFollowsNamespaces(t *testing.T) {
 	cfg := agenttest.Config(t, frontEnd)
 	cfg.PodDir = filepath.Join(t.TempDir(), "pods")
-	t.Cleanup(func() {
-		for _, ns := range []string{"a", "b", ""} {
-			for unix.Unmount(filepath.Join(cfg.PodDir, ns), unix.MNT_DETACH) == nil {
-			}
-		}
-	})
+	testenv.UnmountBelowAtCleanup(t, cfg.PodDir)
 	bound := func(want ...string) {
 		t.Helper()
 		eventually(t, 10*time.Second, func() error {

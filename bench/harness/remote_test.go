@@ -2,11 +2,11 @@ package harness
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/shimmy-dev/shimmy/internal/nethost"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // TestRemoteEndToEnd runs a tiny case of every remote system on two hosts
@@ -23,8 +23,8 @@ func TestRemoteEndToEnd(t *testing.T) {
 	}
 	tmp := t.TempDir()
 	shimmy := filepath.Join(tmp, "shimmy")
-	if out, err := exec.Command("go", "build", "-o", shimmy, "../../cmd/shimmy").CombinedOutput(); err != nil {
-		t.Fatalf("go build shimmy: %v\n%s", err, out)
+	if err := testenv.Build(shimmy, "github.com/shimmy-dev/shimmy/cmd/shimmy"); err != nil {
+		t.Fatal(err)
 	}
 	rh, err := newRemote(tmp, shimmy)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -188,4 +189,14 @@ func UnmountBelowAtCleanup(t testing.TB, dir string) {
 		}
 		t.Errorf("mounts left below %s", dir)
 	})
+}
+
+// Build compiles the Go package pkg (an import path under this module's
+// name, or a directory relative to the test's package) into the file bin,
+// for tests that run real processes. The error carries the compiler's output.
+func Build(bin, pkg string) error {
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
 }

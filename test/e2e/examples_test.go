@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 // The examples are built on first use into binDir, which TestMain removes
@@ -36,10 +38,9 @@ func exampleBin(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(binDir, "example-"+name)
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/shimmy-dev/shimmy/examples/"+name).CombinedOutput()
-	if err != nil {
-		exampleBuildE[name] = fmt.Errorf("go build examples/%s: %w\n%s", name, err, out)
-		t.Fatal(exampleBuildE[name])
+	if err := testenv.Build(bin, "github.com/shimmy-dev/shimmy/examples/"+name); err != nil {
+		exampleBuildE[name] = err
+		t.Fatal(err)
 	}
 	exampleBins[name] = bin
 	return bin

@@ -17,6 +17,7 @@ import (
 	"github.com/shimmy-dev/shimmy/chanfile"
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/internal/syncbuf"
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 	"github.com/shimmy-dev/shimmy/internal/wait"
 	"github.com/shimmy-dev/shimmy/mountpoint"
 	"github.com/shimmy-dev/shimmy/test/internal/member"
@@ -64,9 +65,8 @@ func buildAndRun(m *testing.M) (int, error) {
 	shimmyBin = filepath.Join(binDir, "shimmy")
 	podBin = filepath.Join(binDir, "pod")
 	for bin, pkg := range map[string]string{shimmyBin: "github.com/shimmy-dev/shimmy/cmd/shimmy", podBin: "github.com/shimmy-dev/shimmy/test/e2e/internal/pod"} {
-		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
-		if err != nil {
-			return 0, fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		if err := testenv.Build(bin, pkg); err != nil {
+			return 0, err
 		}
 	}
 	return m.Run(), nil

@@ -27,10 +27,8 @@ import (
 func shimmyBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "shimmy")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/shimmy")
-	cmd.Dir = k8stest.RepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/shimmy: %v\n%s", err, out)
+	if err := testenv.Build(bin, "github.com/shimmy-dev/shimmy/cmd/shimmy"); err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

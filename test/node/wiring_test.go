@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -184,8 +183,8 @@ func checkUnmounted(t *testing.T, mnt string) {
 func buildShimmy(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "shimmy")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/shimmy-dev/shimmy/cmd/shimmy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if err := testenv.Build(bin, "github.com/shimmy-dev/shimmy/cmd/shimmy"); err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

@@ -9,9 +9,10 @@ package remote
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/shimmy-dev/shimmy/internal/testenv"
 )
 
 var (
@@ -41,8 +42,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		shimmyBin, podBin = filepath.Join(dir, "shimmy"), filepath.Join(dir, "pod")
 		for bin, pkg := range map[string]string{shimmyBin: "../../cmd/shimmy", podBin: "../e2e/internal/pod"} {
-			if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, out)
+			if err := testenv.Build(bin, pkg); err != nil {
+				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 		}
