@@ -6,9 +6,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
+	_ "unsafe" // go:linkname
 
-	"golang.org/x/sys/unix"
+	"github.com/shimmy-dev/shimmy/internal/heldsleep"
 )
 
 // monotonic returns CLOCK_MONOTONIC in nanoseconds: the clock leases use,
@@ -26,17 +26,21 @@ func nanotime() int64
 type Idle struct {
 	Spins int // busy polls before yielding
 	// SpinFor keeps busy-polling after the Spins polls, for this long. A sleeper costs its waker a futex system call
-	// and itself a wake-up (about 25 µs across cores here, more when the
-	// vCPU was idle): a reader that sleeps between two batches of a fast
-	// publisher costs it that per batch. Spinning about as long as a
-	// wake-up costs bounds the waste at twice the optimum. A member whose
-	// last sleep lasted longer than SpinFor skips spinning (Spins and
-	// SpinFor) on its next wait, until a sleep is shorter again: at a low
-	// rate the spin never catches a message, and the CPU it burns costs
-	// the sleeper its place in the kernel's queue when it is woken on a
-	// busy host.
+	// and itself a wake-up (6-25 µs here, more when the vCPU was idle): a
+	// reader that sleeps between two batches of a fast publisher costs it
+	// that per batch. Spinning about as long as a wake-up costs bounds
+	// the waste at twice the optimum. A member whose last sleep lasted
+	// longer than SpinFor skips spinning (Spins and SpinFor) and yielding
+	// on its next wait, until a sleep is shorter again: at a low rate the
+	// spin never catches a message, and the CPU it burns costs the
+	// sleeper its place in the kernel's queue when it is woken on a busy
+	// host.
 	SpinFor time.Duration
-	Yields  int  // runtime.Gosched calls before sleeping
+	// Yields: runtime.Gosched calls before sleeping (skipped, like the
+	// spin, after a sleep longer than SpinFor). A yield with an idle
+	// processor in the process wakes a thread to look for work: several
+	// µs of the other CPUs' time each, here.
+	Yields  int
 	NoSleep bool // never sleep: poll forever (lowest latency, burns a core)
 	// YieldEvery makes a spinning member call runtime.Gosched about this
 	// often while it spins (0: never). The Go runtime preempts a goroutine
@@ -101,6 +105,9 @@ func newWaiter(idle Idle, lease *member) waiter {
 func (w *waiter) reset() {
 	w.n, w.yields, w.until = 0, 0, 0
 	w.spinDone = w.idle.Spins <= 0 && w.idle.SpinFor <= 0 || w.noSpin
+	if w.noSpin && !w.idle.NoSleep {
+		w.yields = w.idle.Yields
+	}
 }
 
 // spinning reports whether the next pause is a busy poll.
@@ -327,20 +334,12 @@ func (pk *park) close() {
 	}
 }
 
-func futexWait(word *uint32, val uint32, d time.Duration) {
-	ts := unix.NsecToTimespec(int64(d))
-	// FUTEX_WAIT without PRIVATE: the word lives in shared memory.
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
-}
+// futexWait sleeps while *word == val, at most d, holding the Go
+// processor for the first part of the sleep when the process has one to
+// spare: the wake-up of a sleeping subscriber then costs what it costs a
+// C thread (internal/heldsleep says why and what it costs).
+func futexWait(word *uint32, val uint32, d time.Duration) { heldsleep.FutexWait(word, val, d) }
 
 func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
 
-func futexWakeN(word *uint32, n int) {
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(n), 0, 0, 0)
-}
-
-// Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG.
-const (
-	futexOpWait = 0
-	futexOpWake = 1
-)
+func futexWakeN(word *uint32, n int) { heldsleep.FutexWake(word, n) }
