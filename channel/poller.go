@@ -102,7 +102,7 @@ func (pl *poller) detach(pk *park, tok uint64) {
 // kick makes the thread build its set again.
 func (pl *poller) kick() {
 	atomic.AddUint32(&pl.ctl, 1)
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&pl.ctl)), futexOpWake|futexPrivate, 1, 0, 0, 0)
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&pl.ctl)), futexOpWakePrivate, 1, 0, 0, 0)
 }
 
 // run is the poller thread. Each pass waits on every park's word against
@@ -220,6 +220,8 @@ type futexWaitv struct {
 const (
 	futex32      = 2   // FUTEX_32: a 32-bit word
 	futexPrivate = 128 // FUTEX_PRIVATE_FLAG
+
+	futexOpWakePrivate = 1 | futexPrivate // FUTEX_WAKE_PRIVATE: the poller's own word
 )
 
 // haveWaitv reports whether futex_waitv(2) works here. It came in Linux

@@ -6,9 +6,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
+	_ "unsafe" // go:linkname
 
-	"golang.org/x/sys/unix"
+	"github.com/shimmy-dev/shimmy/internal/heldsleep"
 )
 
 // monotonic returns CLOCK_MONOTONIC in nanoseconds: the clock leases use,
@@ -26,26 +26,34 @@ func nanotime() int64
 type Idle struct {
 	Spins int // busy polls before yielding
 	// SpinFor keeps busy-polling after the Spins polls, for this long. A sleeper costs its waker a futex system call
-	// and itself a wake-up (about 25 µs across cores here, more when the
-	// vCPU was idle): a reader that sleeps between two batches of a fast
-	// publisher costs it that per batch. Spinning about as long as a
-	// wake-up costs bounds the waste at twice the optimum. A member whose
-	// last sleep lasted longer than SpinFor skips spinning (Spins and
-	// SpinFor) on its next wait, until a sleep is shorter again: at a low
-	// rate the spin never catches a message, and the CPU it burns costs
-	// the sleeper its place in the kernel's queue when it is woken on a
-	// busy host.
+	// and itself a wake-up (6-25 µs here, more when the vCPU was idle): a
+	// reader that sleeps between two batches of a fast publisher costs it
+	// that per batch. Spinning about as long as a wake-up costs bounds
+	// the waste at twice the optimum. A member whose last sleep lasted
+	// longer than SpinFor skips spinning (Spins and SpinFor) and yielding
+	// on its next wait, until a sleep is shorter again: at a low rate the
+	// spin never catches a message, and the CPU it burns costs the
+	// sleeper its place in the kernel's queue when it is woken on a busy
+	// host.
 	SpinFor time.Duration
-	Yields  int  // runtime.Gosched calls before sleeping
+	// Yields: runtime.Gosched calls before sleeping (skipped, like the
+	// spin, after a sleep longer than SpinFor). A yield with an idle
+	// processor in the process wakes a thread to look for work: several
+	// µs of the other CPUs' time each, here.
+	Yields  int
 	NoSleep bool // never sleep: poll forever (lowest latency, burns a core)
 	// YieldEvery makes a spinning member call runtime.Gosched about this
 	// often while it spins (0: never). The Go runtime preempts a goroutine
 	// that ran 10 ms without passing through the scheduler, with a signal
 	// that interrupts the poll loop at a random point and costs tens of
 	// µs here (the busy subscriber's p99 and p99.9); a goroutine that
-	// yields first is never preempted, for about 0.2 µs a yield. The time
-	// is measured across waits: a subscriber that finds a message every
-	// few µs never sleeps and is never rescheduled otherwise.
+	// yields first is never preempted. A yield is not free either: while
+	// the process has an idle processor it wakes a thread to look for
+	// work, about 30 µs of not polling here (0.3-1 µs with GOMAXPROCS=1).
+	// So yield as seldom as keeps the runtime from preempting: just under
+	// its 10 ms. The time is measured across waits: a subscriber that
+	// finds a message every few µs never sleeps and is never
+	// rescheduled otherwise.
 	YieldEvery time.Duration
 }
 
@@ -54,13 +62,15 @@ var (
 	// IdleDefault spins for about a wake-up's cost (20 µs), yields, then
 	// sleeps on the futex.
 	IdleDefault = Idle{Spins: 200, SpinFor: 20 * time.Microsecond, Yields: 20}
-	// IdleBusy polls and never sleeps, yielding the processor every
-	// millisecond so that the runtime never preempts it mid-poll. It
-	// spends a core per waiting member; pin the process (taskset) to a
-	// core of its own for the steadiest tail, and keep GOMAXPROCS above
-	// the number of busy members, or they starve the process's other
-	// goroutines (the lease heartbeat among them) between yields.
-	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: time.Millisecond}
+	// IdleBusy polls and never sleeps, yielding the processor every 9
+	// ms, before the runtime would preempt it mid-poll (YieldEvery says
+	// what a yield costs). It spends a core per waiting member. For the
+	// steadiest tail give it a process of its own with GOMAXPROCS=1
+	// (a yield then wakes no other thread, and the process's other
+	// goroutines, the lease heartbeat among them, run at the yields) and
+	// pin it (taskset) to a core of its own; with more busy members than
+	// GOMAXPROCS, the process's other goroutines wait up to 9 ms for one.
+	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: 9 * time.Millisecond}
 	// IdleSleep sleeps at once.
 	IdleSleep = Idle{}
 )
@@ -101,6 +111,9 @@ func newWaiter(idle Idle, lease *member) waiter {
 func (w *waiter) reset() {
 	w.n, w.yields, w.until = 0, 0, 0
 	w.spinDone = w.idle.Spins <= 0 && w.idle.SpinFor <= 0 || w.noSpin
+	if w.noSpin && !w.idle.NoSleep {
+		w.yields = w.idle.Yields
+	}
 }
 
 // spinning reports whether the next pause is a busy poll.
@@ -327,20 +340,12 @@ func (pk *park) close() {
 	}
 }
 
-func futexWait(word *uint32, val uint32, d time.Duration) {
-	ts := unix.NsecToTimespec(int64(d))
-	// FUTEX_WAIT without PRIVATE: the word lives in shared memory.
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
-}
+// futexWait sleeps while *word == val, at most d, holding the Go
+// processor for the first part of the sleep when the process has one to
+// spare: the wake-up of a sleeping subscriber then costs what it costs a
+// C thread (internal/heldsleep says why and what it costs).
+func futexWait(word *uint32, val uint32, d time.Duration) { heldsleep.FutexWait(word, val, d) }
 
 func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
 
-func futexWakeN(word *uint32, n int) {
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(n), 0, 0, 0)
-}
-
-// Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG.
-const (
-	futexOpWait = 0
-	futexOpWake = 1
-)
+func futexWakeN(word *uint32, n int) { heldsleep.FutexWake(word, n) }

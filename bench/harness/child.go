@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/shimmy-dev/shimmy/internal/heldsleep"
 	"github.com/shimmy-dev/shimmy/internal/shmword"
 )
 
@@ -243,15 +244,12 @@ func childMain(raw string) int {
 // wakes on the runtime's timer, about 1.08 ms here for any request from
 // 50 µs to 900 µs, which made "5000/s" bursts of five messages every
 // millisecond. An absolute deadline per message also keeps one late
-// wake-up from shifting every message after it.
-func sleepUntil(t int64) {
-	if t <= nanotime() {
-		return
-	}
-	ts := unix.NsecToTimespec(t)
-	for unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &ts, nil) == unix.EINTR {
-	}
-}
+// wake-up from shifting every message after it. The sleep holds the Go
+// processor (internal/heldsleep): in an ordinary system call the
+// runtime took it away, and getting it back woke sysmon on the other
+// CPU at the very moment of publishing, which a Go publisher paid in its
+// latency figures and a C one did not.
+func sleepUntil(t int64) { heldsleep.Until(t) }
 
 func report(r childResult) {
 	b, _ := json.Marshal(r)
