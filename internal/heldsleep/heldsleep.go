@@ -15,9 +15,9 @@
 // The cost, and how it stays bounded: while a goroutine sleeps held, its
 // P runs nothing else. So at most GOMAXPROCS/2 goroutines of a process
 // sleep held at once (none with GOMAXPROCS 1), the others sleep the
-// ordinary way, and one held sleep lasts at most MaxHold, the runtime's
-// own time slice (sysmon signals a goroutine that has kept its P that
-// long anyway); the rest of a longer sleep is an ordinary one. The
+// ordinary way, and one held sleep lasts at most MaxHold, half the
+// runtime's own time slice (sysmon signals a goroutine that has kept its
+// P for a whole one anyway); the rest of a longer sleep is an ordinary one. The
 // runtime still reaches a held sleeper: to stop the world, scan its stack
 // or preempt it, it signals the thread, the sleep returns EINTR (a signal
 // with a handler interrupts a timed futex or clock_nanosleep), and the
@@ -36,9 +36,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxHold bounds one held sleep: the scheduler's own time slice, the
-// longest a running goroutine keeps its P before the runtime preempts it.
-const MaxHold = 10 * time.Millisecond
+// MaxHold bounds one held sleep: half the scheduler's time slice (a
+// running goroutine keeps its P for 10 ms before the runtime preempts
+// it), so that a sleeper that yields before each sleep once every few
+// milliseconds is never preempted in one.
+const MaxHold = 5 * time.Millisecond
 
 // Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG: the words
 // live in shared memory.
