@@ -2,6 +2,7 @@ package channel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -315,6 +316,35 @@ func (s *Subscriber) Done() {
 	if s.dirtyN >= cursorEveryMsgs || s.dirtyB >= s.r.capacity/16 || atomic.LoadUint32(&s.qh.SpaceWaiters) != 0 {
 		s.flush()
 	}
+}
+
+// SkipTo passes the messages before p unread, as TryPeek and Done would
+// one by one, and stores the cursor once at the end: a block slot that
+// follows another reader (the mirror's slot for a peer, moved on each
+// acknowledgement of thousands of messages) then wakes waiting
+// publishers once, not once per message. It stops early, without error,
+// where no message is ready; it returns an error only as TryPeek does.
+func (s *Subscriber) SkipTo(p Position) error {
+	var n uint64
+	var err error
+	for s.cur != p {
+		if _, err = s.peek(false); err != nil {
+			break
+		}
+		s.cur = s.after()
+		s.dirtyN++
+		s.dirtyB += s.viewed
+		s.viewed = 0
+		n++
+	}
+	if n > 0 {
+		s.m.counted(n)
+	}
+	s.flush()
+	if errors.Is(err, ErrWouldBlock) {
+		return nil
+	}
+	return err
 }
 
 // flush stores the cursor for publishers (block policy: the space behind
