@@ -2,7 +2,6 @@ package channel
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -318,33 +317,34 @@ func (s *Subscriber) Done() {
 	}
 }
 
-// SkipTo passes the messages before p unread, as TryPeek and Done would
-// one by one, and stores the cursor once at the end: a block slot that
-// follows another reader (the mirror's slot for a peer, moved on each
-// acknowledgement of thousands of messages) then wakes waiting
-// publishers once, not once per message. It stops early, without error,
-// where no message is ready; it returns an error only as TryPeek does.
+// SkipTo moves the cursor on to p without reading the messages before
+// it, storing it and waking waiting publishers once. p must be a position
+// this ring gave out at a message boundary, at or after the cursor and
+// not past the tail: another reader's Position. The mirror's block slot
+// for a peer follows its exporter's reader this way, a batch of
+// thousands of messages per acknowledgement. ErrConfig if p is out of
+// that range.
 func (s *Subscriber) SkipTo(p Position) error {
-	var n uint64
-	var err error
-	for s.cur != p {
-		if _, err = s.peek(false); err != nil {
-			break
-		}
-		s.cur = s.after()
-		s.dirtyN++
-		s.dirtyB += s.viewed
-		s.viewed = 0
-		n++
+	if s.viewed != 0 {
+		return fmt.Errorf("%w: SkipTo before Done", ErrConfig)
 	}
-	if n > 0 {
-		s.m.counted(n)
-	}
-	s.flush()
-	if errors.Is(err, ErrWouldBlock) {
+	if p == s.cur {
 		return nil
 	}
-	return err
+	if err := s.m.alive(); err != nil {
+		return err
+	}
+	tail := pos(atomic.LoadUint64(&s.qh.Tail))
+	units, n := udist(p.units(), s.cur.units()), udist(p.seq(), s.cur.seq())
+	if units >= 1<<31 || n >= 1<<31 || udist(tail.units(), p.units()) >= 1<<31 || udist(tail.seq(), p.seq()) >= 1<<31 {
+		return fmt.Errorf("%w: SkipTo %v, outside the cursor %v and the tail %v", ErrConfig, p, s.cur, tail)
+	}
+	s.cur = p
+	s.dirtyN += uint64(n)
+	s.dirtyB += uint64(units) << unitShift
+	s.m.counted(uint64(n))
+	s.flush()
+	return nil
 }
 
 // flush stores the cursor for publishers (block policy: the space behind

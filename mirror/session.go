@@ -383,7 +383,9 @@ func (s *session) completions() error {
 			if !containsImp(touched, imp) {
 				touched = append(touched, imp)
 			}
-			ad.add(l, imp.isStream())
+			// A batch of no records carries the peer's position past
+			// our own imports: its slot in its ring waits for the Ack.
+			ad.add(l, imp.isStream() || bt.Count == 0)
 		}
 		if ad.due(size) {
 			if err := s.ack(touched); err != nil {
@@ -397,7 +399,8 @@ func (s *session) completions() error {
 // How long and how much a receiver may leave pubsub batches
 // unacknowledged: an Ack costs both agents a system call and a wake-up,
 // which one per batch of 100 KB messages made a tenth of their work.
-// Stream batches are acknowledged at once (the Ack carries credit).
+// Stream batches are acknowledged at once (the Ack carries credit), and
+// so are batches of no records (the peer's block slot waits for them).
 const (
 	ackAfter = 2 * time.Millisecond
 	ackShare = 8 // of the inbox
@@ -407,15 +410,15 @@ const (
 type ackDelay struct {
 	bytes uint64
 	first time.Time // when the oldest of them arrived
-	now   bool      // a stream batch: acknowledge at once
+	now   bool      // acknowledge at once
 }
 
-func (a *ackDelay) add(n uint64, stream bool) {
+func (a *ackDelay) add(n uint64, now bool) {
 	if a.bytes == 0 {
 		a.first = time.Now()
 	}
 	a.bytes += n
-	a.now = a.now || stream
+	a.now = a.now || now
 }
 
 // due reports whether the batches handled must be acknowledged now.
