@@ -19,6 +19,10 @@ type Batch struct {
 // Len returns the number of frames in the batch.
 func (b Batch) Len() int { return b.n }
 
+// Position returns where the batch's first frame lies: with the
+// publisher's Slot, what Ring.ClaimOutcome asks about after a crash.
+func (b Batch) Position() Position { return b.fp }
+
 // Buf returns frame i's payload, to be filled in place.
 func (b Batch) Buf(i int) []byte {
 	if i < 0 || i >= b.n {

@@ -47,9 +47,13 @@ type Idle struct {
 	// that ran 10 ms without passing through the scheduler, with a signal
 	// that interrupts the poll loop at a random point and costs tens of
 	// µs here (the busy subscriber's p99 and p99.9); a goroutine that
-	// yields first is never preempted, for about 0.2 µs a yield. The time
-	// is measured across waits: a subscriber that finds a message every
-	// few µs never sleeps and is never rescheduled otherwise.
+	// yields first is never preempted. A yield is not free either: while
+	// the process has an idle processor it wakes a thread to look for
+	// work, about 30 µs of not polling here (0.3-1 µs with GOMAXPROCS=1).
+	// So yield as seldom as keeps the runtime from preempting: just under
+	// its 10 ms. The time is measured across waits: a subscriber that
+	// finds a message every few µs never sleeps and is never
+	// rescheduled otherwise.
 	YieldEvery time.Duration
 }
 
@@ -58,13 +62,15 @@ var (
 	// IdleDefault spins for about a wake-up's cost (20 µs), yields, then
 	// sleeps on the futex.
 	IdleDefault = Idle{Spins: 200, SpinFor: 20 * time.Microsecond, Yields: 20}
-	// IdleBusy polls and never sleeps, yielding the processor every
-	// millisecond so that the runtime never preempts it mid-poll. It
-	// spends a core per waiting member; pin the process (taskset) to a
-	// core of its own for the steadiest tail, and keep GOMAXPROCS above
-	// the number of busy members, or they starve the process's other
-	// goroutines (the lease heartbeat among them) between yields.
-	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: time.Millisecond}
+	// IdleBusy polls and never sleeps, yielding the processor every 9
+	// ms, before the runtime would preempt it mid-poll (YieldEvery says
+	// what a yield costs). It spends a core per waiting member. For the
+	// steadiest tail give it a process of its own with GOMAXPROCS=1
+	// (a yield then wakes no other thread, and the process's other
+	// goroutines, the lease heartbeat among them, run at the yields) and
+	// pin it (taskset) to a core of its own; with more busy members than
+	// GOMAXPROCS, the process's other goroutines wait up to 9 ms for one.
+	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: 9 * time.Millisecond}
 	// IdleSleep sleeps at once.
 	IdleSleep = Idle{}
 )

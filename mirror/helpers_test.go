@@ -35,7 +35,7 @@ type host struct {
 }
 
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *certs.Pair
 	hosts []*host
 	plan  func(self string) Plan
@@ -43,7 +43,7 @@ type cluster struct {
 
 // newCluster starts one host per name, each sharing ns/ch of cfg with
 // all the others.
-func newCluster(t *testing.T, cfg channel.Config, tune func(*Options), names ...string) *cluster {
+func newCluster(t testing.TB, cfg channel.Config, tune func(*Options), names ...string) *cluster {
 	t.Helper()
 	ca, err := certs.NewCA(certs.Options{Name: "test-ca"})
 	if err != nil {
@@ -157,7 +157,7 @@ func (c *cluster) restartHost(h *host) {
 func (h *host) ringPath() string { return filepath.Join(h.dir, testNS, testCh, "ring") }
 
 // mapRing maps h's ring as a client would, unmapped at cleanup.
-func mapRing(t *testing.T, h *host) *channel.Ring {
+func mapRing(t testing.TB, h *host) *channel.Ring {
 	t.Helper()
 	r, err := channel.MapFile(h.ringPath())
 	if err != nil {
@@ -283,7 +283,7 @@ func subscribe(ctx context.Context, t *testing.T, r *channel.Ring, gaps bool) *t
 
 // waitFor polls f until it returns nil, failing the test after timeout
 // with f's last error.
-func waitFor(t *testing.T, timeout time.Duration, f func() error) {
+func waitFor(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

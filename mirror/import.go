@@ -32,7 +32,7 @@ type importer struct {
 	mark *mark
 
 	mu       sync.Mutex
-	hwm      markRec
+	hwm      hwmRec
 	sess     *session
 	flow     uint32
 	open     bool
@@ -40,8 +40,9 @@ type importer struct {
 	mismatch bool          // the origin's channel does not fit ours
 	broken   bool          // the publisher failed: open a new importer
 
-	msgs [][]byte
-	seqs []uint64
+	msgs  [][]byte
+	seqs  []uint64
+	sizes []int
 }
 
 // importer returns the importer of k, opening it (and the channel) if
@@ -94,14 +95,19 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 			return fail(err)
 		}
 	}
-	mk, rec, ok, err := openMark(m.state.path("hwm", p.cfg.ID(), k))
+	mk, rec, err := openHWM(m.state.path("hwm", p.cfg.ID(), k))
 	if err != nil {
 		return fail(err)
 	}
 	imp.mark = mk
-	if ok {
-		imp.hwm = rec
+	if rec.Pend != 0 {
+		// A previous run died with a part of a batch in flight.
+		rec = rec.reconcile(imp.ring, k.Q)
+		if err := mk.storeHWM(rec); err != nil {
+			return fail(err)
+		}
 	}
+	imp.hwm = rec
 	return imp, nil
 }
 
@@ -160,11 +166,11 @@ func (imp *importer) onOpen(o wire.Open) error {
 	}
 	switch {
 	case o.Epoch != imp.hwm.Epoch:
-		imp.hwm = markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}
+		imp.hwm = hwmRec{markRec: markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}}
 	case o.Start.Seq > imp.hwm.Seq:
 		imp.hwm.Seq, imp.hwm.Units = o.Start.Seq, o.Start.Units
 	}
-	if err := imp.mark.store(imp.hwm); err != nil {
+	if err := imp.mark.storeHWM(imp.hwm); err != nil {
 		return err
 	}
 	if o.Lost > 0 {
@@ -200,14 +206,16 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 		imp.p.losses.Add(uint64(bt.Count))
 		return nil
 	}
-	next := imp.hwm.Seq
-	imp.msgs, imp.seqs = imp.msgs[:0], imp.seqs[:0]
+	next := imp.hwm.next()
+	end := imp.hwm.Seq // the batch may not end before its last record
+	imp.msgs, imp.seqs, imp.sizes = imp.msgs[:0], imp.seqs[:0], imp.sizes[:0]
 	var bytes uint64
 	err := bt.Records(imp.cfg.MaxMessage, func(seq uint64, b []byte) error {
+		end = max(end, seq+1)
 		if seq < next {
-			return nil // had it: a batch sent again after a cut
+			return nil // had it: a batch sent again after a cut or a restart
 		}
-		imp.msgs, imp.seqs = append(imp.msgs, b), append(imp.seqs, seq)
+		imp.msgs, imp.seqs, imp.sizes = append(imp.msgs, b), append(imp.seqs, seq), append(imp.sizes, len(b))
 		bytes += uint64(len(b))
 		next = seq + 1
 		return nil
@@ -215,31 +223,56 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	if bt.Next.Seq < next {
-		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, next-1)
+	if bt.Next.Seq < end {
+		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
-	for done := 0; done < len(imp.msgs); {
-		n, err := imp.pub.PublishBatch(ctx, imp.msgs[done:])
-		done += n
-		if err != nil {
-			if done > 0 {
-				imp.hwm.Seq, imp.hwm.Units = imp.seqs[done-1]+1, 0
-				imp.mark.store(imp.hwm)
-			}
-			if !errors.Is(err, context.Canceled) {
-				imp.broken = true
-			}
-			imp.p.msgs.Add(uint64(done))
-			return fmt.Errorf("mirror: import into %s: %w", imp.key, err)
+	if err := imp.publish(ctx); err != nil {
+		imp.mark.storeHWM(imp.hwm) // what went in, for the next link
+		if !errors.Is(err, context.Canceled) {
+			imp.broken = true
 		}
+		return fmt.Errorf("mirror: import into %s: %w", imp.key, err)
 	}
 	imp.hwm.Seq, imp.hwm.Units = bt.Next.Seq, bt.Next.Units
-	imp.p.msgs.Add(uint64(len(imp.msgs)))
 	imp.p.bytes.Add(bytes)
 	if bt.Lost > 0 {
 		imp.p.losses.Add(bt.Lost)
 	}
-	return imp.mark.store(imp.hwm)
+	return imp.mark.storeHWM(imp.hwm)
+}
+
+// publish puts imp.msgs into the ring, one claim at a time, waiting for
+// room like PublishBatch. Before each claim's commit it stores the claim
+// with the sequence after its last record (hwmRec.Pend): an agent that
+// dies between the commit and the next store learns from the ring after
+// its restart that those records are in. imp.hwm.Have follows what is in.
+func (imp *importer) publish(ctx context.Context) error {
+	for done := 0; done < len(imp.msgs); {
+		b, err := imp.pub.ClaimBatch(ctx, imp.sizes[done:])
+		if err != nil {
+			return err
+		}
+		k := b.Len()
+		for i := range k {
+			copy(b.Buf(i), imp.msgs[done+i])
+		}
+		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.seqs[done+k-1]+1, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		err = imp.mark.storeHWM(imp.hwm)
+		if err == nil {
+			err = imp.pub.CommitBatch(b)
+		}
+		// A claim whose record failed is not committed: it stays open
+		// until the broken importer closes and pads it.
+		pend := imp.hwm.Pend
+		imp.hwm.Pend = 0
+		if err != nil {
+			return err
+		}
+		imp.hwm.Have = pend
+		done += k
+		imp.p.msgs.Add(uint64(k))
+	}
+	return nil
 }
 
 // ackEntry is imp's progress for an Ack; false while its flow is not open.

@@ -48,17 +48,27 @@ type mark struct{ f *os.File }
 // openMark opens (creating) the mark at path; ok is false if it held
 // nothing valid.
 func openMark(path string) (*mark, markRec, bool, error) {
+	mk, b, err := openMarkFile(path, markLen)
+	if err != nil {
+		return nil, markRec{}, false, err
+	}
+	r, ok := decodeMark(b)
+	return mk, r, ok, nil
+}
+
+// openMarkFile opens (creating) the file at path and reads up to n bytes
+// of it.
+func openMarkFile(path string, n int) (*mark, []byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, markRec{}, false, fmt.Errorf("mirror: state: %w", err)
+		return nil, nil, fmt.Errorf("mirror: state: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, markRec{}, false, fmt.Errorf("mirror: state: %w", err)
+		return nil, nil, fmt.Errorf("mirror: state: %w", err)
 	}
-	var b [markLen]byte
-	n, _ := f.ReadAt(b[:], 0)
-	r, ok := decodeMark(b[:n])
-	return &mark{f: f}, r, ok, nil
+	b := make([]byte, n)
+	k, _ := f.ReadAt(b, 0)
+	return &mark{f: f}, b[:k], nil
 }
 
 func decodeMark(b []byte) (markRec, bool) {
@@ -70,11 +80,22 @@ func decodeMark(b []byte) (markRec, bool) {
 
 func (m *mark) store(r markRec) error {
 	var b [markLen]byte
-	binary.LittleEndian.PutUint64(b[:], r.Epoch)
+	encodeMark(b[:], r)
+	return m.write(b[:])
+}
+
+// encodeMark puts r into b[:markLen].
+func encodeMark(b []byte, r markRec) {
+	binary.LittleEndian.PutUint64(b, r.Epoch)
 	binary.LittleEndian.PutUint64(b[8:], r.Seq)
 	binary.LittleEndian.PutUint64(b[16:], r.Units)
 	binary.LittleEndian.PutUint32(b[24:], crc32.ChecksumIEEE(b[:24]))
-	if _, err := m.f.WriteAt(b[:], 0); err != nil {
+	binary.LittleEndian.PutUint32(b[28:], 0)
+}
+
+// write replaces the start of the file with b, in one pwrite.
+func (m *mark) write(b []byte) error {
+	if _, err := m.f.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("mirror: store mark: %w", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync/atomic"
@@ -168,6 +169,9 @@ func childMain(raw string) int {
 	if !ok {
 		report(childResult{Err: "unknown system " + s.System})
 		return 1
+	}
+	if s.Role == "sub" && d.subProcs > 0 {
+		runtime.GOMAXPROCS(d.subProcs)
 	}
 	ctl, err := openCtl(s.Ctl, s.Subs, false)
 	if err != nil {

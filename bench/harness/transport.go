@@ -50,18 +50,25 @@ type subConn interface {
 type dialer struct {
 	pub func(ctx context.Context, s childSpec) (pubConn, string, error) // returns an address for subscribers, if the publisher serves
 	sub func(ctx context.Context, s childSpec) (subConn, error)
+	// subProcs is GOMAXPROCS in a subscriber's process (0: the runtime's
+	// default).
+	subProcs int
 }
 
 var dialers = map[string]dialer{
 	SysShimmyCopy:     {pub: ringPub(false, shmRing), sub: ringSub(false, channel.IdleDefault, shmRing)},
 	SysShimmyZeroCopy: {pub: ringPub(true, shmRing), sub: ringSub(true, channel.IdleDefault, shmRing)},
-	SysShimmyBusy:     {pub: ringPub(true, shmRing), sub: ringSub(true, channel.IdleBusy, shmRing)},
-	SysShimmyFiles:    {pub: filePub, sub: fileSub},
-	SysUnix:           {pub: sockPub("unix"), sub: sockSub("unix")},
-	SysTCP:            {pub: sockPub("tcp"), sub: sockSub("tcp")},
-	SysMosquitto:      {pub: mqttPub, sub: mqttSub},
-	SysNATS:           {pub: natsPub, sub: natsSub},
-	SysRedis:          {pub: redisPub, sub: redisSub},
+	// A busy subscriber in the mode channel.IdleBusy recommends for the
+	// steadiest tail: a process of its own with one Go processor, so
+	// that its yields wake no other thread (a C peer's busy subscriber is
+	// one thread too).
+	SysShimmyBusy:  {pub: ringPub(true, shmRing), sub: ringSub(true, channel.IdleBusy, shmRing), subProcs: 1},
+	SysShimmyFiles: {pub: filePub, sub: fileSub},
+	SysUnix:        {pub: sockPub("unix"), sub: sockSub("unix")},
+	SysTCP:         {pub: sockPub("tcp"), sub: sockSub("tcp")},
+	SysMosquitto:   {pub: mqttPub, sub: mqttSub},
+	SysNATS:        {pub: natsPub, sub: natsSub},
+	SysRedis:       {pub: redisPub, sub: redisSub},
 	// The remote cases: a channel's ring mapped through each host's
 	// agent mount; the same clients as the local ones.
 	SysMirror:          {pub: ringPub(true, fileRing), sub: ringSub(true, channel.IdleDefault, fileRing)},

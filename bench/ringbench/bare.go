@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shimmy-dev/shimmy/internal/heldsleep"
 )
 
 // nanotime is the runtime's CLOCK_MONOTONIC read through the vDSO (about
@@ -167,20 +169,22 @@ func wakeIf(word, waiters *uint32) {
 	}
 }
 
-// futexWait sleeps while *word == val, at most d. The futex is not
+// futexWait sleeps while *word == val, at most d, as a C thread sleeps:
+// in futex(2) without giving the Go processor back
+// (internal/heldsleep), as Shimmy's subscribers do. The futex is not
 // private: the word lives in memory shared between processes.
-func futexWait(word *uint32, val uint32, d time.Duration) {
+func futexWait(word *uint32, val uint32, d time.Duration) { heldsleep.FutexWait(word, val, d) }
+
+// futexWaitSyscall is the same sleep as an ordinary Go system call, which
+// the runtime may take the processor from: how Shimmy's subscribers slept
+// before (BenchmarkFutexWake/syscall shows what it costs).
+func futexWaitSyscall(word *uint32, val uint32, d time.Duration) {
 	ts := unix.NsecToTimespec(int64(d))
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
 // futexWake wakes every sleeper on word.
-func futexWake(word *uint32) {
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(1<<31-1), 0, 0, 0)
-}
+func futexWake(word *uint32) { heldsleep.FutexWake(word, 1<<31-1) }
 
-// Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG.
-const (
-	futexOpWait = 0
-	futexOpWake = 1
-)
+// FUTEX_WAIT (linux/futex.h), without FUTEX_PRIVATE_FLAG.
+const futexOpWait = 0

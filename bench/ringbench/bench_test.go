@@ -41,10 +41,17 @@ func BenchmarkLatency(b *testing.B) {
 
 // BenchmarkFutexWake is the floor of the sleeping strategy: the parent
 // stamps a shared word and wakes the child asleep on it with FUTEX_WAKE,
-// one wake-up every 100 µs; the child reports now - stamp.
+// one wake-up every 100 µs; the child reports now - stamp. held: the
+// child sleeps as C does and as Shimmy's subscribers do
+// (internal/heldsleep); syscall: as an ordinary Go system call, which the
+// runtime may take the processor from.
 func BenchmarkFutexWake(b *testing.B) {
-	res, _ := bench(b, spec{Mode: modeFutex, Impl: "futex", Idle: "sleep", N: b.N})
-	latencyMetrics(b, res)
+	for _, c := range []struct{ name, idle string }{{"held", "sleep"}, {"syscall", idleSleepSyscall}} {
+		b.Run(c.name, func(b *testing.B) {
+			res, _ := bench(b, spec{Mode: modeFutex, Impl: "futex", Idle: c.idle, N: b.N})
+			latencyMetrics(b, res)
+		})
+	}
 }
 
 func each(b *testing.B, mode string, f func(*testing.B, spec)) {

@@ -49,6 +49,10 @@ const (
 	modeThroughput = "throughput"
 	modeLatency    = "latency"
 	modeFutex      = "futex"
+
+	// The bare futex child's sleep as an ordinary Go system call (the
+	// default, "sleep", holds the processor as C does).
+	idleSleepSyscall = "sleep-syscall"
 )
 
 // Pacing of the latency runs: well below saturation, so that latency is
@@ -750,12 +754,16 @@ func childFutex(sp spec, ready func() error) (result, error) {
 	if err := ready(); err != nil {
 		return result{}, err
 	}
+	sleep := futexWait
+	if sp.Idle == idleSleepSyscall {
+		sleep = futexWaitSyscall
+	}
 	var res result
 	samples := make([]int64, 0, sp.N)
 	for res.N < sp.N {
 		v := atomic.LoadUint32(word)
 		if v == last {
-			futexWait(word, v, 50*time.Millisecond)
+			sleep(word, v, 50*time.Millisecond)
 			continue
 		}
 		now := nanotime()

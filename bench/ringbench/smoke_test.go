@@ -27,7 +27,8 @@ func TestSmoke(t *testing.T) {
 			)
 		}
 	}
-	cases = append(cases, tc{"futex", spec{Mode: modeFutex, Impl: "futex", Idle: "sleep", N: 50}})
+	cases = append(cases, tc{"futex", spec{Mode: modeFutex, Impl: "futex", Idle: "sleep", N: 50}},
+		tc{"futex-syscall", spec{Mode: modeFutex, Impl: "futex", Idle: idleSleepSyscall, N: 50}})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			res, _, err := runPair(c.sp, nil)

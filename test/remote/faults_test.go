@@ -69,6 +69,35 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// A remote agent killed while its block ring is full (a subscriber there
+// reads nothing) has part of a batch in its ring and waits for room for
+// the rest; after a new agent takes over (and the holder is gone) b's
+// other subscriber gets the whole run once, in order, intact.
+func TestRemoteKilledRingFull(t *testing.T) {
+	c, ch := running(t, []string{"a", "b"}, "demo", "full", "--capacity", "64K")
+	c.flowing("a", ch)
+
+	const n, size = 20000, 64
+	count, sz := fmt.Sprint(n), fmt.Sprint(size)
+	subB := c.node("b").member(ch, "-mode", "mmap-sub", "-count", count, "-size", sz)
+	holder := c.node("b").member(ch, "-mode", "mmap-sub", "-count", "1", "-hang-after", "0")
+	// No rate: a's batches carry hundreds of messages.
+	pub := c.node("a").member(ch, "-mode", "mmap-pub", "-count", count, "-size", sz)
+	// b's ring is full (64 KiB of 80-byte frames behind the holder) and
+	// b acknowledges nothing more: its importer waits for room.
+	wait.Eventually(t, 60*time.Second, func() error {
+		if lag := c.node("b").stat(ch, "lag_max"); lag < 800 {
+			return fmt.Errorf("b's holder is %d messages behind, waiting for a full ring", lag)
+		}
+		return nil
+	})
+	c.lagging("a", "b", 400)
+	c.node("b").restart()
+	holder.Kill()
+	checkRun(t, "publisher on a", result(t, "publisher on a", pub), 0, n, size)
+	checkRun(t, "subscriber on b", result(t, "subscriber on b", subB), 0, n, size)
+}
+
 // On an overwrite channel, what a remote subscriber misses while the link
 // is down is accounted for exactly: what it received, what it lost to its
 // own ring's laps and what b's link to a reports lost add up to what was
@@ -152,6 +181,18 @@ func (c *cluster) progress(name, ch string, more uint64) {
 	wait.Eventually(c.t, 60*time.Second, func() error {
 		if got := n.stat(ch, "messages"); got < from+more {
 			return fmt.Errorf("%s's %s has %d messages, waiting for %d", name, ch, got, from+more)
+		}
+		return nil
+	})
+}
+
+// lagging waits until host name's link to peer has at least lag
+// messages sent and not acknowledged.
+func (c *cluster) lagging(name, peer string, lag uint64) {
+	c.t.Helper()
+	wait.Eventually(c.t, 60*time.Second, func() error {
+		if l := c.nodes[name].links()[peer]; l.lag < lag {
+			return fmt.Errorf("%s's link to %s: %+v, waiting for a lag of %d", name, peer, l, lag)
 		}
 		return nil
 	})
