@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 // SkipIf passes over the messages of the publisher it is told to skip,
@@ -74,5 +75,76 @@ func TestSkipIf(t *testing.T) {
 				t.Errorf("skipped %d (want 7), read %q, want %q", skipped, got, want)
 			}
 		})
+	}
+}
+
+// SkipTo moves a block slot to where another reader is, in one step: the
+// slot then reads on from there, the space behind it is the publishers'
+// again (a publisher waiting for it wakes), and a position behind the
+// cursor or past the tail is refused.
+func TestSkipTo(t *testing.T) {
+	r := newRing(t, Config{Capacity: 4 << 10, MaxMessage: 256, Policy: PolicyBlock})
+	hold, err := r.NewSubscriber(SubscriberOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	rd, err := r.NewSubscriber(SubscriberOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	p, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	start := hold.Position()
+	sent := 0
+	for ; ; sent++ {
+		if err := p.TryPublish(fmt.Appendf(nil, "m%03d", sent)); errors.Is(err, ErrWouldBlock) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	const read = 10
+	for range read {
+		if _, err := rd.TryNext(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	published := make(chan error, 1)
+	go func() { published <- p.Publish(context.Background(), []byte("after")) }()
+
+	tail := Position(r.QueueStats(0).Tail)
+	for _, bad := range []Position{tail + 1<<32 + 16, start - 1<<32 - 16} {
+		if err := hold.SkipTo(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("SkipTo(%v) with the cursor at %v and the tail at %v: %v, want ErrConfig", bad, hold.Position(), tail, err)
+		}
+	}
+	if err := hold.SkipTo(hold.Position()); err != nil {
+		t.Errorf("SkipTo where it is: %v", err)
+	}
+	if err := hold.SkipTo(rd.Position()); err != nil {
+		t.Fatal(err)
+	}
+	if hold.Position() != rd.Position() {
+		t.Fatalf("slot at %v after SkipTo(%v)", hold.Position(), rd.Position())
+	}
+	select {
+	case err := <-published:
+		if err != nil {
+			t.Fatalf("the publisher waiting for the space SkipTo freed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the publisher waiting for the space SkipTo freed was not woken")
+	}
+	msg, err := hold.TryNext(nil)
+	if err != nil || string(msg) != fmt.Sprintf("m%03d", read) {
+		t.Fatalf("the slot reads on with %q, %v; want m%03d", msg, err, read)
+	}
+	if sent <= read {
+		t.Fatalf("only %d messages filled the ring", sent)
 	}
 }

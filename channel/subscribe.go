@@ -317,6 +317,36 @@ func (s *Subscriber) Done() {
 	}
 }
 
+// SkipTo moves the cursor on to p without reading the messages before
+// it, storing it and waking waiting publishers once. p must be a position
+// this ring gave out at a message boundary, at or after the cursor and
+// not past the tail: another reader's Position. The mirror's block slot
+// for a peer follows its exporter's reader this way, a batch of
+// thousands of messages per acknowledgement. ErrConfig if p is out of
+// that range.
+func (s *Subscriber) SkipTo(p Position) error {
+	if s.viewed != 0 {
+		return fmt.Errorf("%w: SkipTo before Done", ErrConfig)
+	}
+	if p == s.cur {
+		return nil
+	}
+	if err := s.m.alive(); err != nil {
+		return err
+	}
+	tail := pos(atomic.LoadUint64(&s.qh.Tail))
+	units, n := udist(p.units(), s.cur.units()), udist(p.seq(), s.cur.seq())
+	if units >= 1<<31 || n >= 1<<31 || udist(tail.units(), p.units()) >= 1<<31 || udist(tail.seq(), p.seq()) >= 1<<31 {
+		return fmt.Errorf("%w: SkipTo %v, outside the cursor %v and the tail %v", ErrConfig, p, s.cur, tail)
+	}
+	s.cur = p
+	s.dirtyN += uint64(n)
+	s.dirtyB += uint64(units) << unitShift
+	s.m.counted(uint64(n))
+	s.flush()
+	return nil
+}
+
 // flush stores the cursor for publishers (block policy: the space behind
 // it is theirs again) and observers, and wakes writers waiting for space.
 // It runs before every wait, so a subscriber with nothing to read never

@@ -339,24 +339,23 @@ func (ex *exporter) advanceHold(p channel.Position) {
 	if ex.hold == nil {
 		return
 	}
-	for ex.hold.Position() != p {
-		if _, err := ex.hold.TryPeek(); err != nil {
-			if !errors.Is(err, channel.ErrWouldBlock) {
-				ex.log.WithError(err).Warn("the peer's slot in the ring failed: publishers are no longer held for it")
-			}
-			break
-		}
-		ex.hold.Done()
+	if err := ex.hold.SkipTo(p); err != nil {
+		ex.log.WithError(err).Warn("the peer's slot in the ring failed: publishers are no longer held for it")
 	}
-	ex.hold.Flush()
 }
 
 func (ex *exporter) runPubSub() error {
 	ctx := ex.s.ctx
-	buf := make([]byte, 0, wire.DataFixedLen+batchTarget+wire.RecordSize(int(ex.cfg.MaxMessage)))
+	most := wire.DataFixedLen + batchTarget + wire.RecordSize(int(ex.cfg.MaxMessage))
 	var zero [wire.DataFixedLen]byte
 	for ctx.Err() == nil {
-		buf = append(buf[:0], zero[:wire.DataFixedLen]...)
+		// The batch is built where it is sent from: in the session's send
+		// region, holding its turn (and never waiting meanwhile).
+		buf, err := ex.s.reserve(most)
+		if err != nil {
+			return err
+		}
+		buf = append(buf, zero[:wire.DataFixedLen]...)
 		count, bytes := 0, 0
 		ext := ex.ext
 		for len(buf) < batchTarget {
@@ -367,6 +366,7 @@ func (ex *exporter) runPubSub() error {
 				break
 			}
 			if err != nil {
+				ex.s.unreserve()
 				return err
 			}
 			if skipped {
@@ -379,6 +379,7 @@ func (ex *exporter) runPubSub() error {
 				break
 			}
 			if err != nil {
+				ex.s.unreserve()
 				return err
 			}
 			after := ex.rd.Position()
@@ -399,12 +400,14 @@ func (ex *exporter) runPubSub() error {
 		idle := count == 0 && lost == 0 && ext == ex.sentNext
 		ex.mu.Unlock()
 		if idle {
+			ex.s.unreserve()
 			if err := ex.rd.Wait(ctx); err != nil && ctx.Err() == nil {
 				return err
 			}
 			continue
 		}
 		if count == 0 && lost == 0 && !ex.skipDue(ext) {
+			ex.s.unreserve()
 			// Only imports passed over: the peer needs the position (its
 			// high-water mark; in a block ring, where its slot may move
 			// to), not a batch, and an acknowledgement back, for every
@@ -419,6 +422,11 @@ func (ex *exporter) runPubSub() error {
 			if !errors.Is(err, context.DeadlineExceeded) {
 				return err
 			}
+			// The position alone, in a batch of no records.
+			if buf, err = ex.s.reserve(wire.DataFixedLen); err != nil {
+				return err
+			}
+			buf = append(buf, zero[:wire.DataFixedLen]...)
 		}
 		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: ext.Seq, Units: ext.Units}, lost, uint32(count))
 		// In flight before it is sent: its Ack may come back before send
@@ -428,7 +436,7 @@ func (ex *exporter) runPubSub() error {
 		ex.sentNext = ext
 		ex.lost += lost
 		ex.mu.Unlock()
-		if err := ex.s.send(buf); err != nil {
+		if err := ex.s.commit(buf); err != nil {
 			return err
 		}
 		ex.s.p.msgs.Add(uint64(count))

@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -65,7 +64,7 @@ func newConn(o rdma.Options, tc *tls.Conn, raw *gatherConn, peer string) *conn {
 		done:  make(chan struct{}),
 	}
 	raw.startGather()
-	go c.readLoop(bufio.NewReaderSize(&progress{r: tc, n: &c.heard}, readBuf))
+	go c.readLoop(&progress{r: tc, n: &c.heard})
 	go c.heartbeat()
 	return c
 }
@@ -250,8 +249,8 @@ func (c *conn) Close() error {
 	return nil
 }
 
-func (c *conn) readLoop(br *bufio.Reader) {
-	rx := &receiver{br: br, regions: &c.regions, onImm: c.pushImm, onCtrl: c.pushCtrl}
+func (c *conn) readLoop(src io.Reader) {
+	rx := newReceiver(src, &c.regions, c.pushImm, c.pushCtrl)
 	defer rx.release()
 	for {
 		if err := rx.next(); err != nil {

@@ -76,11 +76,16 @@ func (t *regionTable) remove(key uint32) {
 	t.update(func(m map[uint32]*region) { delete(m, key) })
 }
 
+// directRead is the write size from which the receiver reads the data
+// straight into the region rather than through its read buffer.
+const directRead = 4 << 10
+
 // receiver decodes the peer's frames and carries them out. It trusts
 // nothing: every length is bounded by Decode and every write by the region
 // it names.
 type receiver struct {
 	br      *bufio.Reader
+	src     io.Reader // what br reads from
 	regions *regionTable
 	hdr     [HeaderLen]byte
 	onImm   func(rdma.Completion) bool // false: the link is closing
@@ -90,6 +95,11 @@ type receiver struct {
 	// frames already buffered (a batch of writes into one ring), so as not
 	// to pay a lock per frame; released before a read that may wait.
 	held *region
+}
+
+// newReceiver reads frames from src (the TLS connection) into regions.
+func newReceiver(src io.Reader, regions *regionTable, onImm func(rdma.Completion) bool, onCtrl func([]byte) bool) *receiver {
+	return &receiver{br: bufio.NewReaderSize(src, readBuf), src: src, regions: regions, onImm: onImm, onCtrl: onCtrl}
 }
 
 // release drops the held region's lock.
@@ -192,6 +202,14 @@ func (rx *receiver) write(h Header) error {
 	if r.closed.Load() || h.Offset > size || uint64(h.Length) > size-h.Offset {
 		return fmt.Errorf("%w: peer wrote %d+%d into key %#x of %d bytes", rdma.ErrRegion, h.Offset, h.Length, h.Key, size)
 	}
-	_, err := io.ReadFull(rx.br, r.mem[h.Offset:h.Offset+uint64(h.Length)])
+	dst := r.mem[h.Offset : h.Offset+uint64(h.Length)]
+	if len(dst) < directRead {
+		_, err := io.ReadFull(rx.br, dst)
+		return err
+	}
+	// A large write skips the read buffer: what it holds already, then
+	// straight from TLS into the region (one copy fewer).
+	n, _ := rx.br.Read(dst[:min(len(dst), rx.br.Buffered())])
+	_, err := io.ReadFull(rx.src, dst[n:])
 	return err
 }

@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -87,6 +86,10 @@ func TestDecodeRefuses(t *testing.T) {
 // re-encodes to its bytes, and no byte outside the region changes.
 func FuzzDecode(f *testing.F) {
 	f.Add(Header{Type: TypeWriteImm, Length: 4, Key: 1, Imm: 7, Offset: 4092}.Append(nil))
+	// A write large enough to bypass the read buffer, and one cut short.
+	whole := append(Header{Type: TypeWrite, Length: directRead, Key: 1}.Append(nil), make([]byte, directRead)...)
+	f.Add(whole)
+	f.Add(whole[:HeaderLen+directRead/2])
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if h, err := Decode(data); err == nil {
 			if got := h.Append(nil); !bytes.Equal(got, data[:HeaderLen]) {
@@ -98,12 +101,9 @@ func FuzzDecode(f *testing.F) {
 		var regions regionTable
 		regions.add(r) // key 1
 		imms, ctrls := 0, 0
-		rx := &receiver{
-			br:      bufio.NewReader(bytes.NewReader(data)),
-			regions: &regions,
-			onImm:   func(rdma.Completion) bool { imms++; return true },
-			onCtrl:  func(m []byte) bool { ctrls++; return len(m) <= rdma.MaxControl },
-		}
+		rx := newReceiver(bytes.NewReader(data), &regions,
+			func(rdma.Completion) bool { imms++; return true },
+			func(m []byte) bool { ctrls++; return len(m) <= rdma.MaxControl })
 		var err error
 		for err == nil {
 			err = rx.next()
