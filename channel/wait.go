@@ -95,7 +95,7 @@ type waiter struct {
 	until    int64 // SpinFor: spin until this clock reading; 0: not started
 	spinDone bool
 	noSpin   bool  // SpinFor: the last sleep outlasted it; kept across waits
-	yielded  int64 // YieldEvery and sleepYield: clock reading at the last yield, kept across waits
+	yielded  int64 // YieldEvery and heldsleep.YieldIfDue: clock reading at the last yield, kept across waits
 	ctx      context.Context
 	lease    *member
 	sleep    time.Duration // safety timeout of one sleep
@@ -163,7 +163,7 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 	if err := w.check(); err != nil || ready == nil {
 		return err
 	}
-	w.yieldBeforeSleep()
+	heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
 	if w.idle.SpinFor <= 0 {
 		pk.wait(w.ctx, ready, w.sleep)
 		return nil
@@ -182,25 +182,6 @@ func (w *waiter) yieldIfDue() {
 	case w.yielded == 0:
 		w.yielded = now
 	case now-w.yielded >= int64(w.idle.YieldEvery):
-		runtime.Gosched()
-		w.yielded = nanotime()
-	}
-}
-
-// sleepYield: a member yields the processor before it sleeps if it has
-// not for this long. A goroutine that only sleeps and polls never passes
-// through the scheduler otherwise, and the runtime preempts one that has
-// not for 10 ms with a signal: one that comes during a held sleep
-// (internal/heldsleep) ends it, and the wake-up after that pays for
-// getting a processor back, and the preemption itself after it. A yield
-// just before a sleep costs nothing on the way to the next message; with
-// held sleeps of at most 5 ms, a sleeper that yields every 4 ms is never
-// preempted.
-const sleepYield = 4 * time.Millisecond
-
-// yieldBeforeSleep yields if sleepYield has passed since the last yield.
-func (w *waiter) yieldBeforeSleep() {
-	if now := nanotime(); now-w.yielded >= int64(sleepYield) {
 		runtime.Gosched()
 		w.yielded = nanotime()
 	}

@@ -257,9 +257,8 @@ func childMain(raw string) int {
 // preempts the publishing goroutine (which otherwise never passes
 // through the scheduler) in the middle of a message.
 func sleepUntil(t int64) {
-	if now := nanotime(); now < t && now-lastYield >= 4_000_000 {
-		runtime.Gosched()
-		lastYield = nanotime()
+	if nanotime() < t {
+		heldsleep.YieldIfDue(&lastYield)
 	}
 	heldsleep.Until(t)
 }
