@@ -54,13 +54,7 @@ func newCluster(t testing.TB, cfg channel.Config, tune func(*Options), names ...
 		h := &host{name: n, dir: testenv.ShmDir(t, "mirror-"+n+"-"), hopts: tune}
 		c.hosts = append(c.hosts, h)
 		c.startRegistry(h)
-		ns, err := h.reg.CreateNamespace(testNS, registry.Attr{Mode: 0o755})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
-			t.Fatal(err)
-		}
+		c.createShared(h, cfg)
 	}
 	for _, h := range c.hosts {
 		c.startMirror(h)
@@ -72,6 +66,17 @@ func newCluster(t testing.TB, cfg channel.Config, tune func(*Options), names ...
 		}
 	})
 	return c
+}
+
+// createShared creates the shared channel ns/ch of cfg on h.
+func (c *cluster) createShared(h *host, cfg channel.Config) {
+	ns, err := h.reg.CreateNamespace(testNS, registry.Attr{Mode: 0o755})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 func (c *cluster) startRegistry(h *host) {
