@@ -278,3 +278,34 @@ func TestTryTakeSkips(t *testing.T) {
 		t.Fatalf("TryTake of an empty ring: %v, want ErrWouldBlock", err)
 	}
 }
+
+// BenchmarkStreamTakeJournal: BenchmarkStreamTake through a journal in
+// anonymous shared memory (the mirror maps a tmpfs file), as the mirror's
+// exporter takes.
+func BenchmarkStreamTakeJournal(b *testing.B) {
+	r := newRing(b, Config{Type: TypeStream, Capacity: 1 << 20})
+	p, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	rd, err := r.NewReader(ReaderOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rd.Close()
+	mem, err := unix.Mmap(-1, 0, TakeJournalLen(r.Config().MaxMessage), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	j, err := NewTakeJournal(mem)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchTakes(b, p, func(buf []byte) ([]byte, error) {
+		buf, err := rd.TryTake(j, 0, nil, buf)
+		j.Clear()
+		return buf, err
+	})
+}

@@ -101,9 +101,23 @@ func TestStreamReadersOnTwoHosts(t *testing.T) {
 	for _, name := range []string{"b", "c"} {
 		readers[name] = c.node(name).member(ch, "-mode", "mmap-read", "-queue", "0", "-until-stop", "-list", "-count", fmt.Sprint(n+1), "-size", fmt.Sprint(size))
 	}
-	// One stop per reader after the run: a reader ends at its first.
+	// Stops after the run: a reader ends at its first. Each host's reader
+	// gets its host's share of a's records in a's order (no record
+	// crosses two links), so its stop comes after all of them; but which
+	// host a stop goes to is up to the exporters (both may go to one), so
+	// stops are written until every reader has ended.
 	w := c.node("a").member(ch, "-mode", "mmap-pub", "-queue", "0", "-count", fmt.Sprint(n), "-size", fmt.Sprint(size), "-stops", "2")
 	result(t, "writer on a", w)
+	for name, p := range readers {
+		for ended := false; !ended; {
+			select {
+			case <-p.Done():
+				ended = true
+			case <-time.After(time.Second):
+				result(t, "stop writer on a (for "+name+")", c.node("a").member(ch, "-mode", "mmap-pub", "-queue", "0", "-count", "0", "-stops", "1"))
+			}
+		}
+	}
 	seen := make([]int, n)
 	for name, p := range readers {
 		r := result(t, "reader on "+name, p)
