@@ -213,3 +213,43 @@ func TestLinkStatsPeerRestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestOverwriteLapsOverImports: b's small ring laps b's exporter over the
+// messages b's importer wrote (a's, which b must not send back): b
+// reports none of them to a as lost, so a's link and a's subscriber
+// count no loss. Before, a counted every message b's exporter skipped
+// in a lap.
+func TestOverwriteLapsOverImports(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newClusterOf(t, func(host string) channel.Config {
+		cfg := channel.Config{Policy: channel.PolicyOverwrite, Capacity: 1 << 20, MaxMessage: 256}
+		if host == "b" {
+			cfg.Capacity = 4096
+		}
+		return cfg
+	}, nil, "a", "b")
+	a, b := c.hosts[0], c.hosts[1]
+	tl := subscribe(ctx, t, mapRing(t, a), true)
+	c.linksUp()
+	rb := mapRing(t, b)
+	const n = 3000
+	if err := publish(ctx, mapRing(t, a), 1, n, 0); err != nil {
+		t.Fatal(err)
+	}
+	accountedOnB(t, tl, n) // here a's own subscriber
+	waitFor(t, 10*time.Second, func() error {
+		for _, mi := range rb.Members() {
+			if mi.Role == channel.RoleSubscriber && mi.Lost != 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("nothing on b was lapped: %+v", rb.Members())
+	})
+	// b's exporter passes the laps on within its batch delay.
+	time.Sleep(200 * time.Millisecond)
+	_, lost, err := tl.accounted()
+	if st := a.stat("b"); err != nil || st.Losses != 0 || lost != 0 {
+		t.Fatalf("a counts %d lost on its link from b and its subscriber %d (%v): a's own messages", st.Losses, lost, err)
+	}
+}
