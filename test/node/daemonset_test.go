@@ -41,7 +41,7 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	t.Log("the agent's mount is on the host")
 	waitController(t, c)
 
-	for _, ch := range []string{"pod", "restart"} {
+	for _, ch := range []string{"pod", "restart", "crash"} {
 		if err := os.MkdirAll(filepath.Join(mnt, "default", ch), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -49,7 +49,11 @@ func testAgentDaemonSet(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, 
 	waitBound(t, pods, "restart")
 	checkWiring(t, c, n, mnt, pods, "pod")
 	checkWebhook(t, c, n, mnt)
-	checkAcrossRestart(t, c, n, pods, "restart-daemonset", func() { restartAgentPod(t, c) })
+	checkAcrossRestart(t, c, n, pods, "restart", "restart-daemonset", func() { restartAgentPod(t, c) })
+	// A crash (SIGKILL, as the OOM killer ends it) leaves the agent's mount
+	// dead on the host: the kubelet must still start the agent again.
+	waitBound(t, pods, "crash")
+	checkAcrossRestart(t, c, n, pods, "crash", "crash-daemonset", func() { crashAgentContainer(t, c, n) })
 	if _, err := os.Stat(filepath.Join(state, "default", "pod", "ring")); err != nil {
 		t.Errorf("the agent pod keeps its rings in the host's state directory %s: %v", state, err)
 	}

@@ -70,7 +70,8 @@ func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) s
 		t.Fatal(err)
 	}
 	return kustomize(t, c, dir,
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
+		"path: /run\n", "path: "+filepath.Dir(mnt)+"\n",
+		"/host/run/shimmy", "/host/run/"+filepath.Base(mnt),
 		"path: /run/shimmy-pods\n", "path: "+pods+"\n",
 		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
 		"9477", strconv.Itoa(k8stest.FreePort(t)))
