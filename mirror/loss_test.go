@@ -198,7 +198,18 @@ func TestLinkStatsPeerRestart(t *testing.T) {
 		})
 	}
 	round(0)
-	c.restartHost(b)
+	c.stopHost(b)
+	// While b is away: no link, so no lag or window; the counts stay.
+	waitFor(t, 10*time.Second, func() error {
+		got := a.stat("b")
+		if want := (LinkStats{Peer: "b", State: got.State, Bytes: bytes[0], Messages: n}); got.State == StateUp || got != want {
+			return fmt.Errorf("a's link to b while b is away: %+v, want %+v and not up", got, want)
+		}
+		return nil
+	})
+	c.startRegistry(b)
+	c.startMirror(b)
+	c.applyAll()
 	round(n)
 	waitFor(t, 10*time.Second, func() error {
 		want := LinkStats{Peer: "b", State: StateUp, Bytes: bytes[0] + bytes[1], Messages: 2 * n, Window: DefaultInbox, Reconnects: 1}
