@@ -213,8 +213,8 @@ func TestLinkCut(t *testing.T) {
 
 // TestOverwriteLossCounted: while the link is down, A's overwrite ring
 // laps what B has not received; when it comes back, the messages B's
-// subscriber got, plus those it lost itself, plus the losses B's link
-// reports, are exactly what A published, in order.
+// subscriber got, plus those it counts lost (in its ring and, by gap
+// frames, on the link), are exactly what A published, in order.
 func TestOverwriteLossCounted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
