@@ -39,6 +39,8 @@ type importer struct {
 	opened   chan struct{} // closed by onOpen
 	mismatch bool          // the origin's channel does not fit ours
 	broken   bool          // the publisher failed: open a new importer
+	gaps     bool          // the ring takes gap frames (channel.Publisher.ClaimBatchLost)
+	gap      uint64        // messages the link lost that no gap frame reports yet
 
 	msgs  [][]byte
 	seqs  []uint64
@@ -87,6 +89,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q}); err != nil {
 		return fail(err)
 	}
+	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
 	// Exporters of either type leave what this publisher writes alone.
 	if imp.im, err = m.importsFor(k, imp.ring); err != nil {
 		return fail(err)
@@ -162,18 +165,30 @@ func (imp *importer) onOpen(o wire.Open) error {
 		imp.log.WithFields(logrus.Fields{"type": channel.Type(o.Type), "max_message": o.MaxMessage}).
 			Error("the peer's channel does not fit this one (type, or a larger max message): its messages are dropped and counted as losses")
 	}
-	switch {
-	case o.Epoch != imp.hwm.Epoch:
+	lost := o.Lost
+	if o.Epoch == imp.hwm.Epoch {
+		lost = imp.beyond(lost, o.Start.Seq, 0)
+	} else {
 		imp.hwm = hwmRec{markRec: markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}}
-	case o.Start.Seq > imp.hwm.Seq:
+	}
+	if lost > 0 {
+		imp.p.losses.Add(lost)
+		imp.gap += lost
+		imp.log.WithField("lost", lost).Warn("the peer no longer had messages after our high-water mark")
+		// Into the ring now if there is room at once (the control loop
+		// must not wait for it): the next batch carries it otherwise.
+		now, cancel := context.WithCancel(context.Background())
+		cancel()
+		imp.msgs, imp.seqs, imp.sizes = imp.msgs[:0], imp.seqs[:0], imp.sizes[:0]
+		if err := imp.publish(now, o.Start.Seq); err != nil && !errors.Is(err, context.Canceled) {
+			imp.log.WithError(err).Warn("the link's losses wait for the next batch to reach the ring")
+		}
+	}
+	if o.Start.Seq > imp.hwm.Seq {
 		imp.hwm.Seq, imp.hwm.Units = o.Start.Seq, o.Start.Units
 	}
 	if err := imp.mark.storeHWM(imp.hwm); err != nil {
 		return err
-	}
-	if o.Lost > 0 {
-		imp.p.losses.Add(o.Lost)
-		imp.log.WithField("lost", o.Lost).Warn("the peer no longer had messages after our high-water mark")
 	}
 	imp.open = true
 	close(imp.opened)
@@ -224,7 +239,12 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	if bt.Next.Seq < end {
 		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
-	if err := imp.publish(ctx); err != nil {
+	if bt.Lost > 0 {
+		lost := imp.beyond(bt.Lost, bt.Next.Seq, len(imp.msgs))
+		imp.p.losses.Add(lost)
+		imp.gap += lost
+	}
+	if err := imp.publish(ctx, bt.Next.Seq); err != nil {
 		imp.mark.storeHWM(imp.hwm) // what went in, for the next link
 		if !errors.Is(err, context.Canceled) {
 			imp.broken = true
@@ -233,20 +253,41 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	}
 	imp.hwm.Seq, imp.hwm.Units = bt.Next.Seq, bt.Next.Units
 	imp.p.bytes.Add(bytes)
-	if bt.Lost > 0 {
-		imp.p.losses.Add(bt.Lost)
-	}
 	return imp.mark.storeHWM(imp.hwm)
 }
 
-// publish puts imp.msgs into the ring, one claim at a time, waiting for
-// room like PublishBatch. Before each claim's commit it stores the claim
-// with the sequence after its last record (hwmRec.Pend): an agent that
-// dies between the commit and the next store learns from the ring after
-// its restart that those records are in. imp.hwm.Have follows what is in.
-func (imp *importer) publish(ctx context.Context) error {
-	for done := 0; done < len(imp.msgs); {
-		b, err := imp.pub.ClaimBatch(ctx, imp.sizes[done:])
+// beyond is how many of the lost messages the origin reports up to its
+// sequence end this host misses: no more than the sequences from what it
+// has (hwmRec.next: a batch half published before a restart may reach
+// past the mark the origin counts from) up to end, less the fresh records
+// it got among them. The origin counts what its ring no longer held from
+// the receiver's mark on; the records beyond that mark are here already.
+func (imp *importer) beyond(lost, end uint64, fresh int) uint64 {
+	next := imp.hwm.next()
+	if end <= next {
+		return 0
+	}
+	return min(lost, end-next-min(end-next, uint64(fresh)))
+}
+
+// maxGap is the most lost messages one gap frame stands for.
+const maxGap = 1<<31 - 1
+
+// publish puts imp.gap (as gap frames first) and imp.msgs into the ring,
+// one claim at a time, waiting for room like PublishBatch. Before each
+// claim's commit it stores the claim with the sequence after its last
+// record, or end after a gap alone (hwmRec.Pend): an agent that dies
+// between the commit and the next store learns from the ring after its
+// restart that those records, and the losses, are in. imp.hwm.Have
+// follows what is in. A ring that takes no gap frames (a version 1 ring)
+// has the losses in the link's count only.
+func (imp *importer) publish(ctx context.Context, end uint64) error {
+	if !imp.gaps {
+		imp.gap = 0
+	}
+	for done := 0; done < len(imp.msgs) || imp.gap > 0; {
+		g := uint32(min(imp.gap, maxGap))
+		b, err := imp.pub.ClaimBatchLost(ctx, g, imp.sizes[done:])
 		if err != nil {
 			return err
 		}
@@ -254,19 +295,29 @@ func (imp *importer) publish(ctx context.Context) error {
 		for i := range k {
 			copy(b.Buf(i), imp.msgs[done+i])
 		}
-		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.seqs[done+k-1]+1, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		pend := end
+		switch {
+		case k > 0:
+			pend = imp.seqs[done+k-1] + 1
+		case done < len(imp.msgs):
+			pend = imp.seqs[done]
+		}
+		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = pend, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
 			err = imp.pub.CommitBatch(b)
 		}
 		// A claim whose record failed is not committed: it stays open
 		// until the broken importer closes and pads it.
-		pend := imp.hwm.Pend
 		imp.hwm.Pend = 0
 		if err != nil {
 			return err
 		}
-		imp.hwm.Have = pend
+		imp.hwm.Have = max(imp.hwm.Have, pend)
+		if imp.im != nil {
+			imp.im.claimed(b.Position(), g+uint32(k))
+		}
+		imp.gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}
