@@ -16,6 +16,11 @@ type PublisherOptions struct {
 	// Joining fails with ErrExclusive while other publishers write the
 	// queue, and they fail to join while it holds it.
 	Exclusive bool
+	// Quiet (pubsub): commits do not wake the subscribers that asked not
+	// to be woken by quiet publishers (SubscriberOptions.DeafToQuiet);
+	// WakeAll wakes them. The mirror's importer publishes quietly: the
+	// exporters of its own host pass over what it writes.
+	Quiet bool
 }
 
 // Publisher appends messages to one queue of a ring. Many publishers, in
@@ -33,6 +38,7 @@ type Publisher struct {
 	one   [1]int // sizes of a one-frame claim
 	sizes []int  // PublishBatch's, reused
 	out   bool   // a claim is outstanding
+	quiet bool   // PublisherOptions.Quiet
 	batch bool   // ... and it came from ClaimBatch
 	ex    bool   // exclusive: Tail is ours to store
 	slow  slowest
@@ -64,7 +70,7 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive}
+	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive, quiet: o.Quiet}
 	p.w = newWaiter(o.Idle, m)
 	// Announce first, then look (both sides do): with sequentially
 	// consistent atomics at least one of two racing joiners sees the other.
@@ -498,6 +504,8 @@ func (p *Publisher) commit() error {
 		// Each record goes to one reader: wake one sleeper per record, not
 		// the herd (a woken reader that leaves without one passes it on).
 		wakeN(&p.qh.DataFutex, &p.qh.DataWaiters, len(p.run.lens))
+	} else if p.quiet {
+		wakeQuietly(&p.qh.DataFutex, &p.qh.DataWaiters)
 	} else {
 		wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	}
@@ -513,6 +521,11 @@ func (p *Publisher) commit() error {
 	p.m.counted(uint64(len(p.run.lens)))
 	return nil
 }
+
+// WakeAll wakes every sleeping reader of the queue, those deaf to quiet
+// publishers (SubscriberOptions.DeafToQuiet) too: a Quiet publisher calls
+// it when they must look at what it wrote.
+func (p *Publisher) WakeAll() { wake(&p.qh.DataFutex, &p.qh.DataWaiters) }
 
 // abort turns an outstanding claim into padding, if it is still ours.
 func (p *Publisher) abort() {

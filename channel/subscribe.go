@@ -31,6 +31,13 @@ type SubscriberOptions struct {
 	From  Start    // StartNewest (default), StartOldest or StartAt
 	At    Position // with StartAt: where to start
 	Queue int      // reserved: pubsub rings have one queue
+	// DeafToQuiet: the commits of quiet publishers (PublisherOptions.Quiet)
+	// do not end this subscriber's sleeps; every other publisher's do. The
+	// mirror's exporter, which passes over what its own host's importer
+	// writes, is not woken for it. Only while it sleeps on the futex word
+	// itself: a process's goroutines beyond the first few sleepers wait
+	// through a poller, which every wake-up ends.
+	DeafToQuiet bool
 }
 
 // Subscriber reads every message of a pubsub ring, in order, at its own
@@ -74,6 +81,9 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	}
 	s := &Subscriber{r: r, qh: qh, m: m}
 	s.w = newWaiter(o.Idle, m)
+	if o.DeafToQuiet {
+		s.w.bits = waitDeaf
+	}
 	// Settle on a start position that publishers have not passed: they
 	// may have raised Limit before they saw this slot.
 	for {

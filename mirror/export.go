@@ -265,7 +265,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	ex.mark = mk
 	ex.epoch = ex.ring.Epoch()
-	opts := channel.SubscriberOptions{From: channel.StartOldest}
+	opts := channel.SubscriberOptions{From: channel.StartOldest, DeafToQuiet: true}
 	var base channel.Extended
 	resume := sub.Epoch == ex.epoch
 	if resume {

@@ -43,6 +43,7 @@ type importer struct {
 	msgs  [][]byte
 	seqs  []uint64
 	sizes []int
+	wake  exporterWake // pubsub: when to wake this host's exporters (quiet.go)
 }
 
 // importer returns the importer of k, opening it (and the channel) if
@@ -84,7 +85,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if k.Q >= imp.ring.Queues() {
 		return fail(errNoQueue)
 	}
-	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q}); err != nil {
+	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q, Quiet: true}); err != nil {
 		return fail(err)
 	}
 	if imp.cfg.Type == channel.TypePubSub {
@@ -269,6 +270,7 @@ func (imp *importer) publish(ctx context.Context) error {
 			return err
 		}
 		imp.hwm.Have = pend
+		imp.wake.published(imp.pub, imp.sizes[done:done+k], imp.cfg.Capacity)
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}
