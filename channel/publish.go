@@ -166,6 +166,13 @@ type run struct {
 	stale uint64   // the first frame's commit word before the claim: commit CASes from it
 }
 
+// end is the position after the claim's last frame.
+func (rn *run) end() pos {
+	last := len(rn.lens) - 1
+	n := rn.off[last] + align16(FrameHeaderLen+uint64(rn.lens[last])) - rn.off[0]
+	return mkpos(rn.fp.seq()+uint32(last+1), rn.fp.units()+uint32(n>>unitShift))
+}
+
 // buf returns frame i's payload in the ring.
 func (p *Publisher) buf(i int) []byte {
 	fo := p.r.data[p.q] + p.run.off[i] + FrameHeaderLen
@@ -535,10 +542,7 @@ func (p *Publisher) abort() {
 	}
 	// The frames took sequence numbers: the padding passes readers on to
 	// the sequence after them (section 8 of the ABI).
-	last := len(p.run.lens) - 1
-	n := p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - p.run.off[0]
-	end := mkpos(p.run.fp.seq()+uint32(last+1), p.run.fp.units()+uint32(n>>unitShift))
-	p.r.padClaim(p.q, p.run.fp, end, p.run.stale)
+	p.r.padClaim(p.q, p.run.fp, p.run.end(), p.run.stale)
 	p.m.clearPending()
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	wake(&p.qh.SpaceFutex, &p.qh.SpaceWaiters)

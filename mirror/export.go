@@ -370,6 +370,12 @@ func (ex *exporter) runPubSub() error {
 				return err
 			}
 			if skipped {
+				if end, ok := ex.im.claims.endOf(ex.rd.Position()); ok {
+					// The rest of that claim is imports too. A failed
+					// SkipTo leaves the cursor: they are passed over one
+					// by one, and a reader evicted meanwhile fails next.
+					_ = ex.rd.SkipTo(end)
+				}
 				ext = ex.rd.Position().Extend(ext)
 				continue
 			}

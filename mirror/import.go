@@ -258,6 +258,7 @@ func (imp *importer) publish(ctx context.Context) error {
 			copy(b.Buf(i), imp.msgs[done+i])
 		}
 		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.seqs[done+k-1]+1, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		end := b.End()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
 			err = imp.pub.CommitBatch(b)
@@ -270,6 +271,9 @@ func (imp *importer) publish(ctx context.Context) error {
 			return err
 		}
 		imp.hwm.Have = pend
+		if imp.im != nil {
+			imp.im.claims.add(b.Position(), end)
+		}
 		imp.wake.published(imp.pub, imp.sizes[done:done+k], imp.cfg.Capacity)
 		done += k
 		imp.p.msgs.Add(uint64(k))

@@ -32,6 +32,8 @@ type imports struct {
 	// view is a copy of doc.Entries, replaced on every change, that is
 	// read without the lock: exporters ask about every message.
 	view atomic.Pointer[[]importEntry]
+	// claims: the importers' latest claims (claims.go).
+	claims importClaims
 }
 
 type importsDoc struct {
