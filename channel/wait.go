@@ -55,6 +55,13 @@ type Idle struct {
 	// finds a message every few µs never sleeps and is never
 	// rescheduled otherwise.
 	YieldEvery time.Duration
+	// NoHold sleeps as an ordinary system call, which gives the process's
+	// Go processor back to the runtime while it lasts, instead of a held
+	// sleep that keeps it for a faster wake-up (internal/heldsleep; at
+	// most GOMAXPROCS/2 at once per process). For a process that waits on
+	// behalf of others: the agent's file readers and writers set it, so
+	// that its tenants' waits never take its processors.
+	NoHold bool
 }
 
 // Predefined idle strategies.
@@ -164,13 +171,16 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 	if err := w.check(); err != nil || ready == nil {
 		return err
 	}
-	heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
+	held := !w.idle.NoHold
+	if held {
+		heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
+	}
 	if w.idle.SpinFor <= 0 {
-		pk.wait(w.ctx, ready, w.sleep, w.bits)
+		pk.wait(w.ctx, ready, w.sleep, held, w.bits)
 		return nil
 	}
 	slept := nanotime()
-	pk.wait(w.ctx, ready, w.sleep, w.bits)
+	pk.wait(w.ctx, ready, w.sleep, held, w.bits)
 	w.noSpin = nanotime()-slept > int64(w.idle.SpinFor)
 	return nil
 }
@@ -237,10 +247,10 @@ func wakeQuietly(word, waiters *uint32) {
 // it last looked). A word moved by quietStep 65536 times between two
 // looks, or by 65536 ordinary wakers whose wake-ups all came before its
 // futex call, costs it at most the timeout d.
-func sleepOn(word *uint32, v uint32, d time.Duration, bits uint32) {
+func sleepOn(word *uint32, v uint32, d time.Duration, held bool, bits uint32) {
 	deadline := nanotime() + int64(d)
 	for {
-		futexWait(word, v, d, bits)
+		futexWait(word, v, d, held, bits)
 		if bits != waitDeaf {
 			return
 		}
@@ -295,10 +305,11 @@ func newPark(word, waiters *uint32) *park {
 }
 
 // wait sleeps until word changes, ctx is done, or d passes, unless ready
-// reports true after the sleep was announced. A goroutine that sleeps on
-// the word itself does so with the futex bitset bits (0: all); one that
-// waits through the poller is woken by every wake-up.
-func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, bits uint32) {
+// reports true after the sleep was announced; held: a direct sleep may
+// keep the Go processor (Idle.NoHold). A goroutine that sleeps on the
+// word itself does so with the futex bitset bits (0: all); one that waits
+// through the poller is woken by every wake-up.
+func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, held bool, bits uint32) {
 	var done <-chan struct{}
 	if ctx != nil {
 		done = ctx.Done()
@@ -306,13 +317,13 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, bi
 	pk.mu.Lock()
 	if pk.closed || !haveWaitv() {
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, bits, false)
+		pk.sleepDirect(ctx, done, ready, d, false, held, bits)
 		return
 	}
 	if !pk.direct && direct.Add(1) <= maxDirect {
 		pk.direct = true
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, bits, true)
+		pk.sleepDirect(ctx, done, ready, d, true, held, bits)
 		return
 	}
 	if !pk.direct {
@@ -343,12 +354,12 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, bi
 
 // sleepDirect sleeps on the word itself; counted: as the park's direct
 // sleeper.
-func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, bits uint32, counted bool) {
+func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted, held bool, bits uint32) {
 	atomic.AddUint32(pk.waiters, 1)
 	v := atomic.LoadUint32(pk.word)
 	if !ready() {
 		if done == nil {
-			sleepOn(pk.word, v, d, bits)
+			sleepOn(pk.word, v, d, held, bits)
 		} else {
 			// A cancelled caller must not sleep out the timeout. The
 			// wake-up touches the ring: it is over before wait returns.
@@ -358,7 +369,7 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 				futexWake(pk.word)
 				close(woke)
 			})
-			sleepOn(pk.word, v, d, bits)
+			sleepOn(pk.word, v, d, held, bits)
 			if !stop() {
 				<-woke
 			}
@@ -397,9 +408,14 @@ func (pk *park) close() {
 // that share a bit with bits (0: all), holding the Go processor for the
 // first part of the sleep when the process has one to spare: the wake-up
 // of a sleeping subscriber then costs what it costs a C thread
-// (internal/heldsleep says why and what it costs).
-func futexWait(word *uint32, val uint32, d time.Duration, bits uint32) {
-	heldsleep.FutexWaitBitset(word, val, d, bits)
+// (internal/heldsleep says why and what it costs). held false: the
+// ordinary way (Idle.NoHold).
+func futexWait(word *uint32, val uint32, d time.Duration, held bool, bits uint32) {
+	if held {
+		heldsleep.FutexWaitBitset(word, val, d, bits)
+	} else {
+		heldsleep.FutexWaitPlainBitset(word, val, d, bits)
+	}
 }
 
 func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
