@@ -45,6 +45,7 @@ type importer struct {
 	msgs  [][]byte
 	seqs  []uint64
 	sizes []int
+	wake  exporterWake // pubsub: when to wake this host's exporters (quiet.go)
 }
 
 // importer returns the importer of k, opening it (and the channel) if
@@ -86,7 +87,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if k.Q >= imp.ring.Queues() {
 		return fail(errNoQueue)
 	}
-	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q}); err != nil {
+	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q, Quiet: true}); err != nil {
 		return fail(err)
 	}
 	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
@@ -303,6 +304,7 @@ func (imp *importer) publish(ctx context.Context, end uint64) error {
 			pend = imp.seqs[done]
 		}
 		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = pend, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		claimEnd := b.End()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
 			err = imp.pub.CommitBatch(b)
@@ -316,8 +318,10 @@ func (imp *importer) publish(ctx context.Context, end uint64) error {
 		imp.hwm.Have = max(imp.hwm.Have, pend)
 		if imp.im != nil {
 			imp.im.claimed(b.Position(), g+uint32(k))
+			imp.im.claims.add(b.Position(), claimEnd)
 		}
 		imp.gap -= uint64(g)
+		imp.wake.published(imp.pub, imp.sizes[done:done+k], imp.cfg.Capacity)
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}
