@@ -317,7 +317,6 @@ func (imp *importer) publish(ctx context.Context, end uint64) error {
 		}
 		imp.hwm.Have = max(imp.hwm.Have, pend)
 		if imp.im != nil {
-			imp.im.claimed(b.Position(), g+uint32(k))
 			imp.im.claims.add(b.Position(), claimEnd)
 		}
 		imp.gap -= uint64(g)
