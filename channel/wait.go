@@ -42,18 +42,19 @@ type Idle struct {
 	// µs of the other CPUs' time each, here.
 	Yields  int
 	NoSleep bool // never sleep: poll forever (lowest latency, burns a core)
-	// YieldEvery makes a spinning member call runtime.Gosched about this
+	// YieldEvery makes a spinning member yield the processor about this
 	// often while it spins (0: never). The Go runtime preempts a goroutine
 	// that ran 10 ms without passing through the scheduler, with a signal
 	// that interrupts the poll loop at a random point and costs tens of
 	// µs here (the busy subscriber's p99 and p99.9); a goroutine that
-	// yields first is never preempted. A yield is not free either: while
-	// the process has an idle processor it wakes a thread to look for
-	// work, about 30 µs of not polling here (0.3-1 µs with GOMAXPROCS=1).
-	// So yield as seldom as keeps the runtime from preempting: just under
-	// its 10 ms. The time is measured across waits: a subscriber that
-	// finds a message every few µs never sleeps and is never
-	// rescheduled otherwise.
+	// yields first is never preempted. These yields requeue the goroutine
+	// on its own processor and wake no other thread (heldsleep.Yield),
+	// where runtime.Gosched, with an idle processor in the process, woke
+	// one to look for work: about 30 µs of not polling here, and that
+	// thread's run on another vCPU. Still yield as seldom as keeps the
+	// runtime from preempting: just under its 10 ms. The time is measured
+	// across waits: a subscriber that finds a message every few µs never
+	// sleeps and is never rescheduled otherwise.
 	YieldEvery time.Duration
 	// NoHold sleeps as an ordinary system call, which gives the process's
 	// Go processor back to the runtime while it lasts, instead of a held
@@ -73,10 +74,10 @@ var (
 	// ms, before the runtime would preempt it mid-poll (YieldEvery says
 	// what a yield costs). It spends a core per waiting member. For the
 	// steadiest tail give it a process of its own with GOMAXPROCS=1
-	// (a yield then wakes no other thread, and the process's other
-	// goroutines, the lease heartbeat among them, run at the yields) and
-	// pin it (taskset) to a core of its own; with more busy members than
-	// GOMAXPROCS, the process's other goroutines wait up to 9 ms for one.
+	// (the process's other goroutines, the lease heartbeat among them,
+	// then run at the yields) and pin it (taskset) to a core of its own;
+	// with more busy members than GOMAXPROCS, the process's other
+	// goroutines wait up to 9 ms for one.
 	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: 9 * time.Millisecond}
 	// IdleSleep sleeps at once.
 	IdleSleep = Idle{}
@@ -193,7 +194,7 @@ func (w *waiter) yieldIfDue() {
 	case w.yielded == 0:
 		w.yielded = now
 	case now-w.yielded >= int64(w.idle.YieldEvery):
-		runtime.Gosched()
+		heldsleep.Yield()
 		w.yielded = nanotime()
 	}
 }

@@ -1,7 +1,10 @@
 package heldsleep
 
 import (
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,5 +218,53 @@ func TestFutexBitsetTimeout(t *testing.T) {
 		if got := time.Duration(nanotime() - t0); got < d {
 			t.Errorf("a bitset sleep of %v returned after %v", d, got)
 		}
+	}
+}
+
+// switches sums the voluntary context switches of the process's threads:
+// a thread woken to look for work switches out when it finds none.
+func switches(b *testing.B) int64 {
+	dirs, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, d := range dirs {
+		raw, err := os.ReadFile("/proc/self/task/" + d.Name() + "/status")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && k == "voluntary_ctxt_switches" {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
+}
+
+// BenchmarkYield compares Yield with runtime.Gosched in a process with an
+// idle processor, one yield every 50 µs of polling, as a busy subscriber
+// or a paced publisher yields: the time per poll-and-yield, and the
+// threads' voluntary context switches per yield (a Gosched wakes a thread
+// to look for work, which sleeps again; Yield wakes none).
+func BenchmarkYield(b *testing.B) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		b.Skipf("GOMAXPROCS %d: Yield is Gosched with one processor", runtime.GOMAXPROCS(0))
+	}
+	for _, bc := range []struct {
+		name  string
+		yield func()
+	}{{"gosched", runtime.Gosched}, {"yield", Yield}} {
+		b.Run(bc.name, func(b *testing.B) {
+			before := switches(b)
+			for b.Loop() {
+				for end := nanotime() + 50_000; nanotime() < end; {
+				}
+				bc.yield()
+			}
+			b.ReportMetric(float64(switches(b)-before)/float64(b.N), "wakes/op")
+		})
 	}
 }
