@@ -27,6 +27,7 @@
 package heldsleep
 
 import (
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -52,14 +53,66 @@ const MaxHold = 5 * time.Millisecond
 const YieldEvery = 4 * time.Millisecond
 
 // YieldIfDue yields the processor if YieldEvery has passed since *last
-// (a clock reading of runtime.nanotime, kept by the caller per goroutine)
-// and records when it did. Call it just before a sleep, where a yield
-// costs nothing on the way to the next message.
-func YieldIfDue(last *int64) {
-	if now := nanotime(); now-*last >= int64(YieldEvery) {
-		Yield()
-		*last = nanotime()
+// (a clock reading of runtime.nanotime, kept by the caller per goroutine),
+// records when it did, and reports whether it did. Call it just before a
+// sleep, where a yield costs nothing on the way to the next message.
+func YieldIfDue(last *int64) bool {
+	now := nanotime()
+	if now-*last < int64(YieldEvery) {
+		return false
 	}
+	Yield()
+	*last = nanotime()
+	return true
+}
+
+// Scheduling policies that take a time slice (linux/sched.h).
+const (
+	schedOther = 0
+	schedBatch = 3
+)
+
+// schedAttr is struct sched_attr (linux/sched/types.h), version 1.
+type schedAttr struct {
+	size     uint32
+	policy   uint32
+	flags    uint64
+	nice     int32
+	priority uint32
+	runtime  uint64 // SCHED_OTHER and SCHED_BATCH: the requested time slice, ns
+	deadline uint64
+	period   uint64
+	utilMin  uint32
+	utilMax  uint32
+}
+
+// AskSlice asks the kernel for a time slice of d for the calling thread:
+// sched_setattr's sched_runtime, which Linux's EEVDF scheduler (6.12 and
+// later) honours for SCHED_OTHER and SCHED_BATCH threads, clamped to
+// 0.1-100 ms (the default here is 1.4 ms); older kernels ignore it. A
+// thread with a shorter slice gets earlier deadlines, so when it is woken
+// on the CPU of the thread that woke it, it runs at once instead of after
+// the waker's next sleep: a sleeping subscriber's 16 B p50 here, 10.6-18
+// µs with the default slice and 6.3-6.5 µs with 100 µs (POSIX mq's
+// receiver, woken straight from mq_send, 5.9-6.1 µs). Its share of the
+// CPU does not change; when it competes for one, it runs in shorter turns.
+// The thread's policy, nice value and other attributes are kept, a
+// real-time or SCHED_IDLE thread is left alone, and the threads it
+// creates inherit the slice. Errors (a seccomp filter, an old kernel) are
+// reported and change nothing.
+func AskSlice(d time.Duration) error {
+	var a schedAttr
+	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
+		return fmt.Errorf("sched_getattr: %w", e)
+	}
+	if a.policy != schedOther && a.policy != schedBatch || a.runtime == uint64(d) {
+		return nil
+	}
+	a.size, a.runtime = uint32(unsafe.Sizeof(a)), uint64(d)
+	if _, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&a)), 0); e != 0 {
+		return fmt.Errorf("sched_setattr: %w", e)
+	}
+	return nil
 }
 
 // Yield passes through the scheduler, which is what keeps the runtime from

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -267,4 +268,69 @@ func BenchmarkYield(b *testing.B) {
 			b.ReportMetric(float64(switches(b)-before)/float64(b.N), "wakes/op")
 		})
 	}
+}
+
+// threadAttr reads the calling thread's scheduling attributes.
+func threadAttr(t *testing.T) schedAttr {
+	t.Helper()
+	var a schedAttr
+	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
+		t.Fatalf("sched_getattr: %v", e)
+	}
+	return a
+}
+
+// TestAskSlice: the calling thread gets the slice it asks for, keeping its
+// policy and nice value; a SCHED_IDLE thread is left alone.
+func TestAskSlice(t *testing.T) {
+	const slice = 100 * time.Microsecond
+	for _, tc := range []struct {
+		name      string
+		policy    uint32
+		nice      int32
+		wantSlice bool
+	}{
+		{"SCHED_OTHER", schedOther, 0, true},
+		{"SCHED_OTHER, nice 5", schedOther, 5, true},
+		{"SCHED_BATCH", schedBatch, 0, true},
+		{"SCHED_IDLE", 5, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan struct{})
+			go func() { // a thread of its own, which exits with the goroutine
+				defer close(done)
+				runtime.LockOSThread()
+				a := threadAttr(t)
+				a.size, a.policy, a.nice = uint32(unsafe.Sizeof(a)), tc.policy, tc.nice
+				if _, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&a)), 0); e != 0 {
+					t.Errorf("set up the thread: sched_setattr: %v", e)
+					return
+				}
+				before := threadAttr(t)
+				if err := AskSlice(slice); err != nil {
+					t.Errorf("AskSlice: %v", err)
+					return
+				}
+				got := threadAttr(t)
+				if got.policy != tc.policy || got.nice != tc.nice {
+					t.Errorf("policy %d nice %d after AskSlice, want %d and %d", got.policy, got.nice, tc.policy, tc.nice)
+				}
+				switch {
+				case !tc.wantSlice && got.runtime != before.runtime:
+					t.Errorf("slice %d ns, want it left at %d", got.runtime, before.runtime)
+				case tc.wantSlice && got.runtime != uint64(slice):
+					t.Errorf("slice %d ns, want %d (kernel %s: EEVDF slices need 6.12)", got.runtime, uint64(slice), kernelRelease())
+				}
+			}()
+			<-done
+		})
+	}
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
