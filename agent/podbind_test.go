@@ -145,8 +145,8 @@ func TestPodDirAcrossRestarts(t *testing.T) {
 			t.Fatalf("agent before %s: %v", gen, err)
 		}
 		_, stop = agenttest.Start(t, cfg)
-		if n := layers(t, volume); n != 1 {
-			t.Errorf("agent %s: %d mounts at %s, want 1", gen, n, volume)
+		if ls, err := mountpoint.Layers(volume); err != nil || len(ls) != 1 {
+			t.Errorf("agent %s: %d mounts at %s, %v; want 1", gen, len(ls), volume, err)
 		}
 		if got := p.step(t, "restarted"); got != "old descriptor dead" {
 			t.Errorf("agent %s: the pod's descriptor opened before the restart: %q", gen, got)
@@ -162,22 +162,6 @@ func TestPodDirAcrossRestarts(t *testing.T) {
 	if want := fmt.Sprintf("messages %d\n", (podRestarts+1)*podMessages); !strings.Contains(string(stats), want) {
 		t.Errorf("stats after every agent:\n%s\nwant %q", stats, want)
 	}
-}
-
-// layers counts the agents' mounts at path in this mount namespace.
-func layers(t *testing.T, path string) int {
-	t.Helper()
-	ms, err := mountpoint.Mounts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, m := range ms {
-		if m.Point == path && m.FSType == mountpoint.FSType {
-			n++
-		}
-	}
-	return n
 }
 
 // TestPodDirFollowsNamespaces: every namespace, made or recovered, has its

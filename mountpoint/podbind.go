@@ -119,7 +119,11 @@ func (p PodBinds) Namespaces() ([]string, error) {
 }
 
 // layers returns the agents' mounts at path, bottom first.
-func (p PodBinds) layers(path string) ([]Mount, error) {
+func (p PodBinds) layers(path string) ([]Mount, error) { return Layers(path) }
+
+// Layers returns the agents' mounts (FSType) at path in this mount
+// namespace, bottom first: the pod directory's namespaces hold one each.
+func Layers(path string) ([]Mount, error) {
 	ms, err := Mounts()
 	if err != nil {
 		return nil, err
