@@ -27,7 +27,8 @@ const podMessages = 200
 // namespace made rslave (HostToContainer). "go G" opens the channel's sub
 // file, publishes N messages "G i" with echo and prints the md5sum of the
 // N lines read back; "restarted" tells whether the sub descriptor opened
-// before an agent restart still reads.
+// before an agent restart still reads; "mounts" counts the agents' mounts
+// at its volume in its own mount namespace.
 const podScript = `set -e
 mount --make-rslave /
 mount --rbind "$VOLUME_SRC" "$VOLUME"
@@ -42,6 +43,8 @@ while read cmd gen; do
 		echo "$gen $(head -n $N <&3 | md5sum)" ;;
 	restarted)
 		if head -n 1 <&3 2>/dev/null; then echo "old descriptor works"; else echo "old descriptor dead"; fi ;;
+	mounts)
+		echo "$(grep -c " $VOLUME .* - fuse.shimmy " /proc/self/mountinfo) mounts" ;;
 	esac
 done
 `
@@ -120,7 +123,8 @@ const podRestarts = 3
 // same state directory: the file it held open fails (ENOTCONN), a file it
 // opens afterwards reaches the new agent, and every message published
 // under each agent arrives, in order, bytes intact. After each restart the
-// pod directory holds one mount for the namespace, the live agent's.
+// pod directory holds one mount for the namespace, the live agent's, and
+// the pod one more than before.
 func TestPodDirAcrossRestarts(t *testing.T) {
 	cfg := agenttest.Config(t, frontEnd)
 	cfg.PodDir = filepath.Join(t.TempDir(), "pods")
@@ -153,6 +157,12 @@ func TestPodDirAcrossRestarts(t *testing.T) {
 		}
 		if got, want := p.step(t, "go "+gen), md5Lines(gen, podMessages); got != want {
 			t.Errorf("pod under agent %s read %q, want %q", gen, got, want)
+		}
+		// The pod keeps its volume's root (a copy of the first agent's
+		// bind, which no unmount on the host reaches) and a copy of each
+		// agent's since (docs/kubernetes.md, the pod directory).
+		if got, want := p.step(t, "mounts"), fmt.Sprintf("%d mounts", i+1); got != want {
+			t.Errorf("pod under agent %s: %s at its volume, want %s", gen, got, want)
 		}
 	}
 	stats, err := os.ReadFile(filepath.Join(cfg.MountPoint, "ns", "ch", "stats"))
