@@ -72,6 +72,9 @@ func (p PodBinds) Bind(ns string) (layers int, err error) {
 	if ls, err = p.layers(path); err != nil {
 		return 0, err
 	}
+	if n := len(ls); n == 0 || ls[n-1].Dev != p.Dev {
+		return n, fmt.Errorf("mountpoint: bind namespace %s at %s: the new bind is not on top (%d layers, pruning: %v)", ns, path, n, pruneErr)
+	}
 	if len(ls) > 1 {
 		if pruneErr == nil { // kernels before 4.11 skip a propagated unmount of a covered mount
 			pruneErr = errors.New("the kernel left them")

@@ -32,16 +32,14 @@ var ErrLayersKept = errors.New("mountpoint: dead layers kept under the new bind"
 // mount on the dead top's parent, which a pod whose volume is a copy of
 // that dead top does not have, so such a pod would keep the dead mount.
 type pruner struct {
-	path  string
-	start chan struct{} // closed: prune (prune true) or give up
-	prune bool
+	start chan bool // true: the new bind is in place, prune; false: give up
 	done  chan error
 }
 
 // startPruner unshares the pruner's namespace and detaches its copy of the
 // top layer at path from the peer group; call it before the new bind.
 func startPruner(path string) (*pruner, error) {
-	pr := &pruner{path: path, start: make(chan struct{}), done: make(chan error, 1)}
+	pr := &pruner{start: make(chan bool, 1), done: make(chan error, 1)}
 	ready := make(chan error, 1)
 	go throwawayThread(func() {
 		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
@@ -53,8 +51,7 @@ func startPruner(path string) (*pruner, error) {
 			return
 		}
 		ready <- nil
-		<-pr.start
-		if pr.prune {
+		if <-pr.start {
 			pr.done <- unmountCopies(path)
 		}
 	})
@@ -85,12 +82,11 @@ func throwawayThread(f func()) {
 
 // run prunes (the new bind is in place) and waits; cancel gives up.
 func (pr *pruner) run() error {
-	pr.prune = true
-	close(pr.start)
+	pr.start <- true
 	return <-pr.done
 }
 
-func (pr *pruner) cancel() { close(pr.start) }
+func (pr *pruner) cancel() { pr.start <- false }
 
 // unmountCopies unmounts, in the calling thread's namespace, every layer
 // at path, top down.
