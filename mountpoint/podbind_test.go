@@ -254,3 +254,46 @@ func peerGroup(m Mount) string {
 	}
 	return ""
 }
+
+// TestPodBindsKeptLayers: a dead layer that something is mounted in (here
+// a file of it bound over) cannot be taken down by propagation: Bind
+// reports ErrLayersKept, and its bind serves on top all the same.
+func TestPodBindsKeptLayers(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	src, pods := filepath.Join(base, "mnt"), filepath.Join(base, "pods")
+	nsDir := filepath.Join(pods, "ns")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unmountAll(t, pods)
+	unmountAll(t, nsDir)
+	unmountAll(t, filepath.Join(nsDir, "gen"))
+	p := PodBinds{Dir: pods, Source: src}
+	if err := p.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	p.Dev = mountGen(t, src, "a")
+	if _, err := p.Bind("ns"); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("/dev/null", filepath.Join(nsDir, "gen"), "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := AbortFUSE(p.Dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := CleanStale(src); err != nil {
+		t.Fatal(err)
+	}
+	p.Dev = mountGen(t, src, "b")
+	if n, err := p.Bind("ns"); !errors.Is(err, ErrLayersKept) || n != 2 {
+		t.Errorf("Bind over a busy dead layer = %d layers, %v; want 2, ErrLayersKept", n, err)
+	}
+	if g, err := readGen(nsDir); err != nil || g != "b" {
+		t.Errorf("%s reads gen %q, %v; want b", nsDir, g, err)
+	}
+	if err := p.Remove("ns"); err != nil {
+		t.Fatal(err)
+	}
+}
