@@ -87,29 +87,37 @@ func TestPodBinds(t *testing.T) {
 	}
 }
 
+// newPodDir makes, in a temporary directory base, an agent mount point
+// "mnt" and a prepared pod directory "pods", whose namespace "ns" and
+// itself are unmounted at cleanup.
+func newPodDir(t *testing.T) (base string, p PodBinds) {
+	t.Helper()
+	base = t.TempDir()
+	p = PodBinds{Dir: filepath.Join(base, "pods"), Source: filepath.Join(base, "mnt")}
+	if err := os.Mkdir(p.Source, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unmountAll(t, p.Dir)
+	unmountAll(t, filepath.Join(p.Dir, "ns"))
+	if err := p.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	return base, p
+}
+
 // restarts is how many agents follow the first in testPodBinds.
 const restarts = 4
 
 func testPodBinds(t *testing.T, sharedSource bool) {
-	base := t.TempDir()
-	src, pods := filepath.Join(base, "mnt"), filepath.Join(base, "pods")
-	nsDir := filepath.Join(pods, "ns")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	unmountAll(t, pods)
-	unmountAll(t, nsDir)
+	base, p := newPodDir(t)
+	src, nsDir := p.Source, filepath.Join(p.Dir, "ns")
 	if sharedSource {
 		unmountAll(t, src)
 		if err := MakeShared(src); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := PodBinds{Dir: pods, Source: src}
-	if err := p.Prepare(); err != nil {
-		t.Fatal(err)
-	}
-	if m, ok, err := Find(pods); err != nil || !ok || !m.Shared() {
+	if m, ok, err := Find(p.Dir); err != nil || !ok || !m.Shared() {
 		t.Fatalf("pod directory after Prepare: %+v %v %v, want a shared mount", m, ok, err)
 	}
 
@@ -260,19 +268,9 @@ func peerGroup(m Mount) string {
 // reports ErrLayersKept, and its bind serves on top all the same.
 func TestPodBindsKeptLayers(t *testing.T) {
 	needRoot(t)
-	base := t.TempDir()
-	src, pods := filepath.Join(base, "mnt"), filepath.Join(base, "pods")
-	nsDir := filepath.Join(pods, "ns")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	unmountAll(t, pods)
-	unmountAll(t, nsDir)
+	_, p := newPodDir(t)
+	src, nsDir := p.Source, filepath.Join(p.Dir, "ns")
 	unmountAll(t, filepath.Join(nsDir, "gen"))
-	p := PodBinds{Dir: pods, Source: src}
-	if err := p.Prepare(); err != nil {
-		t.Fatal(err)
-	}
 	p.Dev = mountGen(t, src, "a")
 	if _, err := p.Bind("ns"); err != nil {
 		t.Fatal(err)
