@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/sirupsen/logrus"
@@ -14,8 +15,8 @@ import (
 const DefaultPodDir = mountpoint.DefaultPodDir
 
 // podBinds keeps Config.PodDir in step with the registry's namespaces:
-// one bind of <mount>/<ns> at <pod dir>/<ns> from this agent's mount, on
-// top of the layers earlier agents left (mountpoint.PodBinds).
+// one bind of <mount>/<ns> at <pod dir>/<ns> from this agent's mount,
+// which replaces the layers earlier agents left (mountpoint.PodBinds).
 type podBinds struct {
 	reg *registry.Registry
 	log logrus.FieldLogger
@@ -71,6 +72,10 @@ func (p *podBinds) sync() {
 func (p *podBinds) bind(ns string) {
 	lg := p.log.WithField("ns", ns)
 	n, err := p.pb.Bind(ns)
+	if errors.Is(err, mountpoint.ErrLayersKept) {
+		lg.WithError(err).WithField("layers", n).Warn("namespace bound in the pod directory on top of dead layers, which stay until the namespace is removed")
+		return
+	}
 	if err != nil {
 		lg.WithError(err).Error("pods cannot reach the namespace through the pod directory")
 		return

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shimmy-dev/shimmy/internal/agenttest"
 	"github.com/shimmy-dev/shimmy/internal/testenv"
+	"github.com/shimmy-dev/shimmy/mountpoint"
 )
 
 // podMessages is how many messages the pod publishes under each agent.
@@ -23,25 +24,29 @@ const podMessages = 200
 
 // podScript runs in a mount namespace of its own, as a container does:
 // its root made rslave, its volume an rbind of the pod directory's
-// namespace made rslave (HostToContainer). It publishes and reads the
-// channel's files under the first agent, and under the second after the
-// test says "restarted": the descriptor it kept is dead, a new open
-// works. Each step reads a line from stdin first and prints a result.
+// namespace made rslave (HostToContainer). "go G" opens the channel's sub
+// file, publishes N messages "G i" with echo and prints the md5sum of the
+// N lines read back; "restarted" tells whether the sub descriptor opened
+// before an agent restart still reads; "mounts" counts the agents' mounts
+// at its volume in its own mount namespace.
 const podScript = `set -e
 mount --make-rslave /
 mount --rbind "$VOLUME_SRC" "$VOLUME"
 mount --make-rslave "$VOLUME"
 ch=$VOLUME/ch
 publish() { i=1; while [ $i -le $N ]; do echo "$1 $i" > $ch/pub; i=$((i+1)); done; }
-read step
-exec 3< $ch/sub
-publish a
-echo "a $(head -n $N <&3 | md5sum)"
-read step
-if head -n 1 <&3 2>/dev/null; then echo "old descriptor works"; else echo "old descriptor dead"; fi
-exec 3< $ch/sub
-publish b
-echo "b $(head -n $N <&3 | md5sum)"
+while read cmd gen; do
+	case $cmd in
+	go)
+		exec 3< $ch/sub
+		publish $gen
+		echo "$gen $(head -n $N <&3 | md5sum)" ;;
+	restarted)
+		if head -n 1 <&3 2>/dev/null; then echo "old descriptor works"; else echo "old descriptor dead"; fi ;;
+	mounts)
+		echo "$(grep -c " $VOLUME .* - fuse.shimmy " /proc/self/mountinfo) mounts" ;;
+	esac
+done
 `
 
 // pod is podScript running; step sends it a line and returns the line it
@@ -109,12 +114,18 @@ func md5Lines(prefix string, n int) string {
 	return prefix + " " + hex.EncodeToString(sum[:]) + "  -"
 }
 
-// TestPodDirAcrossRestart: a pod whose volume is the pod directory's
-// namespace keeps using the channel's files across an agent restart on
-// the same state directory: the file it held open fails (ENOTCONN), a
-// file it opens afterwards reaches the new agent, and every message
-// published under either agent arrives, in order, bytes intact.
-func TestPodDirAcrossRestart(t *testing.T) {
+// podRestarts is how many agents follow the first in
+// TestPodDirAcrossRestarts.
+const podRestarts = 3
+
+// TestPodDirAcrossRestarts: a pod whose volume is the pod directory's
+// namespace keeps using the channel's files across agent restarts on the
+// same state directory: the file it held open fails (ENOTCONN), a file it
+// opens afterwards reaches the new agent, and every message published
+// under each agent arrives, in order, bytes intact. After each restart the
+// pod directory holds one mount for the namespace, the live agent's, and
+// the pod one more than before.
+func TestPodDirAcrossRestarts(t *testing.T) {
 	cfg := agenttest.Config(t, frontEnd)
 	cfg.PodDir = filepath.Join(t.TempDir(), "pods")
 	volume := filepath.Join(cfg.PodDir, "ns")
@@ -129,25 +140,37 @@ func TestPodDirAcrossRestart(t *testing.T) {
 	})
 
 	p := startPod(t, volume)
-	if got, want := p.step(t, "go"), md5Lines("a", podMessages); got != want {
+	if got, want := p.step(t, "go a"), md5Lines("a", podMessages); got != want {
 		t.Fatalf("pod under the first agent read %q, want %q", got, want)
 	}
-	if err := stop(); err != nil {
-		t.Fatalf("first agent: %v", err)
-	}
-	agenttest.Start(t, cfg)
-	if got := p.step(t, "restarted"); got != "old descriptor dead" {
-		t.Errorf("the pod's descriptor opened before the restart: %q", got)
-	}
-	if got, want := p.step(t, "go"), md5Lines("b", podMessages); got != want {
-		t.Errorf("pod under the second agent read %q, want %q", got, want)
+	for i := 1; i <= podRestarts; i++ {
+		gen := string(rune('a' + i))
+		if err := stop(); err != nil {
+			t.Fatalf("agent before %s: %v", gen, err)
+		}
+		_, stop = agenttest.Start(t, cfg)
+		if ls, err := mountpoint.Layers(volume); err != nil || len(ls) != 1 {
+			t.Errorf("agent %s: %d mounts at %s, %v; want 1", gen, len(ls), volume, err)
+		}
+		if got := p.step(t, "restarted"); got != "old descriptor dead" {
+			t.Errorf("agent %s: the pod's descriptor opened before the restart: %q", gen, got)
+		}
+		if got, want := p.step(t, "go "+gen), md5Lines(gen, podMessages); got != want {
+			t.Errorf("pod under agent %s read %q, want %q", gen, got, want)
+		}
+		// The pod keeps its volume's root (a copy of the first agent's
+		// bind, which no unmount on the host reaches) and a copy of each
+		// agent's since (docs/kubernetes.md, the pod directory).
+		if got, want := p.step(t, "mounts"), fmt.Sprintf("%d mounts", i+1); got != want {
+			t.Errorf("pod under agent %s: %s at its volume, want %s", gen, got, want)
+		}
 	}
 	stats, err := os.ReadFile(filepath.Join(cfg.MountPoint, "ns", "ch", "stats"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fmt.Sprintf("messages %d\n", 2*podMessages); !strings.Contains(string(stats), want) {
-		t.Errorf("stats after both agents:\n%s\nwant %q", stats, want)
+	if want := fmt.Sprintf("messages %d\n", (podRestarts+1)*podMessages); !strings.Contains(string(stats), want) {
+		t.Errorf("stats after every agent:\n%s\nwant %q", stats, want)
 	}
 }
 

@@ -70,14 +70,7 @@ func ParseMountInfo(r io.Reader) ([]Mount, error) {
 }
 
 // Mounts returns the mounts of this process's mount namespace.
-func Mounts() ([]Mount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("mountpoint: %w", err)
-	}
-	defer f.Close()
-	return ParseMountInfo(f)
-}
+func Mounts() ([]Mount, error) { return mountsOf("/proc/self/mountinfo") }
 
 // Find returns the topmost mount at path, if any.
 func Find(path string) (Mount, bool, error) {

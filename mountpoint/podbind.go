@@ -20,10 +20,11 @@ import (
 // volume of <Dir>/<ns> is instead a slave of the bind's peer group
 // (HostToContainer is rslave), and that group outlives the agent: a new
 // agent mounts its bind on top of the old one, at the root of a mount of
-// the group, so the kernel stacks it in every pod too. Old layers are
-// never unmounted while the namespace exists (they are covered, and
-// pods that started under them hang below the new one); Remove takes
-// them all down.
+// the group, so the kernel stacks it in every pod too. Then it takes the
+// dead layers from under it (pruner), so that <Dir>/<ns> holds one mount
+// again; a pod's volume keeps its own root (a copy of the layer it
+// started under, which no unmount elsewhere can reach) and the copies
+// stacked on it. Remove takes every layer down.
 type PodBinds struct {
 	Dir    string // the pod directory, e.g. /run/shimmy-pods
 	Source string // the agent's mount point
@@ -35,10 +36,11 @@ type PodBinds struct {
 func (p PodBinds) Prepare() error { return MakeShared(p.Dir) }
 
 // Bind makes sure that the top mount at <Dir>/<ns> is a bind of
-// <Source>/<ns> from the current mount (Dev): it mounts one on top of
-// the layers left by earlier agents, or on a new directory. It returns
-// how many layers are there afterwards; a namespace bound already is
-// left alone.
+// <Source>/<ns> from the current mount (Dev): on a new directory, or on
+// top of the layers earlier agents left, which it then takes down from
+// under it. It returns how many layers are there afterwards: 1, or more
+// with an error wrapping ErrLayersKept if the dead ones stay (the new bind
+// serves all the same). A namespace bound already is left alone.
 func (p PodBinds) Bind(ns string) (layers int, err error) {
 	path := filepath.Join(p.Dir, ns)
 	ls, err := p.layers(path)
@@ -53,10 +55,33 @@ func (p PodBinds) Bind(ns string) (layers int, err error) {
 			return 0, fmt.Errorf("mountpoint: pod directory of %s: %w", ns, err)
 		}
 	}
+	var pr *pruner
+	var pruneErr error
+	if len(ls) > 0 {
+		pr, pruneErr = startPruner(path)
+	}
 	if err := bindPrivate(filepath.Join(p.Source, ns), path); err != nil {
+		if pr != nil {
+			pr.cancel()
+		}
 		return len(ls), fmt.Errorf("mountpoint: bind namespace %s at %s: %w", ns, path, err)
 	}
-	return len(ls) + 1, nil
+	if pr != nil {
+		pruneErr = pr.run()
+	}
+	if ls, err = p.layers(path); err != nil {
+		return 0, err
+	}
+	if n := len(ls); n == 0 || ls[n-1].Dev != p.Dev {
+		return n, fmt.Errorf("mountpoint: bind namespace %s at %s: the new bind is not on top (%d layers, pruning: %v)", ns, path, n, pruneErr)
+	}
+	if len(ls) > 1 {
+		if pruneErr == nil { // kernels before 4.11 skip a propagated unmount of a covered mount
+			pruneErr = errors.New("the kernel left them")
+		}
+		return len(ls), fmt.Errorf("%w at %s (%d): %w", ErrLayersKept, path, len(ls)-1, pruneErr)
+	}
+	return len(ls), nil
 }
 
 // Remove takes down every layer at <Dir>/<ns> and removes the directory
@@ -97,18 +122,16 @@ func (p PodBinds) Namespaces() ([]string, error) {
 }
 
 // layers returns the agents' mounts at path, bottom first.
-func (p PodBinds) layers(path string) ([]Mount, error) {
+func (p PodBinds) layers(path string) ([]Mount, error) { return Layers(path) }
+
+// Layers returns the agents' mounts (FSType) at path in this mount
+// namespace, bottom first: the pod directory's namespaces hold one each.
+func Layers(path string) ([]Mount, error) {
 	ms, err := Mounts()
 	if err != nil {
 		return nil, err
 	}
-	var out []Mount
-	for _, m := range ms { // mountinfo lists a mount after the one it covers
-		if m.Point == path && m.FSType == FSType {
-			out = append(out, m)
-		}
-	}
-	return out, nil
+	return layersAt(ms, path), nil
 }
 
 // bindPrivate bind mounts src at dst as a mount of its own peer group:

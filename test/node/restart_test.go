@@ -18,6 +18,7 @@ import (
 	"github.com/shimmy-dev/shimmy/internal/k8snode"
 	"github.com/shimmy-dev/shimmy/internal/k8stest"
 	"github.com/shimmy-dev/shimmy/internal/wait"
+	"github.com/shimmy-dev/shimmy/mountpoint"
 )
 
 // restartMessages is how many messages the restart pod publishes.
@@ -71,6 +72,8 @@ func checkAcrossRestart(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, pods,
 		return nil
 	})
 	restart()
+	// The new agent's bind replaced the dead agent's in the pod directory.
+	wait.Eventually(t, time.Minute, func() error { return oneLayer(filepath.Join(pods, "default")) })
 	wait.Eventually(t, PodTimeout, func() error {
 		for _, ct := range []string{"mmap", "files"} {
 			if !strings.Contains(logs(ct), "\nend\n") {
@@ -97,6 +100,15 @@ func checkAcrossRestart(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, pods,
 	if !strings.Contains(logs("pub"), "published") {
 		t.Errorf("the publisher did not finish: %q", logs("pub"))
 	}
+}
+
+// oneLayer says whether the agents' mounts at path are exactly one.
+func oneLayer(path string) error {
+	ls, err := mountpoint.Layers(path)
+	if err == nil && len(ls) != 1 {
+		err = fmt.Errorf("%d agent mounts at %s, want 1", len(ls), path)
+	}
+	return err
 }
 
 // numbered returns the numbers of the "msg N" lines of a log, in order.
