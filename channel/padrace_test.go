@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
+	"sync"
 	"sync/atomic"
 	"testing"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // TestPaddingReclaimedWhileRead: an overwrite subscriber that publishers
@@ -185,4 +189,168 @@ func (ns *numberedSub) drain() {
 	ns.t.Helper()
 	for ns.next() {
 	}
+}
+
+var padLapMsgs = flag.Int("padlaps.msgs", 20000, "messages each publisher of TestPaddingLaps publishes")
+
+// TestPaddingLaps: publishers lap subscribers constantly in a small
+// overwrite ring full of padding (messages that do not fit before the end
+// of the ring) and gap frames, and every subscriber still counts exactly:
+// received + Lost is every message published plus every message the gap
+// frames stand for, each publisher's messages arrive in order and intact,
+// and the subscriber ends at the tail. A subscriber that moved on by the
+// fields of a padding frame that publishers had reclaimed while it read
+// them counted too few (or 2^32 too many) lost, or found the ring
+// corrupt. -padlaps.msgs runs it longer.
+func TestPaddingLaps(t *testing.T) {
+	const (
+		pubs, subs = 3, 3
+		max        = 200 // small next to the ring: padding at most wraps
+	)
+	n := *padLapMsgs
+	if testing.Short() {
+		n /= 10
+	}
+	r := newRing(t, Config{Capacity: 4096, Policy: PolicyOverwrite, MaxMessage: max})
+	counts := make([]int, pubs)
+	for i := range counts {
+		counts[i] = n
+	}
+	type result struct {
+		received   int
+		lost, gaps uint64
+		at         Position
+		err        error
+	}
+	results := make([]result, subs)
+	var gaps atomic.Uint64
+	published, readers := make(chan struct{}), sync.WaitGroup{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range subs {
+		s, err := r.NewSubscriber(SubscriberOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			res := &results[i]
+			c := newChecker(max, counts)
+			var buf []byte
+			var err error
+			for {
+				buf, err = s.Next(ctx, buf)
+				if err != nil {
+					break
+				}
+				if res.err = c.check(buf, int64(s.Lost()), true); res.err != nil {
+					return
+				}
+			}
+			if !errors.Is(err, context.Canceled) {
+				res.err = err
+				return
+			}
+			<-published
+			for {
+				if buf, err = s.TryNext(buf); err != nil {
+					break
+				}
+				if res.err = c.check(buf, int64(s.Lost()), true); res.err != nil {
+					return
+				}
+			}
+			if !errors.Is(err, ErrWouldBlock) {
+				res.err = err
+			}
+			res.received, res.lost, res.gaps, res.at = c.got, s.Lost(), s.Gaps(), s.Position()
+		}()
+	}
+	var writers errgroup.Group
+	for pub := range pubs {
+		writers.Go(func() error { return publishLapping(r, pub, n, max, &gaps) })
+	}
+	err := writers.Wait()
+	cancel()
+	close(published)
+	readers.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := pos(atomic.LoadUint64(&r.queues[0].Tail))
+	want := uint64(pubs*n) + gaps.Load()
+	if uint64(tail.seq()) != want {
+		t.Fatalf("tail at sequence %d, want %d (%d messages, %d lost upstream)", tail.seq(), want, pubs*n, gaps.Load())
+	}
+	var lapped uint64
+	for i, res := range results {
+		if res.err != nil {
+			t.Fatalf("subscriber %d: %v", i, res.err)
+		}
+		if res.at != tail || uint64(res.received)+res.lost != want || res.gaps > gaps.Load() {
+			t.Errorf("subscriber %d at %v (tail %v): received %d + lost %d = %d, want %d; gaps %d of %d",
+				i, res.at, tail, res.received, res.lost, uint64(res.received)+res.lost, want, res.gaps, gaps.Load())
+		}
+		lapped += res.lost - res.gaps
+		t.Logf("subscriber %d: received %d, lost %d to overwrite and %d to gaps", i, res.received, res.lost-res.gaps, res.gaps)
+	}
+	if lapped == 0 {
+		t.Fatal("no subscriber was lapped: the test tested nothing")
+	}
+}
+
+// publishLapping publishes n messages of publisher pub (sizes by
+// msgSize, up to max bytes) one by one, in batches, and after gap frames
+// of up to 64 lost messages, which it adds to gaps.
+func publishLapping(r *Ring, pub, n, max int, gaps *atomic.Uint64) error {
+	ctx := context.Background()
+	p, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	buf := make([]byte, max)
+	var sizes []int
+	var msgs [][]byte
+	for seq, step := 0, 0; seq < n; step++ {
+		h := mix(uint64(pub)<<40 ^ uint64(step) ^ 0x9ad) // by step: a gap frame may go alone
+		switch h % 8 {
+		case 0, 1: // a gap frame, and as many messages as fit with it
+			lost := uint32(1 + (h>>8)%64)
+			sizes = sizes[:0]
+			for i := seq; i < min(n, seq+4); i++ {
+				sizes = append(sizes, msgSize(pub, i, max))
+			}
+			b, err := p.ClaimBatchLost(ctx, lost, sizes)
+			if err != nil {
+				return err
+			}
+			for i := range b.Len() {
+				copy(b.Buf(i), encodeMsg(buf, pub, seq+i, sizes[i]))
+			}
+			if err := p.CommitBatch(b); err != nil {
+				return err
+			}
+			gaps.Add(uint64(lost))
+			seq += b.Len()
+		case 2: // a batch
+			msgs = msgs[:0]
+			for i := seq; i < min(n, seq+5); i++ {
+				msgs = append(msgs, encodeMsg(make([]byte, max), pub, i, msgSize(pub, i, max)))
+			}
+			k, err := p.PublishBatch(ctx, msgs)
+			if err != nil {
+				return err
+			}
+			seq += k
+		default:
+			if err := p.Publish(ctx, encodeMsg(buf, pub, seq, msgSize(pub, seq, max))); err != nil {
+				return err
+			}
+			seq++
+		}
+	}
+	return nil
 }
