@@ -32,24 +32,13 @@ func TestPaddingReclaimedWhileRead(t *testing.T) {
 		{"gap frame claimed over it", gap},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRing(t, Config{Capacity: 4096, Policy: PolicyOverwrite})
-			s, err := r.NewSubscriber(SubscriberOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			p, err := r.NewPublisher(PublisherOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			pub := &numbered{t: t, r: r, p: p}
+			r, pub, sub := newNumbered(t, Config{Capacity: 4096, Policy: PolicyOverwrite})
+			p, s := pub.p, sub.s
 			start := s.Position()
 
 			// The subscriber reads up to 16 bytes before the end of the
 			// ring, where a message that does not fit leaves padding.
 			pub.advance(r.capacity - FrameHeaderLen - r.offset(start.Units()))
-			sub := &numberedSub{t: t, s: s, last: -1}
 			sub.drain()
 			at := s.Position()
 			if r.offset(at.Units()) != r.capacity-FrameHeaderLen {
@@ -69,6 +58,7 @@ func TestPaddingReclaimedWhileRead(t *testing.T) {
 				if tc.gap != 0 {
 					sizes = nil
 				}
+				var err error
 				if b, err = p.ClaimBatchLost(ctx, tc.gap, sizes); err != nil {
 					t.Fatal(err)
 				}
@@ -107,6 +97,24 @@ func TestPaddingReclaimedWhileRead(t *testing.T) {
 	}
 }
 
+// newNumbered formats a ring of cfg with one numbered publisher and one
+// subscriber that checks its messages, both closed in Cleanup.
+func newNumbered(t *testing.T, cfg Config) (*Ring, *numbered, *numberedSub) {
+	t.Helper()
+	r := newRing(t, cfg)
+	s, err := r.NewSubscriber(SubscriberOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	p, err := r.NewPublisher(PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return r, &numbered{t: t, r: r, p: p}, &numberedSub{t: t, s: s, last: -1}
+}
+
 // numbered publishes messages that carry their number (from 0) in their
 // first 4 bytes, when they are that long.
 type numbered struct {
@@ -135,7 +143,7 @@ func (pb *numbered) publish(n int) {
 // written.
 func (pb *numbered) advance(bytes uint64) {
 	pb.t.Helper()
-	largest := align16(FrameHeaderLen + uint64(pb.r.cfg.MaxMessage))
+	largest := (FrameHeaderLen + uint64(pb.r.cfg.MaxMessage)) &^ (FrameAlign - 1) // whose payload fits
 	for bytes > 0 {
 		off := pb.r.offset(pos(atomic.LoadUint64(&pb.r.queues[0].Tail)).units())
 		f := min(bytes, pb.r.capacity-off, largest)
@@ -353,4 +361,95 @@ func publishLapping(r *Ring, pub, n, max int, gaps *atomic.Uint64) error {
 		}
 	}
 	return nil
+}
+
+// FuzzPaddingReclaimed: as TestPaddingReclaimedWhileRead, a publisher laps
+// the subscriber while it loads a padding frame's fields, claiming a
+// frame (a data frame of any size that fits, or a gap frame) right where
+// the padding was; around that, any mix of messages and gap frames in a
+// small overwrite ring, and reads at any points. The subscriber must
+// count exactly: received + Lost is every message published plus those
+// the gap frames stand for, in order, ending at the tail. nth picks which
+// look at a padding frame the lap happens at; claim, the frame claimed
+// there; each op publishes a message of op%201 bytes, a gap frame (op%4
+// == 0) or, 0xff, reads what is ready.
+func FuzzPaddingReclaimed(f *testing.F) {
+	f.Add(uint8(0), uint8(0), []byte{200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 0xff, 199, 198, 0xff, 0xff})
+	f.Add(uint8(1), uint8(9), []byte{180, 8, 180, 180, 180, 0xff, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 180, 0xff})
+	f.Add(uint8(2), uint8(64), []byte{37, 150, 4, 0xff, 150, 150, 150, 150, 150, 150, 150, 150, 150, 150, 150, 150, 0xff, 12, 0xff})
+	f.Fuzz(func(t *testing.T, nth, claim uint8, ops []byte) {
+		fuzzWatchdog(t, "FuzzPaddingReclaimed")
+		ctx := context.Background()
+		r, pub, sub := newNumbered(t, Config{Capacity: 4096, Policy: PolicyOverwrite, MaxMessage: 200})
+		p, s := pub.p, sub.s
+		start := s.Position()
+		var gaps uint64
+		var b Batch
+		out, looks := false, 0
+		batch := func(lost uint32, sizes []int) {
+			var err error
+			if b, err = p.ClaimBatchLost(ctx, lost, sizes); err != nil {
+				t.Fatal(err)
+			}
+			out = true
+			gaps += uint64(lost)
+		}
+		commit := func() {
+			if !out {
+				return
+			}
+			for i := range b.Len() {
+				if len(b.Buf(i)) >= 4 {
+					binary.LittleEndian.PutUint32(b.Buf(i), uint32(pub.sent+i))
+				}
+			}
+			if err := p.CommitBatch(b); err != nil {
+				t.Fatal(err)
+			}
+			pub.sent += b.Len()
+			out = false
+		}
+		testHookPadding = func() {
+			if looks++; looks != int(nth%8)+1 {
+				return
+			}
+			at := s.Position()
+			tail := pos(atomic.LoadUint64(&r.queues[0].Tail))
+			d := udist(at.Units()+r.capUnits, tail.units())
+			if out || d >= 1<<31 {
+				return // the subscriber was lapped already, or a claim is open
+			}
+			pub.advance(uint64(d) << unitShift)
+			room := r.capacity - r.offset(at.Units()) - FrameHeaderLen
+			if claim&1 != 0 {
+				batch(uint32(1+claim>>1), nil)
+			} else {
+				batch(0, []int{int(min(uint64(claim>>1), room))})
+			}
+		}
+		t.Cleanup(func() { testHookPadding = nil })
+		for _, op := range ops {
+			if op == 0xff {
+				sub.drain()
+				continue
+			}
+			commit()
+			if op%4 == 0 {
+				batch(uint32(1+op>>2), []int{int(op) % 201})
+				commit()
+				continue
+			}
+			pub.publish(int(op) % 201)
+		}
+		for range 2 { // a claim made while the subscriber drains is committed next round
+			commit()
+			sub.drain()
+		}
+		tail := pos(atomic.LoadUint64(&r.queues[0].Tail))
+		want := uint64(pub.sent) + gaps
+		if s.Position() != tail || uint64(sub.received)+s.Lost() != want || uint64(tail.Seq()-start.Seq()) != want || s.Gaps() > gaps {
+			t.Fatalf("subscriber at %v, tail %v: received %d + lost %d (gaps %d) = %d, want %d (%d messages, %d lost upstream)",
+				s.Position(), tail, sub.received, s.Lost(), s.Gaps(), uint64(sub.received)+s.Lost(), want, pub.sent, gaps)
+		}
+	})
 }
