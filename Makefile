@@ -104,12 +104,14 @@ bench-full: build
 # Runs each fuzzer for a while (about 5 minutes in all); seeds in
 # testdata/fuzz run in every `make test`. FuzzHostilePeer rewrites ring
 # fields while a client uses the ring (rings up to 4 MiB and 4096 slots);
-# FuzzRogueMembers checks honest members beside dying and stalling ones.
+# FuzzRogueMembers checks honest members beside dying and stalling ones;
+# FuzzPaddingReclaimed laps a subscriber while it reads a padding frame.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./channel/
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 120s ./channel/
 	$(GO) test -run '^$$' -fuzz FuzzHostilePeer -fuzztime 60s -fuzzminimizetime 20x ./channel/
 	$(GO) test -run '^$$' -fuzz FuzzRogueMembers -fuzztime 60s -fuzzminimizetime 10x ./channel/
+	$(GO) test -run '^$$' -fuzz FuzzPaddingReclaimed -fuzztime 30s ./channel/
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./rdma/tcp/
 
 clean:

@@ -428,15 +428,17 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			s.viewed = frame
 			return msg, nil
 		case readPadding:
-			seq, gap := r.padNext(s.q, s.cur, frame)
-			s.cur = mkpos(seq, s.cur.units()+uint32(frame>>unitShift))
-			s.dirtyB += frame
-			if gap != 0 { // messages lost before they reached this ring
-				s.gaps += gap
-				s.lost += gap
-				atomic.AddUint64(&s.m.s.Lost, gap)
+			if seq, gap, ok := r.padNext(s.q, s.cur, frame); ok {
+				s.cur = mkpos(seq, s.cur.units()+uint32(frame>>unitShift))
+				s.dirtyB += frame
+				if gap != 0 { // messages lost before they reached this ring
+					s.gaps += gap
+					s.lost += gap
+					atomic.AddUint64(&s.m.s.Lost, gap)
+				}
+				continue
 			}
-			continue
+			fallthrough // reclaimed while it was read: lapped
 		case readLapped:
 			if err := s.m.alive(); err != nil {
 				return nil, err
@@ -560,39 +562,50 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 }
 
 // padSeq returns the sequence that follows the padding frame of n bytes at
-// position p of queue q (padNext).
+// position p of queue q (padNext), p's own if the frame was reclaimed
+// while it was read: a stream reader or Release, which pass padding with
+// a CAS that fails then, need nothing more.
 func (r *Ring) padSeq(q int, p pos, n uint64) uint32 {
-	s, _ := r.padNext(q, p, n)
+	s, _, _ := r.padNext(q, p, n)
 	return s
 }
+
+// testHookPadding, set only by tests, runs in padNext before it loads the
+// padding frame's fields: a test laps the reader there.
+var testHookPadding func()
 
 // padNext returns the sequence that follows the padding frame of n bytes
 // at position p of queue q: its Seq field, which is p's own sequence, or
 // further on when the padding stands in for messages (spans), and how
 // many of those a gap frame says were lost before they reached the ring.
 // Any other value is ignored; the next frame's check catches a corrupt
-// ring.
-func (r *Ring) padNext(q int, p pos, n uint64) (uint32, uint64) {
+// ring. ok is false if the frame may have been reclaimed: publishers
+// lapped p (overwrite) while its fields were read, so they may be a newer
+// frame's, and the caller must not move on by them.
+func (r *Ring) padNext(q int, p pos, n uint64) (seq uint32, gap uint64, ok bool) {
 	off := r.offset(p.units())
 	fh := r.frame(q, off)
+	if testHookPadding != nil {
+		testHookPadding()
+	}
 	s := atomic.LoadUint32(&fh.Seq)
-	gap := n == FrameHeaderLen && r.version >= 2 && uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&fh.Slot)))) == SlotGap
+	slot := uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&fh.Slot))))
+	// The fields are the padding's only if no claim of the next lap
+	// reached p before they were loaded: a publisher writes a frame's
+	// fields after its claim moved Tail, and before its commit word, so a
+	// second look at the commit word would not tell (section 10 of the
+	// ABI). Tail within a lap of p confirms them.
+	if udist(pos(atomic.LoadUint64(&r.queues[q].Tail)).units(), p.units()) > r.capUnits {
+		return p.seq(), 0, false
+	}
 	k := s - p.seq()
-	// The fields count only if the frame is still this padding: an
-	// overwrite publisher lapping the reader may have reused it between
-	// the caller's look at the commit word and these loads, and a foreign
-	// Seq would step the cursor ahead of the ring (and the next lap's
-	// loss count by 2^32).
-	if w := atomic.LoadUint64(r.commitWord(q, off)); uint32(w) != p.units() || uint32(w>>32)&FlagPadding == 0 {
-		return p.seq(), 0
-	}
 	if k == 0 || !r.spans(k, uint32(n>>unitShift)) {
-		return p.seq(), 0
+		return p.seq(), 0, true
 	}
-	if gap {
-		return s, uint64(k)
+	if n == FrameHeaderLen && r.version >= 2 && slot == SlotGap {
+		return s, uint64(k), true
 	}
-	return s, 0
+	return s, 0, true
 }
 
 // spans reports whether padding of units 16-byte units may stand in for k

@@ -329,6 +329,8 @@ class Subscriber:
         r = self.ring
         c = r.oldest(0, r.u64(r.qh(0) + Q_TAIL))
         n = (seq_of(c) - seq_of(self.cur)) & M32
+        if n >= HALF:
+            n = 0  # a cursor ahead of the oldest record (a forged Seq) lost nothing
         self.lost += n
         self.m.add(M_LOST, n)
         self.cur = c
@@ -369,11 +371,19 @@ class Subscriber:
                 # version 1 ring, any forward step (below 2^31) from 2 on.
                 # A gap frame's step is messages lost before the ring.
                 seq = r.u32(base + off + F_SEQ)
+                slot = r.u32(base + off + F_SLOT) & 0xFFFF
+                # The fields are the padding's only if no claim of the next
+                # lap reached it before they were loaded (section 5).
+                if udist(units_of(r.u64(qh + Q_TAIL)), units_of(cur)) > r.cap_units:
+                    if r.policy == POLICY_OVERWRITE:
+                        self.resync()
+                        continue
+                    raise RingError("evicted or corrupt ring: the tail lapped a block subscriber")
                 k = (seq - seq_of(cur)) & M32
                 bound = (FRAME_HEADER + n) >> 4 if r.version < 2 else HALF - 1
                 if not 0 < k <= bound:
                     seq, k = seq_of(cur), 0
-                if k and n == 0 and r.version >= 2 and r.u32(base + off + F_SLOT) & 0xFFFF == SLOT_GAP:
+                if k and n == 0 and r.version >= 2 and slot == SLOT_GAP:
                     self.lost += k
                     self.m.add(M_LOST, k)
                 self.cur = mkpos(seq, units_of(cur) + ((FRAME_HEADER + n) >> 4))
