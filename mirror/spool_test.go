@@ -1,0 +1,242 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/registry"
+)
+
+// stallTimeout bounds how long the tests below wait for a flow that the
+// mirror could stall: a stall fails them with what was missing, not the
+// suite's timeout.
+const stallTimeout = 30 * time.Second
+
+// TestBlockBurstsOnTwoHosts: publishers on A and B publish, at once,
+// bursts of many times what either small block ring holds; every message
+// reaches the subscribers on both hosts once, intact, in its publisher's
+// order. Each host's importer needs room in its ring, which that ring
+// keeps for the other host until it acknowledges: without the spool the
+// two hosts wait for each other.
+func TestBlockBurstsOnTwoHosts(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		capacity   uint64
+		publishers int // per host
+		n          int // messages per publisher
+	}{
+		{"one publisher per host", 64 << 10, 1, 4000},
+		{"two publishers per host", 64 << 10, 2, 2000},
+		{"smallest ring", 16 << 10, 1, 2000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: tc.capacity, MaxMessage: 1024}, nil, "a", "b")
+			tallies := map[string]*tally{}
+			for _, h := range c.hosts {
+				tallies[h.name] = subscribe(ctx, t, mapRing(t, h), false)
+			}
+			c.linksUp()
+			pctx, pcancel := context.WithTimeout(ctx, stallTimeout)
+			defer pcancel()
+			errs := make(chan error, len(c.hosts)*tc.publishers)
+			for i, h := range c.hosts {
+				r := mapRing(t, h)
+				for j := range tc.publishers {
+					go func() { errs <- publish(pctx, r, uint32(i*tc.publishers+j+1), tc.n, 0) }()
+				}
+			}
+			for range len(c.hosts) * tc.publishers {
+				if err := <-errs; err != nil {
+					t.Fatalf("publishers stalled (the hosts wait for each other): %v; links: a %+v, b %+v", err, c.hosts[0].stat("b"), c.hosts[1].stat("a"))
+				}
+			}
+			expectWithin(t, stallTimeout, len(c.hosts)*tc.publishers*tc.n, tallies)
+		})
+	}
+}
+
+// TestSlowChannelKeepsLinkFlowing: b's only subscriber of block channel x
+// stops reading; a keeps publishing into x until b's ring, b's spool and
+// a's ring are full and a's publisher waits. Channel y, on the same link,
+// keeps flowing meanwhile. Once x's subscriber reads again, every message
+// of x arrives, once and in order.
+func TestSlowChannelKeepsLinkFlowing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const x = "x"
+	cfg := channel.Config{Policy: channel.PolicyBlock, Capacity: 64 << 10, MaxMessage: 1024}
+	c := newCluster(t, cfg, nil, "a", "b")
+	for _, h := range c.hosts {
+		createChannel(t, h, x, cfg)
+	}
+	c.share(testCh, x)
+	a, b := c.hosts[0], c.hosts[1]
+	ya, yb := mapRing(t, a), mapRing(t, b)
+	xa, xb := mapChannel(t, a, x), mapChannel(t, b, x)
+	yTally := subscribe(ctx, t, yb, false)
+	next, closeX := member(t, xb, channel.TypePubSub)
+	t.Cleanup(closeX)
+	c.flowsUp(2)
+
+	// Far more than b's ring, b's spool and a's ring hold: a's publisher
+	// of x ends up waiting for b's subscriber.
+	const nx = 3000
+	xdone := make(chan error, 1)
+	go func() { xdone <- publish(ctx, xa, 1, nx, 0) }()
+	waitFor(t, stallTimeout, func() error {
+		if qs := xa.QueueStats(0); qs.SpaceWaiters == 0 {
+			return fmt.Errorf("a's publisher of x is not held back yet: %+v", qs)
+		}
+		return nil
+	})
+
+	const ny = 3000
+	if err := publishWithin(ctx, ya, 2, ny); err != nil {
+		t.Fatalf("y on a: %v", err)
+	}
+	expectWithin(t, stallTimeout, ny, map[string]*tally{"b (y, behind a stopped subscriber of x)": yTally})
+	select {
+	case err := <-xdone:
+		t.Fatalf("a's publisher of x finished (%v) while b's subscriber read nothing: block did not hold it", err)
+	default:
+	}
+
+	xt := &tally{}
+	waitFor(t, stallTimeout, func() error {
+		for {
+			got, err := xt.count()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == nx {
+				return nil
+			}
+			m, err := next(10 * time.Millisecond)
+			if err != nil {
+				return fmt.Errorf("b's subscriber of x has %d of %d messages: %w", got, nx, err)
+			}
+			xt.add(m, false)
+		}
+	})
+	if err := <-xdone; err != nil {
+		t.Fatal(err)
+	}
+	if m, err := next(50 * time.Millisecond); err == nil {
+		t.Fatalf("b's subscriber of x got a message beyond the %d published: % x", nx, m[:min(len(m), 16)])
+	}
+}
+
+// publishWithin publishes count messages of pub into r, failing after
+// stallTimeout.
+func publishWithin(ctx context.Context, r *channel.Ring, pub uint32, count int) error {
+	ctx, cancel := context.WithTimeout(ctx, stallTimeout)
+	defer cancel()
+	err := publish(ctx, r, pub, count, 0)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("stalled: %w", err)
+	}
+	return err
+}
+
+// expectWithin waits until every tally counted want messages without
+// error, failing after timeout with what each has.
+func expectWithin(t *testing.T, timeout time.Duration, want int, tallies map[string]*tally) {
+	t.Helper()
+	waitFor(t, timeout, func() error {
+		for name, tl := range tallies {
+			got, err := tl.count()
+			if err != nil {
+				t.Fatalf("subscriber on %s: %v", name, err)
+			}
+			if got != want {
+				return fmt.Errorf("stalled: subscriber on %s has %d of %d messages", name, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// createChannel makes channel name of testNS on h.
+func createChannel(t *testing.T, h *host, name string, cfg channel.Config) {
+	t.Helper()
+	ns, err := h.reg.Namespace(testNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.CreateChannel(name, registry.CreateOptions{Config: &cfg}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mapChannel maps h's ring of testNS/name as a client would.
+func mapChannel(t *testing.T, h *host, name string) *channel.Ring {
+	t.Helper()
+	r, err := channel.MapFile(filepath.Join(h.dir, testNS, name, "ring"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// share gives every host a plan that shares the channels of testNS
+// named with all the others.
+func (c *cluster) share(channels ...string) {
+	for _, h := range c.hosts {
+		var p Plan
+		var names []string
+		for _, o := range c.hosts {
+			if o != h {
+				p.Peers = append(p.Peers, Peer{Name: o.name, Addr: o.addr})
+				names = append(names, o.name)
+			}
+		}
+		for _, ch := range channels {
+			p.Shares = append(p.Shares, Share{Namespace: testNS, Channel: ch, Peers: names})
+		}
+		if err := h.m.Apply(p); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// flowsUp waits until every host has n flows open each way on each of
+// its links.
+func (c *cluster) flowsUp(n int) {
+	c.linksUp()
+	waitFor(c.t, 20*time.Second, func() error {
+		for _, h := range c.hosts {
+			h.m.mu.Lock()
+			peers := make([]*peer, 0, len(h.m.peers))
+			for _, p := range h.m.peers {
+				peers = append(peers, p)
+			}
+			h.m.mu.Unlock()
+			for _, p := range peers {
+				s := p.sess.Load()
+				if s == nil {
+					return fmt.Errorf("%s: link to %s is down", h.name, p.cfg.Name)
+				}
+				s.fmu.Lock()
+				nex, open := len(s.exports), 0
+				for _, imp := range s.flows {
+					if _, ok := imp.ackEntry(); ok {
+						open++
+					}
+				}
+				s.fmu.Unlock()
+				if nex < n || open < n {
+					return fmt.Errorf("%s: link to %s: %d flows out, %d in, want %d", h.name, p.cfg.Name, nex, open, n)
+				}
+			}
+		}
+		return nil
+	})
+}
