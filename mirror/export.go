@@ -53,6 +53,9 @@ type exporter struct {
 	acked    channel.Extended
 	credit   uint32
 	ackc     chan struct{} // 1-buffered: an Ack arrived
+	// The peer's spool: record bytes sent on the flow since the Open, and
+	// the Window of its Acks (record bytes it may have been sent).
+	sentRec, window uint64
 }
 
 type holdKey struct {
@@ -311,6 +314,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	ex.lost = ex.rd.Lost()
 	ex.acked, ex.sentNext = ex.ext, ex.ext
+	ex.window = uint64(sub.Window)
 	ex.advanceHold(ex.ext.Position())
 	if err := ex.mark.store(markRec{ex.epoch, ex.ext.Seq, ex.ext.Units}); err != nil {
 		return wire.Open{}, err
@@ -357,7 +361,10 @@ func (ex *exporter) runPubSub() error {
 		}
 		buf = append(buf, zero[:wire.DataFixedLen]...)
 		count, bytes := 0, 0
-		ext := ex.ext
+		ex.mu.Lock()
+		ext, room := ex.ext, ex.roomLocked()
+		ex.mu.Unlock()
+		starved := false // a message waits for room in the peer's spool
 		for len(buf) < batchTarget {
 			// What our importer wrote is passed over uncopied: its
 			// origin sends it.
@@ -372,6 +379,10 @@ func (ex *exporter) runPubSub() error {
 			if skipped {
 				ext = ex.rd.Position().Extend(ext)
 				continue
+			}
+			if uint64(len(buf)-wire.DataFixedLen) >= room {
+				starved = true
+				break
 			}
 			off := len(buf)
 			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
@@ -401,12 +412,22 @@ func (ex *exporter) runPubSub() error {
 		ex.mu.Unlock()
 		if idle {
 			ex.s.unreserve()
+			if starved {
+				ex.rd.Flush() // the reader holds no room it passed
+				select {      // for the peer's Ack of room in its spool
+				case <-ctx.Done():
+				case <-ex.ackc:
+				}
+				continue
+			}
 			if err := ex.rd.Wait(ctx); err != nil && ctx.Err() == nil {
 				return err
 			}
 			continue
 		}
-		if count == 0 && lost == 0 && !ex.skipDue(ext) {
+		// Starved, the position past imports goes at once: the peer's
+		// slot in this ring may move there, making room for its import.
+		if count == 0 && lost == 0 && !starved && !ex.skipDue(ext) {
 			ex.s.unreserve()
 			// Only imports passed over: the peer needs the position (its
 			// high-water mark; in a block ring, where its slot may move
@@ -435,6 +456,7 @@ func (ex *exporter) runPubSub() error {
 		ex.inflight = append(ex.inflight, ext)
 		ex.sentNext = ext
 		ex.lost += lost
+		ex.sentRec += uint64(len(buf) - wire.DataFixedLen)
 		ex.mu.Unlock()
 		if err := ex.s.commit(buf); err != nil {
 			return err
@@ -466,10 +488,18 @@ func (ex *exporter) onAck(e wire.AckEntry) error {
 	}
 	ext := channel.Extended{Seq: e.Next.Seq, Units: e.Next.Units}
 	ex.mu.Lock()
+	ex.window = max(ex.window, e.Window)
+	ex.mu.Unlock()
+	select {
+	case ex.ackc <- struct{}{}:
+	default:
+	}
+	ex.mu.Lock()
 	i := slices.Index(ex.inflight, ext)
 	if i < 0 {
+		acked := ex.acked
 		ex.mu.Unlock()
-		if ext == ex.acked {
+		if ext == acked {
 			return nil
 		}
 		return fmt.Errorf("%w: flow %d acknowledged %v, which ends no batch in flight", ErrProtocol, ex.flow, ext)
@@ -480,6 +510,10 @@ func (ex *exporter) onAck(e wire.AckEntry) error {
 	ex.advanceHold(ext.Position())
 	return ex.mark.store(markRec{ex.epoch, ext.Seq, ext.Units})
 }
+
+// roomLocked is the record bytes the peer's spool takes now: a batch
+// starts a record only below it.
+func (ex *exporter) roomLocked() uint64 { return ex.window - min(ex.window, ex.sentRec) }
 
 func (ex *exporter) lag() uint64 {
 	ex.mu.Lock()

@@ -17,8 +17,16 @@ import (
 var errNoQueue = errors.New("mirror: the channel has no such queue")
 
 // importer re-publishes one peer's messages of one channel (one stream
-// queue) into the local ring. It outlives sessions: its publisher slot
-// and high-water mark carry over to the next link.
+// queue) into the local ring. It outlives sessions: its publisher slot,
+// high-water mark and spool carry over to the next link.
+//
+// The session's completions goroutine takes each batch into the spool
+// (a file of the state directory) and the importer's own goroutine
+// (publish) moves the spool into the ring, waiting for room there: a
+// ring that has none holds up neither the other flows of the link nor
+// the acknowledgement of what the spool took, so two hosts whose rings
+// are full never wait for each other. The window that the importer
+// grants the origin (Ack's Window) keeps the spool within its file.
 type importer struct {
 	p   *peer
 	key chanKey
@@ -30,6 +38,12 @@ type importer struct {
 	pub  *channel.Publisher
 	im   *imports // pubsub: where this publisher's frames are recorded
 	mark *mark
+	sp   *spool
+	room uint64 // record bytes the window lets the spool hold
+
+	stop context.CancelFunc
+	done chan struct{} // publish returned
+	kick chan struct{} // 1-buffered: the spool grew
 
 	mu       sync.Mutex
 	hwm      hwmRec
@@ -39,9 +53,13 @@ type importer struct {
 	opened   chan struct{} // closed by onOpen
 	mismatch bool          // the origin's channel does not fit ours
 	broken   bool          // the publisher failed: open a new importer
+	recvd    uint64        // record bytes of the flow's batches handled this session
+	told     uint64        // the Window of the last Ack entry
 
+	// publish's
+	chunk []byte
 	msgs  [][]byte
-	seqs  []uint64
+	ends  []uint64 // log offset after each of msgs
 	sizes []int
 }
 
@@ -75,7 +93,9 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if err != nil {
 		return nil, err
 	}
-	imp := &importer{p: p, key: k, h: h, ring: h.Ring(), log: p.log.WithField("channel", k.String())}
+	imp := &importer{p: p, key: k, h: h, ring: h.Ring(), log: p.log.WithField("channel", k.String()),
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	close(imp.done) // until publish runs
 	imp.cfg = imp.ring.Config()
 	fail := func(err error) (*importer, error) {
 		imp.close()
@@ -100,14 +120,23 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 		return fail(err)
 	}
 	imp.mark = mk
-	if rec.Pend != 0 {
-		// A previous run died with a part of a batch in flight.
+	if rec.Pend != 0 || rec.seqPend != 0 {
+		// A previous run died with a claim in flight.
 		rec = rec.reconcile(imp.ring, k.Q)
 		if err := mk.storeHWM(rec); err != nil {
 			return fail(err)
 		}
 	}
 	imp.hwm = rec
+	if imp.sp, err = openSpool(m.state.path("spool", p.cfg.ID(), k), imp.spoolSize(), rec.spooled()); err != nil {
+		return fail(err)
+	}
+	imp.room = imp.sp.size - min(imp.sp.size, imp.maxRecord())
+	imp.chunk = make([]byte, max(batchTarget, imp.maxRecord()))
+	ctx, stop := context.WithCancel(context.Background())
+	imp.stop, imp.done = stop, make(chan struct{})
+	go imp.publish(ctx)
+	imp.kickPublish()
 	return imp, nil
 }
 
@@ -127,6 +156,15 @@ func (m *Mirror) importsFor(ns, ch string, ring *channel.Ring) (*imports, error)
 	return im, nil
 }
 
+// The window lets the spool hold Options.SpoolRings of the ring's
+// capacity, and the origin may start its last record just within it: the
+// spool file holds that and one largest record.
+func (imp *importer) spoolSize() uint64 { return imp.spoolRoom() + imp.maxRecord() }
+
+func (imp *importer) spoolRoom() uint64 { return imp.cfg.Capacity * uint64(imp.p.m.o.SpoolRings) }
+
+func (imp *importer) maxRecord() uint64 { return uint64(wire.RecordSize(int(imp.cfg.MaxMessage))) }
+
 func (imp *importer) isStream() bool { return imp.cfg.Type == channel.TypeStream }
 
 // attach makes imp a flow of session s and returns the Sub to send;
@@ -140,9 +178,12 @@ func (imp *importer) attach(s *session) (wire.Sub, bool) {
 	imp.sess, imp.open, imp.mismatch = s, false, false
 	imp.flow = imp.p.m.flowIDs.Add(1)
 	imp.opened = make(chan struct{})
+	imp.recvd = 0
+	imp.told = imp.windowLocked()
 	return wire.Sub{
 		Flow: imp.flow, Epoch: imp.hwm.Epoch, Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units},
-		Queue: uint32(imp.key.Q), Credit: imp.creditLocked(), Namespace: imp.key.NS, Channel: imp.key.Ch,
+		Queue: uint32(imp.key.Q), Credit: imp.creditLocked(), Window: uint32(imp.told),
+		Namespace: imp.key.NS, Channel: imp.key.Ch,
 	}, true
 }
 
@@ -166,7 +207,8 @@ func (imp *importer) onOpen(o wire.Open) error {
 	}
 	switch {
 	case o.Epoch != imp.hwm.Epoch:
-		imp.hwm = hwmRec{markRec: markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}}
+		// What the spool holds of the old epoch still goes into the ring.
+		imp.hwm.markRec, imp.hwm.Next = markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}, 0
 	case o.Start.Seq > imp.hwm.Seq:
 		imp.hwm.Seq, imp.hwm.Units = o.Start.Seq, o.Start.Units
 	}
@@ -187,8 +229,9 @@ func (imp *importer) onRefuse(r wire.Refuse) {
 	imp.detach()
 }
 
-// deliver publishes a batch's new messages into the local ring and then
-// stores the high-water mark.
+// deliver takes a batch's new records into the spool, then stores the
+// high-water mark at the batch's end; publish moves them into the ring.
+// It never waits for the ring.
 func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	imp.mu.Lock()
 	opened := imp.opened
@@ -202,22 +245,28 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	}
 	imp.mu.Lock()
 	defer imp.mu.Unlock()
+	recs := bt.RecordBytes()
+	imp.recvd += uint64(len(recs))
 	if imp.mismatch {
 		imp.p.losses.Add(uint64(bt.Count))
 		return nil
 	}
 	next := imp.hwm.next()
 	end := imp.hwm.Seq // the batch may not end before its last record
-	imp.msgs, imp.seqs, imp.sizes = imp.msgs[:0], imp.seqs[:0], imp.sizes[:0]
+	from, off := len(recs), 0
 	var bytes uint64
 	err := bt.Records(imp.cfg.MaxMessage, func(seq uint64, b []byte) error {
 		end = max(end, seq+1)
-		if seq < next {
-			return nil // had it: a batch sent again after a cut or a restart
+		switch {
+		case seq >= next:
+			// Records are in order: from the first new one on, all are.
+			from = min(from, off)
+			bytes += uint64(len(b))
+			next = seq + 1
+		case from < len(recs):
+			return fmt.Errorf("record %d after %d", seq, next-1)
 		}
-		imp.msgs, imp.seqs, imp.sizes = append(imp.msgs, b), append(imp.seqs, seq), append(imp.sizes, len(b))
-		bytes += uint64(len(b))
-		next = seq + 1
+		off += wire.RecordSize(len(b))
 		return nil
 	})
 	if err != nil {
@@ -226,53 +275,155 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	if bt.Next.Seq < end {
 		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
-	if err := imp.publish(ctx); err != nil {
-		imp.mark.storeHWM(imp.hwm) // what went in, for the next link
-		if !errors.Is(err, context.Canceled) {
-			imp.broken = true
+	if n := uint64(len(recs) - from); n > 0 {
+		if imp.hwm.spooled()+n > imp.sp.size {
+			return fmt.Errorf("%w: flow %d sent %d bytes beyond its window", ErrProtocol, imp.flow, imp.hwm.spooled()+n-imp.sp.size)
 		}
-		return fmt.Errorf("mirror: import into %s: %w", imp.key, err)
+		if err := imp.sp.writeAt(imp.hwm.Tail, recs[from:]); err != nil {
+			return err
+		}
+		imp.hwm.Tail += n
 	}
+	// The records are the spool's once the mark says so: a write that
+	// the agent's death cut short lies beyond the stored Tail.
 	imp.hwm.Seq, imp.hwm.Units = bt.Next.Seq, bt.Next.Units
 	imp.p.bytes.Add(bytes)
 	if bt.Lost > 0 {
 		imp.p.losses.Add(bt.Lost)
 	}
-	return imp.mark.storeHWM(imp.hwm)
+	if err := imp.mark.storeHWM(imp.hwm); err != nil {
+		return err
+	}
+	imp.kickPublish()
+	return nil
 }
 
-// publish puts imp.msgs into the ring, one claim at a time, waiting for
-// room like PublishBatch. Before each claim's commit it stores the claim
-// with the sequence after its last record (hwmRec.Pend): an agent that
-// dies between the commit and the next store learns from the ring after
-// its restart that those records are in. imp.hwm.Have follows what is in.
-func (imp *importer) publish(ctx context.Context) error {
-	for done := 0; done < len(imp.msgs); {
-		b, err := imp.pub.ClaimBatch(ctx, imp.sizes[done:])
+func (imp *importer) kickPublish() {
+	select {
+	case imp.kick <- struct{}{}:
+	default:
+	}
+}
+
+// windowLocked is the Window of imp's Ack entries: the record bytes the
+// origin may have sent on the flow this session, those handled and what
+// the spool takes beyond what it holds.
+func (imp *importer) windowLocked() uint64 {
+	return imp.recvd + imp.room - min(imp.room, imp.hwm.spooled())
+}
+
+// publish moves the spool into the ring until ctx ends, waiting for room
+// in the ring: only this flow waits.
+func (imp *importer) publish(ctx context.Context) {
+	defer close(imp.done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-imp.kick:
+		}
+		for {
+			n, err := imp.publishChunk(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				imp.log.WithError(err).Error("import failed; the flow starts again")
+				imp.mu.Lock()
+				imp.broken = true
+				imp.mu.Unlock()
+				imp.p.interrupt()
+				return
+			}
+			if n == 0 {
+				break
+			}
+			imp.ackRoom()
+		}
+	}
+}
+
+// publishChunk reads records from the spool and puts them into the ring,
+// one claim at a time, waiting for room like PublishBatch. Before each
+// claim's commit it stores the claim with the log offset after its last
+// record (hwmRec.Pend): an agent that dies between the commit and the
+// next store learns from the ring after its restart that those records
+// are in. It returns the log bytes it moved; 0 once the spool is empty.
+func (imp *importer) publishChunk(ctx context.Context) (int, error) {
+	imp.mu.Lock()
+	have, n := imp.hwm.Have, min(imp.hwm.spooled(), uint64(len(imp.chunk)))
+	if n == 0 && imp.sp.size != imp.spoolSize() {
+		// Emptied a spool that a previous run kept at another size.
+		if err := imp.sp.resize(imp.spoolSize()); err != nil {
+			imp.mu.Unlock()
+			return 0, err
+		}
+		imp.room = imp.spoolRoom()
+	}
+	imp.mu.Unlock()
+	if n == 0 {
+		return 0, nil
+	}
+	// [Have, Tail) is only written again once publish moved Have past it.
+	b := imp.chunk[:n]
+	if err := imp.sp.readAt(have, b); err != nil {
+		return 0, err
+	}
+	imp.msgs, imp.ends, imp.sizes = imp.msgs[:0], imp.ends[:0], imp.sizes[:0]
+	for off := 0; off < len(b); {
+		_, p, sz, err := wire.FirstRecord(b[off:], imp.cfg.MaxMessage)
 		if err != nil {
-			return err
+			if len(imp.msgs) > 0 && len(b) == len(imp.chunk) {
+				break // a record cut by the chunk's end: the next chunk has it
+			}
+			return 0, fmt.Errorf("spool at %d: %w", have+uint64(off), err)
 		}
-		k := b.Len()
+		off += sz
+		imp.msgs, imp.ends, imp.sizes = append(imp.msgs, p), append(imp.ends, have+uint64(off)), append(imp.sizes, len(p))
+	}
+	for done := 0; done < len(imp.msgs); {
+		bt, err := imp.pub.ClaimBatch(ctx, imp.sizes[done:])
+		if err != nil {
+			return 0, err
+		}
+		k := bt.Len()
 		for i := range k {
-			copy(b.Buf(i), imp.msgs[done+i])
+			copy(bt.Buf(i), imp.msgs[done+i])
 		}
-		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.seqs[done+k-1]+1, b.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		imp.mu.Lock()
+		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.ends[done+k-1], bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
-			err = imp.pub.CommitBatch(b)
+			err = imp.pub.CommitBatch(bt)
 		}
 		// A claim whose record failed is not committed: it stays open
 		// until the broken importer closes and pads it.
 		pend := imp.hwm.Pend
 		imp.hwm.Pend = 0
-		if err != nil {
-			return err
+		if err == nil {
+			imp.hwm.Have = pend
 		}
-		imp.hwm.Have = pend
+		imp.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}
-	return nil
+	return int(imp.ends[len(imp.ends)-1] - have), nil
+}
+
+// ackRoom tells the origin of room the spool gained: at once while the
+// origin has less than a quarter of the window left (it may be waiting
+// for it), else once the room is a quarter of the window.
+func (imp *importer) ackRoom() {
+	imp.mu.Lock()
+	s, grow := imp.sess, imp.windowLocked()-imp.told
+	due := imp.open && s != nil && grow > 0 && (grow >= imp.room/4 || imp.told-imp.recvd < imp.room/4)
+	imp.mu.Unlock()
+	if due {
+		s.ack([]*importer{imp}) // a failed Send ends the session, which reports it
+	}
 }
 
 // ackEntry is imp's progress for an Ack; false while its flow is not open.
@@ -282,7 +433,8 @@ func (imp *importer) ackEntry() (wire.AckEntry, bool) {
 	if !imp.open {
 		return wire.AckEntry{}, false
 	}
-	return wire.AckEntry{Flow: imp.flow, Credit: imp.creditLocked(), Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units}}, true
+	imp.told = imp.windowLocked()
+	return wire.AckEntry{Flow: imp.flow, Credit: imp.creditLocked(), Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units}, Window: imp.told}, true
 }
 
 // creditLocked is how many stream records the local readers of the queue
@@ -308,6 +460,13 @@ func (imp *importer) creditLocked() uint32 {
 }
 
 func (imp *importer) close() {
+	if imp.stop != nil {
+		imp.stop()
+		<-imp.done
+	}
+	if imp.sp != nil {
+		imp.sp.close()
+	}
 	if imp.pub != nil {
 		if imp.im != nil {
 			imp.im.end(imp.pub.Slot(), imp.ring.QueueStats(0).Tail)

@@ -24,6 +24,7 @@ const (
 	DefaultMaxBackoff  = 5 * time.Second
 	DefaultHold        = 30 * time.Second
 	DefaultCredit      = 256
+	DefaultSpoolRings  = 1
 )
 
 // Options configure a Mirror.
@@ -63,6 +64,12 @@ type Options struct {
 	Hold time.Duration
 	// Credit is how many stream records a host asks its peer for at once.
 	Credit int
+	// SpoolRings sizes each flow's spool, in the state directory: the
+	// messages a host received and acknowledged before its ring had room
+	// for them, up to SpoolRings times the channel's ring capacity. Two
+	// hosts whose publishers each publish at most that much at once never
+	// wait for each other. Default DefaultSpoolRings.
+	SpoolRings int
 }
 
 func (o Options) withDefaults() Options {
@@ -89,6 +96,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Credit <= 0 {
 		o.Credit = DefaultCredit
+	}
+	if o.SpoolRings <= 0 {
+		o.SpoolRings = DefaultSpoolRings
 	}
 	return o
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,17 +13,21 @@ import (
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
+// burstSpoolRings is the spools' size in TestBlockBurstsOnTwoHosts, in
+// rings: twice the bursts.
+const burstSpoolRings = 8
+
 // stallTimeout bounds how long the tests below wait for a flow that the
 // mirror could stall: a stall fails them with what was missing, not the
 // suite's timeout.
 const stallTimeout = 30 * time.Second
 
 // TestBlockBurstsOnTwoHosts: publishers on A and B publish, at once,
-// bursts of many times what either small block ring holds; every message
-// reaches the subscribers on both hosts once, intact, in its publisher's
-// order. Each host's importer needs room in its ring, which that ring
-// keeps for the other host until it acknowledges: without the spool the
-// two hosts wait for each other.
+// bursts of several times what either small block ring holds (and at most
+// what each spool holds); every message reaches the subscribers on both
+// hosts once, intact, in its publisher's order. Each host's importer
+// needs room in its ring, which that ring keeps for the other host until
+// it acknowledges: without the spool the two hosts wait for each other.
 func TestBlockBurstsOnTwoHosts(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -30,14 +35,16 @@ func TestBlockBurstsOnTwoHosts(t *testing.T) {
 		publishers int // per host
 		n          int // messages per publisher
 	}{
-		{"one publisher per host", 64 << 10, 1, 4000},
-		{"two publishers per host", 64 << 10, 2, 2000},
-		{"smallest ring", 16 << 10, 1, 2000},
+		// About 4 rings' worth per host (messages of 12 to 211 bytes).
+		{"one publisher per host", 64 << 10, 1, 2000},
+		{"two publishers per host", 64 << 10, 2, 1000},
+		{"small ring", 16 << 10, 1, 500},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: tc.capacity, MaxMessage: 1024}, nil, "a", "b")
+			c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: tc.capacity, MaxMessage: 1024},
+				func(o *Options) { o.SpoolRings = burstSpoolRings }, "a", "b")
 			tallies := map[string]*tally{}
 			for _, h := range c.hosts {
 				tallies[h.name] = subscribe(ctx, t, mapRing(t, h), false)
@@ -52,10 +59,15 @@ func TestBlockBurstsOnTwoHosts(t *testing.T) {
 					go func() { errs <- publish(pctx, r, uint32(i*tc.publishers+j+1), tc.n, 0) }()
 				}
 			}
+			var failed error
 			for range len(c.hosts) * tc.publishers {
-				if err := <-errs; err != nil {
-					t.Fatalf("publishers stalled (the hosts wait for each other): %v; links: a %+v, b %+v", err, c.hosts[0].stat("b"), c.hosts[1].stat("a"))
+				if err := <-errs; err != nil && failed == nil {
+					failed = err
+					t.Logf("publishers stalled (the hosts wait for each other): %v\n%s", err, c.dump(testCh))
 				}
+			}
+			if failed != nil {
+				t.FailNow()
 			}
 			expectWithin(t, stallTimeout, len(c.hosts)*tc.publishers*tc.n, tallies)
 		})
@@ -239,4 +251,40 @@ func (c *cluster) flowsUp(n int) {
 		}
 		return nil
 	})
+}
+
+// dump describes the flows of channel ch on every host: rings, spools,
+// windows; for the message of a test that found a flow stalled.
+func (c *cluster) dump(ch string) string {
+	var b strings.Builder
+	for _, h := range c.hosts {
+		r, err := channel.MapFile(filepath.Join(h.dir, testNS, ch, "ring"))
+		if err == nil {
+			qs := r.QueueStats(0)
+			fmt.Fprintf(&b, "%s ring: tail %v limit %d in use %d, %d space waiters\n", h.name, qs.Tail, qs.Limit, qs.InUse, qs.SpaceWaiters)
+			for _, mi := range r.Members() {
+				fmt.Fprintf(&b, "  member %d role %d cursor %v lag %d\n", mi.Slot, mi.Role, channel.Position(mi.Cursor), mi.Lag)
+			}
+			r.Close()
+		}
+		h.m.mu.Lock()
+		for _, p := range h.m.peers {
+			for k, imp := range p.importers {
+				imp.mu.Lock()
+				fmt.Fprintf(&b, "  import %s from %s: hwm %+v, window %d told %d\n", k, p.cfg.Name, imp.hwm, imp.windowLocked(), imp.told)
+				imp.mu.Unlock()
+			}
+			if s := p.sess.Load(); s != nil {
+				s.fmu.Lock()
+				for _, ex := range s.exports {
+					ex.mu.Lock()
+					fmt.Fprintf(&b, "  export %s to %s: sent %v acked %v, record bytes %d window %d\n", ex.key, p.cfg.Name, ex.sentNext, ex.acked, ex.sentRec, ex.window)
+					ex.mu.Unlock()
+				}
+				s.fmu.Unlock()
+			}
+		}
+		h.m.mu.Unlock()
+	}
+	return b.String()
 }
