@@ -413,8 +413,10 @@ func (ex *exporter) runPubSub() error {
 		if idle {
 			ex.s.unreserve()
 			if starved {
-				ex.rd.Flush() // the reader holds no room it passed
-				select {      // for the peer's Ack of room in its spool
+				// Wait for the peer's Ack of room in its spool, holding
+				// no room the reader passed.
+				ex.rd.Flush()
+				select {
 				case <-ctx.Done():
 				case <-ex.ackc:
 				}
@@ -489,12 +491,10 @@ func (ex *exporter) onAck(e wire.AckEntry) error {
 	ext := channel.Extended{Seq: e.Next.Seq, Units: e.Next.Units}
 	ex.mu.Lock()
 	ex.window = max(ex.window, e.Window)
-	ex.mu.Unlock()
-	select {
+	select { // runPubSub may wait for the window
 	case ex.ackc <- struct{}{}:
 	default:
 	}
-	ex.mu.Lock()
 	i := slices.Index(ex.inflight, ext)
 	if i < 0 {
 		acked := ex.acked

@@ -60,7 +60,7 @@ const (
 	SOffCredit  = 44 // u32 stream records the receiver takes now
 	SOffNSLen   = 48 // u16 namespace length
 	SOffChLen   = 50 // u16 channel length
-	SOffWindow  = 52 // u32 pubsub: record bytes the receiver's spool takes now
+	SOffWindow  = 52 // u32 record bytes the receiver's spool takes now
 	SOffNames   = 56 // namespace bytes, then channel bytes
 )
 
@@ -109,7 +109,7 @@ const (
 	EOffCredit   = 4  // u32 stream: records the receiver takes now
 	EOffSeq      = 8  // u64 extended seq of the next message it expects
 	EOffUnits    = 16 // u64 extended units of it
-	EOffWindow   = 24 // u64 pubsub: the flow's record bytes the origin may send, in all
+	EOffWindow   = 24 // u64 the flow's record bytes the origin may send, in all
 	MaxAckCount  = (65536 - AckFixedLen) / AckEntryLen
 )
 
@@ -226,7 +226,7 @@ type Sub struct {
 	Next      Pos
 	Queue     uint32
 	Credit    uint32
-	Window    uint32 // pubsub: record bytes the receiver's spool takes now
+	Window    uint32 // record bytes the receiver's spool takes now
 	Namespace string
 	Channel   string
 }
@@ -354,7 +354,7 @@ type AckEntry struct {
 	Flow   uint32
 	Credit uint32
 	Next   Pos
-	// Window (pubsub): the origin starts a record of the flow only while
+	// Window: the origin starts a record of the flow only while
 	// the record bytes it sent on it since the Open are below Window.
 	Window uint64
 }
