@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/sirupsen/logrus"
@@ -179,7 +180,7 @@ func (imp *importer) attach(s *session) (wire.Sub, bool) {
 	imp.flow = imp.p.m.flowIDs.Add(1)
 	imp.opened = make(chan struct{})
 	imp.recvd = 0
-	imp.told = imp.windowLocked()
+	imp.told = min(imp.windowLocked(), math.MaxUint32)
 	return wire.Sub{
 		Flow: imp.flow, Epoch: imp.hwm.Epoch, Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units},
 		Queue: uint32(imp.key.Q), Credit: imp.creditLocked(), Window: uint32(imp.told),
@@ -419,7 +420,7 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 func (imp *importer) ackRoom() {
 	imp.mu.Lock()
 	s, grow := imp.sess, imp.windowLocked()-imp.told
-	due := imp.open && s != nil && grow > 0 && (grow >= imp.room/4 || imp.told-imp.recvd < imp.room/4)
+	due := imp.open && s != nil && grow > 0 && (grow >= imp.room/4 || imp.recvd+imp.room/4 > imp.told)
 	imp.mu.Unlock()
 	if due {
 		s.ack([]*importer{imp}) // a failed Send ends the session, which reports it
@@ -433,8 +434,19 @@ func (imp *importer) ackEntry() (wire.AckEntry, bool) {
 	if !imp.open {
 		return wire.AckEntry{}, false
 	}
-	imp.told = imp.windowLocked()
-	return wire.AckEntry{Flow: imp.flow, Credit: imp.creditLocked(), Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units}, Window: imp.told}, true
+	return wire.AckEntry{Flow: imp.flow, Credit: imp.creditLocked(), Next: wire.Pos{Seq: imp.hwm.Seq, Units: imp.hwm.Units}, Window: imp.windowLocked()}, true
+}
+
+// tell is ackEntry for an Ack about to be sent: its Window is what the
+// origin knows of the spool's room from then on.
+func (imp *importer) tell() (wire.AckEntry, bool) {
+	e, ok := imp.ackEntry()
+	if ok {
+		imp.mu.Lock()
+		imp.told = max(imp.told, e.Window)
+		imp.mu.Unlock()
+	}
+	return e, ok
 }
 
 // creditLocked is how many stream records the local readers of the queue

@@ -459,7 +459,7 @@ func (s *session) ack(imps []*importer) error {
 	defer s.ackMu.Unlock()
 	a := wire.Ack{Consumed: s.recvd.Load()}
 	for _, imp := range imps {
-		if e, ok := imp.ackEntry(); ok {
+		if e, ok := imp.tell(); ok {
 			a.Entries = append(a.Entries, e)
 		}
 	}
