@@ -45,6 +45,17 @@ func (p *Publisher) ClaimBatch(ctx context.Context, sizes []int) (Batch, error) 
 	return Batch{p: p, fp: p.run.fp, n: k}, nil
 }
 
+// TryClaimBatch is ClaimBatch without waiting: ErrWouldBlock when the
+// first frame does not fit now.
+func (p *Publisher) TryClaimBatch(sizes []int) (Batch, error) {
+	k, err := p.claimRun(nil, sizes, false)
+	if err != nil {
+		return Batch{}, err
+	}
+	p.batch = true
+	return Batch{p: p, fp: p.run.fp, n: k}, nil
+}
+
 // CommitBatch publishes every frame of a batch from ClaimBatch.
 func (p *Publisher) CommitBatch(b Batch) error {
 	if !p.out || !p.batch || b.p != p || b.fp != p.run.fp || b.n != len(p.run.lens) {

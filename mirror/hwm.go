@@ -27,25 +27,25 @@ type hwmRec struct {
 	// Tail and Have are spool log offsets: the log ends at Tail, and the
 	// ring has every record before Have.
 	Tail, Have uint64
-	// Pend, when above Have: the log's records before it go in with the
-	// claim of the local ring (of epoch Ring) at At by the publisher in
-	// Slot.
-	Pend uint64
-	At   channel.Position
-	Ring uint64
-	Slot uint32
-	// seqPend is Pend in a mark an agent before the spool stored: a
-	// sequence, not a log offset. reconcile settles it.
-	seqPend uint64
+	// The claim in flight, of the local ring of epoch Ring at At by the
+	// publisher in Slot: with Pend above Have, the log's records before
+	// Pend go in with it; with PendNext above next, the records of a
+	// batch before that sequence, published straight from the batch (the
+	// spool was empty and the ring had room), or by an agent before the
+	// spool.
+	Pend, PendNext uint64
+	At             channel.Position
+	Ring           uint64
+	Slot           uint32
 }
 
 // hwmLen: the markRec as markLen bytes (what an agent before hwmRec
 // stored, read as having nothing beyond it), then next, tail, have, pend,
-// at, ring, slot and a crc32 of those. hwmV1Len is what an agent before
-// the spool stored after the markRec: have and pend as sequences, at,
-// ring, slot and a crc32.
+// pend next, at, ring, slot and a crc32 of those. hwmV1Len is what an
+// agent before the spool stored after the markRec: next and pend next
+// (as "have" and "pend"), at, ring, slot and a crc32.
 const (
-	hwmLen   = markLen + 56
+	hwmLen   = markLen + 64
 	hwmV1Len = markLen + 40
 )
 
@@ -73,17 +73,18 @@ func decodeHWM(b []byte) hwmRec {
 	r := hwmRec{markRec: mr}
 	x := b[markLen:]
 	switch {
-	case len(b) == hwmLen && crc32.ChecksumIEEE(x[:52]) == binary.LittleEndian.Uint32(x[52:]):
+	case len(b) == hwmLen && crc32.ChecksumIEEE(x[:60]) == binary.LittleEndian.Uint32(x[60:]):
 		r.Next = binary.LittleEndian.Uint64(x)
 		r.Tail = binary.LittleEndian.Uint64(x[8:])
 		r.Have = min(binary.LittleEndian.Uint64(x[16:]), r.Tail)
 		r.Pend = binary.LittleEndian.Uint64(x[24:])
-		r.At = channel.Position(binary.LittleEndian.Uint64(x[32:]))
-		r.Ring = binary.LittleEndian.Uint64(x[40:])
-		r.Slot = binary.LittleEndian.Uint32(x[48:])
+		r.PendNext = binary.LittleEndian.Uint64(x[32:])
+		r.At = channel.Position(binary.LittleEndian.Uint64(x[40:]))
+		r.Ring = binary.LittleEndian.Uint64(x[48:])
+		r.Slot = binary.LittleEndian.Uint32(x[56:])
 	case len(b) == hwmV1Len && crc32.ChecksumIEEE(x[:36]) == binary.LittleEndian.Uint32(x[36:40]):
 		r.Next = binary.LittleEndian.Uint64(x)
-		r.seqPend = binary.LittleEndian.Uint64(x[8:])
+		r.PendNext = binary.LittleEndian.Uint64(x[8:])
 		r.At = channel.Position(binary.LittleEndian.Uint64(x[16:]))
 		r.Ring = binary.LittleEndian.Uint64(x[24:])
 		r.Slot = binary.LittleEndian.Uint32(x[32:])
@@ -100,10 +101,11 @@ func (m *mark) storeHWM(r hwmRec) error {
 	binary.LittleEndian.PutUint64(x[8:], r.Tail)
 	binary.LittleEndian.PutUint64(x[16:], r.Have)
 	binary.LittleEndian.PutUint64(x[24:], r.Pend)
-	binary.LittleEndian.PutUint64(x[32:], uint64(r.At))
-	binary.LittleEndian.PutUint64(x[40:], r.Ring)
-	binary.LittleEndian.PutUint32(x[48:], r.Slot)
-	binary.LittleEndian.PutUint32(x[52:], crc32.ChecksumIEEE(x[:52]))
+	binary.LittleEndian.PutUint64(x[32:], r.PendNext)
+	binary.LittleEndian.PutUint64(x[40:], uint64(r.At))
+	binary.LittleEndian.PutUint64(x[48:], r.Ring)
+	binary.LittleEndian.PutUint32(x[56:], r.Slot)
+	binary.LittleEndian.PutUint32(x[60:], crc32.ChecksumIEEE(x[:60]))
 	return m.write(b[:])
 }
 
@@ -124,9 +126,9 @@ func (r hwmRec) reconcile(ring *channel.Ring, q int) hwmRec {
 	if r.Pend > r.Have && r.Pend <= r.Tail && in() {
 		r.Have = r.Pend
 	}
-	if r.seqPend > r.next() && in() {
-		r.Next = r.seqPend
+	if r.PendNext > r.next() && in() {
+		r.Next = r.PendNext
 	}
-	r.Pend, r.seqPend = 0, 0
+	r.Pend, r.PendNext = 0, 0
 	return r
 }

@@ -117,10 +117,10 @@ func TestHWMReconcile(t *testing.T) {
 // spool reads with what it had beyond its position and its claim in
 // flight (sequences); a damaged position reads as no mark.
 func TestHWMFile(t *testing.T) {
-	full := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Next: 11, Tail: 900, Have: 300, Pend: 400,
+	full := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Next: 11, Tail: 900, Have: 300, Pend: 400, PendNext: 13,
 		At: channel.MakePosition(3, 4099), Ring: 99, Slot: 5}
 	plain := hwmRec{markRec: full.markRec}
-	v1 := hwmRec{markRec: full.markRec, Next: 12, seqPend: 20, At: full.At, Ring: full.Ring, Slot: full.Slot}
+	v1 := hwmRec{markRec: full.markRec, Next: 12, PendNext: 20, At: full.At, Ring: full.Ring, Slot: full.Slot}
 	for _, tc := range []struct {
 		name  string
 		write func(t *testing.T, mk *mark)
@@ -174,13 +174,13 @@ func mustStore(t *testing.T, err error) {
 }
 
 // encodeHWMv1 is a mark as an agent before the spool stored it: Next as
-// "have", seqPend as "pend".
+// "have", PendNext as "pend".
 func encodeHWMv1(r hwmRec) []byte {
 	b := make([]byte, hwmV1Len)
 	encodeMark(b, r.markRec)
 	x := b[markLen:]
 	binary.LittleEndian.PutUint64(x, r.Next)
-	binary.LittleEndian.PutUint64(x[8:], r.seqPend)
+	binary.LittleEndian.PutUint64(x[8:], r.PendNext)
 	binary.LittleEndian.PutUint64(x[16:], uint64(r.At))
 	binary.LittleEndian.PutUint64(x[24:], r.Ring)
 	binary.LittleEndian.PutUint32(x[32:], r.Slot)

@@ -22,7 +22,8 @@ var errNoQueue = errors.New("mirror: the channel has no such queue")
 // high-water mark and spool carry over to the next link.
 //
 // The session's completions goroutine takes each batch into the spool
-// (a file of the state directory) and the importer's own goroutine
+// (a file of the state directory; straight into the ring while the spool
+// is empty and the ring has room) and the importer's own goroutine
 // (publish) moves the spool into the ring, waiting for room there: a
 // ring that has none holds up neither the other flows of the link nor
 // the acknowledgement of what the spool took, so two hosts whose rings
@@ -62,6 +63,11 @@ type importer struct {
 	msgs  [][]byte
 	ends  []uint64 // log offset after each of msgs
 	sizes []int
+	// deliver's, straight from a batch
+	dmsgs  [][]byte
+	dseqs  []uint64
+	dsizes []int
+	dends  []int // offset after each of dmsgs in the batch's records
 }
 
 // importer returns the importer of k, opening it (and the channel) if
@@ -121,7 +127,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 		return fail(err)
 	}
 	imp.mark = mk
-	if rec.Pend != 0 || rec.seqPend != 0 {
+	if rec.Pend != 0 || rec.PendNext != 0 {
 		// A previous run died with a claim in flight.
 		rec = rec.reconcile(imp.ring, k.Q)
 		if err := mk.storeHWM(rec); err != nil {
@@ -276,11 +282,21 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	if bt.Next.Seq < end {
 		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
-	if n := uint64(len(recs) - from); n > 0 {
+	rest := recs[from:]
+	if len(rest) > 0 && imp.hwm.spooled() == 0 {
+		n, err := imp.publishDirect(rest)
+		if err != nil {
+			imp.broken = true
+			imp.mark.storeHWM(imp.hwm) // what went in, for the next link
+			return fmt.Errorf("mirror: import into %s: %w", imp.key, err)
+		}
+		rest = rest[n:]
+	}
+	if n := uint64(len(rest)); n > 0 {
 		if imp.hwm.spooled()+n > imp.sp.size {
 			return fmt.Errorf("%w: flow %d sent %d bytes beyond its window", ErrProtocol, imp.flow, imp.hwm.spooled()+n-imp.sp.size)
 		}
-		if err := imp.sp.writeAt(imp.hwm.Tail, recs[from:]); err != nil {
+		if err := imp.sp.writeAt(imp.hwm.Tail, rest); err != nil {
 			return err
 		}
 		imp.hwm.Tail += n
@@ -297,6 +313,55 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	}
 	imp.kickPublish()
 	return nil
+}
+
+// publishDirect puts the records b (new, in order) straight into the ring
+// while it has room, one claim at a time, and returns the bytes of b
+// published; the spool takes the rest. Only with the spool empty: the
+// ring has everything before b, and publish does not use the publisher.
+// Each claim is recorded before its commit with the sequence after its
+// records (hwmRec.PendNext), as publishChunk records its spool offset.
+func (imp *importer) publishDirect(b []byte) (int, error) {
+	imp.dmsgs, imp.dseqs, imp.dsizes, imp.dends = imp.dmsgs[:0], imp.dseqs[:0], imp.dsizes[:0], imp.dends[:0]
+	for off := 0; off < len(b); {
+		seq, p, sz, err := wire.FirstRecord(b[off:], imp.cfg.MaxMessage)
+		if err != nil {
+			return 0, err
+		}
+		off += sz
+		imp.dmsgs, imp.dseqs, imp.dsizes, imp.dends = append(imp.dmsgs, p), append(imp.dseqs, seq), append(imp.dsizes, len(p)), append(imp.dends, off)
+	}
+	done := 0
+	for done < len(imp.dmsgs) {
+		bt, err := imp.pub.TryClaimBatch(imp.dsizes[done:])
+		if errors.Is(err, channel.ErrWouldBlock) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		k := bt.Len()
+		for i := range k {
+			copy(bt.Buf(i), imp.dmsgs[done+i])
+		}
+		imp.hwm.PendNext, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.dseqs[done+k-1]+1, bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		err = imp.mark.storeHWM(imp.hwm)
+		if err == nil {
+			err = imp.pub.CommitBatch(bt)
+		}
+		next := imp.hwm.PendNext
+		imp.hwm.PendNext = 0
+		if err != nil {
+			return 0, err
+		}
+		imp.hwm.Next = next
+		done += k
+		imp.p.msgs.Add(uint64(k))
+	}
+	if done == 0 {
+		return 0, nil
+	}
+	return imp.dends[done-1], nil
 }
 
 func (imp *importer) kickPublish() {
