@@ -55,6 +55,13 @@ type Idle struct {
 	// finds a message every few µs never sleeps and is never
 	// rescheduled otherwise.
 	YieldEvery time.Duration
+	// NoHold sleeps as an ordinary system call, which gives the process's
+	// Go processor back to the runtime while it lasts, instead of a held
+	// sleep that keeps it for a faster wake-up (internal/heldsleep; at
+	// most GOMAXPROCS/2 at once per process). For a process that waits on
+	// behalf of others: the agent's file readers and writers set it, so
+	// that its tenants' waits never take its processors.
+	NoHold bool
 }
 
 // Predefined idle strategies.
@@ -163,13 +170,16 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 	if err := w.check(); err != nil || ready == nil {
 		return err
 	}
-	heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
+	held := !w.idle.NoHold
+	if held {
+		heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
+	}
 	if w.idle.SpinFor <= 0 {
-		pk.wait(w.ctx, ready, w.sleep)
+		pk.wait(w.ctx, ready, w.sleep, held)
 		return nil
 	}
 	slept := nanotime()
-	pk.wait(w.ctx, ready, w.sleep)
+	pk.wait(w.ctx, ready, w.sleep, held)
 	w.noSpin = nanotime()-slept > int64(w.idle.SpinFor)
 	return nil
 }
@@ -245,8 +255,9 @@ func newPark(word, waiters *uint32) *park {
 }
 
 // wait sleeps until word changes, ctx is done, or d passes, unless ready
-// reports true after the sleep was announced.
-func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
+// reports true after the sleep was announced; held: a direct sleep may
+// keep the Go processor (Idle.NoHold).
+func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, held bool) {
 	var done <-chan struct{}
 	if ctx != nil {
 		done = ctx.Done()
@@ -254,13 +265,13 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 	pk.mu.Lock()
 	if pk.closed || !haveWaitv() {
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, false)
+		pk.sleepDirect(ctx, done, ready, d, false, held)
 		return
 	}
 	if !pk.direct && direct.Add(1) <= maxDirect {
 		pk.direct = true
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, true)
+		pk.sleepDirect(ctx, done, ready, d, true, held)
 		return
 	}
 	if !pk.direct {
@@ -291,12 +302,12 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration) {
 
 // sleepDirect sleeps on the word itself; counted: as the park's direct
 // sleeper.
-func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted bool) {
+func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted, held bool) {
 	atomic.AddUint32(pk.waiters, 1)
 	v := atomic.LoadUint32(pk.word)
 	if !ready() {
 		if done == nil {
-			futexWait(pk.word, v, d)
+			futexWait(pk.word, v, d, held)
 		} else {
 			// A cancelled caller must not sleep out the timeout. The
 			// wake-up touches the ring: it is over before wait returns.
@@ -306,7 +317,7 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 				futexWake(pk.word)
 				close(woke)
 			})
-			futexWait(pk.word, v, d)
+			futexWait(pk.word, v, d, held)
 			if !stop() {
 				<-woke
 			}
@@ -345,7 +356,14 @@ func (pk *park) close() {
 // processor for the first part of the sleep when the process has one to
 // spare: the wake-up of a sleeping subscriber then costs what it costs a
 // C thread (internal/heldsleep says why and what it costs).
-func futexWait(word *uint32, val uint32, d time.Duration) { heldsleep.FutexWait(word, val, d) }
+// held false: the ordinary way (Idle.NoHold).
+func futexWait(word *uint32, val uint32, d time.Duration, held bool) {
+	if held {
+		heldsleep.FutexWait(word, val, d)
+	} else {
+		heldsleep.FutexWaitPlain(word, val, d)
+	}
+}
 
 func futexWake(word *uint32) { futexWakeN(word, 1<<31-1) }
 

@@ -67,6 +67,11 @@ func (n *fileNode) openRing() (gofs.FileHandle, uint32, syscall.Errno) {
 	return &ringHandle{hold: o, size: int64(o.h.Ring().Config().Size())}, fuse.FOPEN_DIRECT_IO, 0
 }
 
+// tenantIdle is how the agent waits for a tenant's read or write: it
+// sleeps at once, the ordinary way, so that however many tenants wait,
+// none of them holds one of the agent's Go processors (channel.Idle.NoHold).
+var tenantIdle = channel.Idle{NoHold: true}
+
 func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errno) {
 	o, errno := n.hold()
 	if errno != 0 {
@@ -74,7 +79,7 @@ func (n *fileNode) openPub(nonblock bool) (gofs.FileHandle, uint32, syscall.Errn
 	}
 	var p *channel.Publisher
 	err := o.ch.Guard(func() (err error) {
-		p, err = o.h.NewPublisher(channel.PublisherOptions{Queue: n.spec.queue})
+		p, err = o.h.NewPublisher(channel.PublisherOptions{Queue: n.spec.queue, Idle: tenantIdle})
 		return err
 	})
 	if err != nil {
@@ -94,14 +99,14 @@ func (n *fileNode) openSub(ctx context.Context, nonblock bool) (gofs.FileHandle,
 	h := &subHandle{hold: o, lines: n.spec.kind == kindSub, nonblock: nonblock, max: int(cfg.MaxMessage)}
 	err := o.ch.Guard(func() (err error) {
 		if cfg.Type == channel.TypeStream {
-			h.rd, err = o.h.NewReader(channel.ReaderOptions{Queue: n.spec.queue})
+			h.rd, err = o.h.NewReader(channel.ReaderOptions{Queue: n.spec.queue, Idle: tenantIdle})
 			return err
 		}
 		from := channel.StartNewest
 		if n.spec.oldest {
 			from = channel.StartOldest
 		}
-		h.sub, err = o.h.NewSubscriber(channel.SubscriberOptions{From: from})
+		h.sub, err = o.h.NewSubscriber(channel.SubscriberOptions{From: from, Idle: tenantIdle})
 		return err
 	})
 	if err != nil {

@@ -14,8 +14,6 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shimmy-dev/shimmy/internal/heldsleep"
 )
 
@@ -179,12 +177,8 @@ func futexWait(word *uint32, val uint32, d time.Duration) { heldsleep.FutexWait(
 // the runtime may take the processor from: how Shimmy's subscribers slept
 // before (BenchmarkFutexWake/syscall shows what it costs).
 func futexWaitSyscall(word *uint32, val uint32, d time.Duration) {
-	ts := unix.NsecToTimespec(int64(d))
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	heldsleep.FutexWaitPlain(word, val, d)
 }
 
 // futexWake wakes every sleeper on word.
 func futexWake(word *uint32) { heldsleep.FutexWake(word, 1<<31-1) }
-
-// FUTEX_WAIT (linux/futex.h), without FUTEX_PRIVATE_FLAG.
-const futexOpWait = 0

@@ -70,14 +70,16 @@ const (
 )
 
 var (
-	hold  = MaxHold    // MaxHold; tests lengthen it
-	held  atomic.Int32 // goroutines sleeping held now
+	hold  = MaxHold     // MaxHold; tests lengthen it
+	held  atomic.Int32  // goroutines sleeping held now
+	begun atomic.Uint64 // held sleeps begun (Count)
 	limit = sync.OnceValue(func() int32 { return int32(runtime.GOMAXPROCS(0) / 2) })
 )
 
 // acquire reserves a held sleep, if the process has one to spare.
 func acquire() bool {
 	if held.Add(1) <= limit() {
+		begun.Add(1)
 		return true
 	}
 	held.Add(-1)
@@ -103,9 +105,24 @@ func FutexWait(word *uint32, val uint32, d time.Duration) {
 			return
 		}
 	}
+	FutexWaitPlain(word, val, d)
+}
+
+// FutexWaitPlain is FutexWait as an ordinary system call, which the
+// runtime may take the P from while it lasts: for a process that sleeps
+// on behalf of others (the agent serving its tenants' reads), whose
+// processors its clients' waits must not take.
+func FutexWaitPlain(word *uint32, val uint32, d time.Duration) {
 	ts := unix.NsecToTimespec(int64(max(d, 0)))
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
+
+// Count returns how many held sleeps this process has begun.
+func Count() uint64 { return begun.Load() }
+
+// Limit returns how many goroutines of this process may sleep held at
+// once: GOMAXPROCS/2 when first asked.
+func Limit() int { return int(limit()) }
 
 // FutexWake wakes up to n sleepers on word. FUTEX_WAKE never blocks, so
 // it is a raw system call: no scheduler bookkeeping around it.

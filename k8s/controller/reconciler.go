@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -22,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	kinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -33,6 +31,7 @@ import (
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
 	"github.com/shimmy-dev/shimmy/k8s/client/informers/externalversions"
 	listers "github.com/shimmy-dev/shimmy/k8s/client/listers/shimmy/v1alpha1"
+	"github.com/shimmy-dev/shimmy/k8s/internal/workers"
 )
 
 // FieldManager is the controller's server-side apply field manager: it
@@ -167,7 +166,7 @@ func (r *Reconciler) enqueueNamespace(obj any) {
 }
 
 // Run reconciles with the given number of workers until ctx ends.
-func (r *Reconciler) Run(ctx context.Context, workers int) error {
+func (r *Reconciler) Run(ctx context.Context, n int) error {
 	defer utilruntime.HandleCrash()
 	r.kube.Start(ctx.Done())
 	r.shimmy.Start(ctx.Done())
@@ -177,43 +176,8 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 		return fmt.Errorf("controller: informers did not sync: %w", ctx.Err())
 	}
 	r.log.Info("reconciler running")
-	var wg sync.WaitGroup
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wait.UntilWithContext(ctx, func(ctx context.Context) {
-				for r.next(ctx) {
-				}
-			}, time.Second)
-		}()
-	}
-	<-ctx.Done()
-	r.queue.ShutDown()
-	wg.Wait()
+	workers.Run(ctx, r.queue, n, "reconcile", r.log, r.reconcile)
 	return nil
-}
-
-func (r *Reconciler) next(ctx context.Context) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	recheck, err := r.reconcile(ctx, key)
-	switch {
-	case err != nil && ctx.Err() != nil:
-		// Stopping: the next leader takes it from here.
-	case err != nil:
-		r.log.WithError(err).WithField("channel", key.String()).Warn("reconcile failed; retrying")
-		r.queue.AddRateLimited(key)
-	case recheck > 0:
-		r.queue.Forget(key)
-		r.queue.AddAfter(key, recheck)
-	default:
-		r.queue.Forget(key)
-	}
-	return true
 }
 
 // reconcile writes one channel's status if it differs from what it should

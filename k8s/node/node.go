@@ -24,7 +24,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	kinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -37,6 +36,7 @@ import (
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
 	"github.com/shimmy-dev/shimmy/k8s/client/informers/externalversions"
 	listers "github.com/shimmy-dev/shimmy/k8s/client/listers/shimmy/v1alpha1"
+	"github.com/shimmy-dev/shimmy/k8s/internal/workers"
 	"github.com/shimmy-dev/shimmy/mirror"
 	"github.com/shimmy-dev/shimmy/registry"
 )
@@ -204,7 +204,7 @@ func (r *Reconciler) enqueueChannels(ns string) {
 }
 
 // Run reconciles with the given number of workers until ctx ends.
-func (r *Reconciler) Run(ctx context.Context, workers int) error {
+func (r *Reconciler) Run(ctx context.Context, n int) error {
 	defer utilruntime.HandleCrash()
 	r.kube.Start(ctx.Done())
 	r.cluster.Start(ctx.Done())
@@ -233,42 +233,21 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 		defer wg.Done()
 		r.status.run(ctx, r.o.StatusInterval)
 	}()
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wait.UntilWithContext(ctx, func(ctx context.Context) {
-				for r.next() {
-				}
-			}, time.Second)
-		}()
-	}
-	<-ctx.Done()
 	// No worker touches the registry once Run has returned: its owner may
 	// close it then.
-	r.queue.ShutDown()
+	workers.Run(ctx, r.queue, n, "reconcile", r.log, r.sync)
 	wg.Wait()
 	return nil
 }
 
-func (r *Reconciler) next() bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
+// sync reconciles one key for the workers: a channel still in use is
+// looked at again after IdlePoll.
+func (r *Reconciler) sync(_ context.Context, key cache.ObjectName) (time.Duration, error) {
 	retry, err := r.reconcile(key)
-	switch {
-	case err != nil:
-		r.log.WithError(err).WithField("channel", key.String()).Warn("reconcile failed; retrying")
-		r.queue.AddRateLimited(key)
-	case retry:
-		r.queue.Forget(key)
-		r.queue.AddAfter(key, r.o.IdlePoll)
-	default:
-		r.queue.Forget(key)
+	if retry && err == nil {
+		return r.o.IdlePoll, nil
 	}
-	return true
+	return 0, err
 }
 
 // storedEntry is this node's entry of the channel's status as the

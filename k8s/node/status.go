@@ -17,6 +17,7 @@ import (
 
 	v1 "github.com/shimmy-dev/shimmy/k8s/apis/shimmy/v1alpha1"
 	"github.com/shimmy-dev/shimmy/k8s/client/clientset/versioned"
+	"github.com/shimmy-dev/shimmy/k8s/internal/workers"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -103,10 +104,6 @@ func (w *statusWriter) refresh() {
 // run writes until ctx ends, refreshing the members every interval.
 func (w *statusWriter) run(ctx context.Context, interval time.Duration) {
 	go func() {
-		<-ctx.Done()
-		w.queue.ShutDown()
-	}()
-	go func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -118,26 +115,9 @@ func (w *statusWriter) run(ctx context.Context, interval time.Duration) {
 			}
 		}
 	}()
-	for w.next(ctx) {
-	}
-}
-
-func (w *statusWriter) next(ctx context.Context) bool {
-	key, quit := w.queue.Get()
-	if quit {
-		return false
-	}
-	defer w.queue.Done(key)
-	if err := w.write(ctx, key); err != nil {
-		if ctx.Err() != nil {
-			return true // stopping: the next agent writes it
-		}
-		w.log.WithError(err).WithField("channel", key.String()).Warn("status write failed; retrying")
-		w.queue.AddRateLimited(key)
-		return true
-	}
-	w.queue.Forget(key)
-	return true
+	workers.Run(ctx, w.queue, 1, "status write", w.log, func(ctx context.Context, key cache.ObjectName) (time.Duration, error) {
+		return 0, w.write(ctx, key)
+	})
 }
 
 // entry is the node's entry for key as it should be now (nil: none).

@@ -68,6 +68,11 @@ type Lister func(namespace string) ([]*v1.SharedMemoryChannel, error)
 // Options configures a Handler.
 type Options struct {
 	Channels Lister // required
+	// Live, if set, is asked when Channels select nothing for a pod: a
+	// channel created a moment before the pod may not be in Channels'
+	// cache yet (a watch), and a live list from the API server has it.
+	// It costs one namespaced list per pod that no cached channel selects.
+	Live Lister
 	// HostRoot is the agents' pod directory on the nodes; default
 	// DefaultHostRoot.
 	HostRoot string
@@ -169,6 +174,19 @@ func (h *Handler) selecting(ns string, pod *corev1.Pod) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webhook: list channels of %s: %w", ns, err)
 	}
+	names := matching(ns, pod, list)
+	if len(names) > 0 || h.opts.Live == nil {
+		return names, nil
+	}
+	if list, err = h.opts.Live(ns); err != nil {
+		return nil, fmt.Errorf("webhook: list channels of %s from the API server: %w", ns, err)
+	}
+	return matching(ns, pod, list), nil
+}
+
+// matching returns the sorted names of the channels of list in ns whose
+// selector matches pod's labels.
+func matching(ns string, pod *corev1.Pod, list []*v1.SharedMemoryChannel) []string {
 	var names []string
 	for _, ch := range list {
 		if ch.Namespace != ns || ch.Spec.Selector == nil {
@@ -183,7 +201,7 @@ func (h *Handler) selecting(ns string, pod *corev1.Pod) ([]string, error) {
 		}
 	}
 	sort.Strings(names)
-	return names, nil
+	return names
 }
 
 // op is one JSON patch (RFC 6902) operation.

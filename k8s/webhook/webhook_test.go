@@ -127,6 +127,7 @@ func TestAdmit(t *testing.T) {
 		name     string
 		ns, pod  string
 		channels Lister
+		live     Lister // nil: none
 		allowed  bool
 		wantEnv  map[string]string // container b's channel variables; nil: pod unchanged
 		refusal  string
@@ -155,9 +156,33 @@ func TestAdmit(t *testing.T) {
 			name: "lister fails", ns: "vision", pod: podJSON, refusal: "list channels of vision: boom",
 			channels: func(string) ([]*v1.SharedMemoryChannel, error) { return nil, errors.New("boom") },
 		},
+		// A channel created a moment before the pod: not in the cache yet.
+		{
+			name: "only the API server has it yet", ns: "vision", pod: podJSON, allowed: true,
+			channels: lister(false, other), live: lister(false, frames, other),
+			wantEnv: map[string]string{
+				"SHIMMY_CHANNEL_FRAMES": "/run/shimmy/vision/frames",
+				"SHIMMY_CHANNEL":        "/run/shimmy/vision/frames",
+			},
+		},
+		{
+			name: "the cache selects: no live list", ns: "vision", pod: podJSON, allowed: true,
+			channels: lister(false, frames),
+			live:     func(string) ([]*v1.SharedMemoryChannel, error) { return nil, errors.New("live list asked") },
+			wantEnv: map[string]string{
+				"SHIMMY_CHANNEL_FRAMES": "/run/shimmy/vision/frames",
+				"SHIMMY_CHANNEL":        "/run/shimmy/vision/frames",
+			},
+		},
+		{name: "live list: another namespace's channel", ns: "tenant-a", pod: podJSON, allowed: true, channels: lister(false), live: lister(true, foreign)},
+		{
+			name: "live list fails", ns: "vision", pod: podJSON, refusal: "list channels of vision from the API server: boom",
+			channels: lister(false, other),
+			live:     func(string) ([]*v1.SharedMemoryChannel, error) { return nil, errors.New("boom") },
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := New(Options{Channels: tc.channels, Log: testenv.QuietLog()})
+			h, err := New(Options{Channels: tc.channels, Live: tc.live, Log: testenv.QuietLog()})
 			if err != nil {
 				t.Fatal(err)
 			}

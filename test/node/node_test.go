@@ -9,6 +9,8 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +38,12 @@ func TestNode(t *testing.T) {
 	c := k8stest.StartWith(t, k8stest.Options{ServiceAccounts: true})
 	c.StartControllers(t)
 	n := k8snode.Start(t, c, k8snode.Options{Images: imgs, SandboxImage: k8snode.ClientImage})
-	mnt, pods := n.SharedDir(t, "shimmy"), n.SharedDir(t, "shimmy-pods")
+	// The mount inside a shared directory, as /run/shimmy is in /run: the
+	// agent's DaemonSet mounts the parent (deploy/agent/daemonset.yaml).
+	mnt, pods := filepath.Join(n.SharedDir(t, "run"), "shimmy"), n.SharedDir(t, "shimmy-pods")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	t.Run("RunsPods", func(t *testing.T) { testRunsPods(t, c, n) })
 	t.Run("HostAgent", func(t *testing.T) { testHostAgent(t, c, n, mnt, pods) })
 	t.Run("AgentDaemonSet", func(t *testing.T) { testAgentDaemonSet(t, c, n, mnt, pods) })

@@ -48,17 +48,17 @@ done`, dir),
 	}
 }
 
-// checkAcrossRestart runs the restart pod on the channel "restart" of
+// checkAcrossRestart runs the restart pod on the channel ch of
 // namespace default (it must exist, fresh) through the pod directory
 // pods, calls restart once the files subscriber has received 100
 // messages, and checks what the subscribers got: through mmap every
 // message in order, through the files every message but those published
 // between its descriptor's death and its reopen, in order, and the
 // messages after the restart.
-func checkAcrossRestart(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, pods, name string, restart func()) {
+func checkAcrossRestart(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, pods, ch, name string, restart func()) {
 	t.Helper()
 	cs := c.Clientset(t)
-	dir := "/run/shimmy/default/restart"
+	dir := "/run/shimmy/default/" + ch
 	pod := wiringPod(name, n.Name, filepath.Join(pods, "default"), dir, restartScripts(dir))
 	create(t, cs, pod)
 	t.Cleanup(func() { cs.CoreV1().Pods("default").Delete(t.Context(), pod.Name, metav1.DeleteOptions{}) })
@@ -212,6 +212,42 @@ func restartAgentPod(t *testing.T, c *k8stest.Cluster) {
 			}
 		}
 		return fmt.Errorf("no new ready agent pod among %d", len(pods.Items))
+	})
+}
+
+// crashAgentContainer kills the agent's container with SIGKILL, as the
+// kernel's OOM killer ends it, and waits until the kubelet has started it
+// again in the same pod and it is ready: its mount at /run/shimmy died
+// with it, and the new container must start over that dead mount.
+func crashAgentContainer(t *testing.T, c *k8stest.Cluster, n *k8snode.Node) {
+	t.Helper()
+	cs := c.Clientset(t)
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=shimmy-agent"}
+	pods, err := cs.CoreV1().Pods("shimmy-system").List(t.Context(), sel)
+	if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
+		t.Fatalf("agent pods: %v, %v; want one with one container", pods, err)
+	}
+	pod, st := pods.Items[0], pods.Items[0].Status.ContainerStatuses[0]
+	t.Logf("killing the agent's container %s (pod %s) with SIGKILL", st.ContainerID, pod.Name)
+	if out, err := n.Ctr("-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", strings.TrimPrefix(st.ContainerID, "containerd://")); err != nil {
+		t.Fatalf("ctr tasks kill: %v: %s", err, out)
+	}
+	wait.Eventually(t, PodTimeout, func() error {
+		p, err := cs.CoreV1().Pods("shimmy-system").Get(t.Context(), pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(p.Status.ContainerStatuses) != 1 {
+			return fmt.Errorf("pod %s has no container status", pod.Name)
+		}
+		cur := p.Status.ContainerStatuses[0]
+		switch {
+		case cur.RestartCount <= st.RestartCount:
+			return fmt.Errorf("the agent's container has not restarted yet (%s)", podStatus(p))
+		case !ready(p):
+			return fmt.Errorf("the restarted agent's container is not ready: %s", podStatus(p))
+		}
+		return nil
 	})
 }
 

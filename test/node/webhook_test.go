@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,6 +36,7 @@ const testOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
 - %[1]s
+components: %[6]s
 patches:
 - target: {kind: DaemonSet, name: shimmy-agent}
   patch: |-
@@ -54,10 +56,11 @@ patches:
     - {op: replace, path: /spec/template/spec/containers/0/ports, value: [{name: webhook, containerPort: %[4]d}, {name: metrics, containerPort: %[3]d}]}
 `
 
-// deployManifest renders deploy/ with the test overlay, and this test
-// node's host paths (mount, pod directory, state) and agent health port in
-// place of the machine's.
-func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) string {
+// deployManifest renders deploy/ with the test overlay and the given
+// components of deploy/components, and this test node's host paths
+// (mount, pod directory, state) and agent ports in place of the
+// machine's.
+func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string, components ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	// kustomize takes a base by a relative path only.
@@ -65,15 +68,29 @@ func deployManifest(t *testing.T, c *k8stest.Cluster, mnt, pods, state string) s
 	if err != nil {
 		t.Fatal(err)
 	}
-	overlay := fmt.Sprintf(testOverlay, base, c.Port, k8stest.FreePort(t), k8stest.FreePort(t), pods)
+	comps := []string{}
+	for _, comp := range components {
+		comps = append(comps, filepath.Join(base, "components", comp))
+	}
+	list, err := json.Marshal(comps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := fmt.Sprintf(testOverlay, base, c.Port, k8stest.FreePort(t), k8stest.FreePort(t), pods, list)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return kustomize(t, c, dir,
-		"path: /run/shimmy\n", "path: "+mnt+"\n",
-		"path: /run/shimmy-pods\n", "path: "+pods+"\n",
-		"path: /dev/shm/shimmy\n", "path: "+state+"\n",
-		"9477", strconv.Itoa(k8stest.FreePort(t)))
+	oldnew := []string{
+		"path: /run\n", "path: " + filepath.Dir(mnt) + "\n",
+		"/host/run/shimmy", "/host/run/" + filepath.Base(mnt),
+		"path: /run/shimmy-pods\n", "path: " + pods + "\n",
+		"path: /dev/shm/shimmy\n", "path: " + state + "\n",
+		"9477", strconv.Itoa(k8stest.FreePort(t)),
+	}
+	if slices.Contains(components, "mirror") {
+		oldnew = append(oldnew, ":7470", ":"+strconv.Itoa(k8stest.FreePort(t)))
+	}
+	return kustomize(t, c, dir, oldnew...)
 }
 
 // waitController waits for the controller's rollout and for its
@@ -160,7 +177,7 @@ spec:
 // pod manifest are all it takes: the webhook wires the pod, the agent
 // makes the channel on the node, the pod's containers talk through it,
 // and the channel's status says where it is.
-func checkWebhook(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string) {
+func checkWebhook(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, mirrorAddr string) {
 	t.Helper()
 	if _, err := c.Kubectl(wiredManifest, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -192,8 +209,8 @@ func checkWebhook(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt string)
 		if err != nil {
 			return err
 		}
-		if len(ch.Status.Nodes) != 1 || ch.Status.Nodes[0].Name != n.Name || ch.Status.Nodes[0].State != v1.NodeReady {
-			return fmt.Errorf("status.nodes %+v, want the agent's entry for %s, Ready", ch.Status.Nodes, n.Name)
+		if len(ch.Status.Nodes) != 1 || ch.Status.Nodes[0].Name != n.Name || ch.Status.Nodes[0].State != v1.NodeReady || ch.Status.Nodes[0].MirrorAddress != mirrorAddr {
+			return fmt.Errorf("status.nodes %+v, want the agent's entry for %s, Ready, mirrorAddress %q", ch.Status.Nodes, n.Name, mirrorAddr)
 		}
 		if !meta.IsStatusConditionTrue(ch.Status.Conditions, v1.ConditionReady) {
 			return fmt.Errorf("conditions %+v, want the controller's Ready", ch.Status.Conditions)

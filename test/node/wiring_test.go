@@ -40,9 +40,8 @@ func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods 
 		return []string{"agent", "--mount", mnt, "--state-dir", state, "--pod-dir", pods,
 			"--metrics", "127.0.0.1:" + strconv.Itoa(k8stest.FreePort(t))}
 	}
-	// After the agents (cleanups run last first): a crashed agent's dead
-	// mount would keep the next agent pod from starting (the kubelet
-	// stats its volume's host path).
+	// After the agents (cleanups run last first): no dead mount left for
+	// the next subtest's agent to find.
 	t.Cleanup(func() { mountpoint.CleanStale(mnt) })
 	crash := startCrashable(t, n.Dir, "agent", bin, args()...)
 	wait.Eventually(t, time.Minute, func() error { return mounted(mnt) })
@@ -55,7 +54,7 @@ func testHostAgent(t *testing.T, c *k8stest.Cluster, n *k8snode.Node, mnt, pods 
 	waitBound(t, pods, "restart")
 	checkWiring(t, c, n, mnt, pods, "host")
 	var stop func() error
-	checkAcrossRestart(t, c, n, pods, "restart-host", func() {
+	checkAcrossRestart(t, c, n, pods, "restart", "restart-host", func() {
 		crash()
 		stop = k8stest.Serve(t, n.Dir, "agent-after-crash", bin, args()...)
 	})

@@ -125,7 +125,7 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("%w: channel cache not synced", ErrNotReady)
 		}
 		return lister.SharedMemoryChannels(ns).List(labels.Everything())
-	}})
+	}, Live: s.liveChannels})
 	if err != nil {
 		return nil, err
 	}
@@ -293,4 +293,24 @@ func (s *Server) jsonPatch(ctx context.Context, ops []jsonOp) error {
 		return fmt.Errorf("patch MutatingWebhookConfiguration %s: %w", s.opts.WebhookConfig, err)
 	}
 	return nil
+}
+
+// liveTimeout bounds the live list of a pod's admission (the API server
+// gives the whole call a few seconds).
+const liveTimeout = 2 * time.Second
+
+// liveChannels lists ns's channels from the API server (a consistent
+// read, which recent API servers serve from their cache).
+func (s *Server) liveChannels(ns string) ([]*v1.SharedMemoryChannel, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), liveTimeout)
+	defer cancel()
+	l, err := s.opts.Shimmy.ShimmyV1alpha1().SharedMemoryChannels(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*v1.SharedMemoryChannel, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
+	}
+	return out, nil
 }
