@@ -442,7 +442,15 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 			if len(imp.msgs) > 0 && len(b) == len(imp.chunk) {
 				break // a record cut by the chunk's end: the next chunk has it
 			}
-			return 0, fmt.Errorf("spool at %d: %w", have+uint64(off), err)
+			// Records of a channel whose max message shrank since (it was
+			// re-created), or a damaged file: trying again cannot help.
+			imp.mu.Lock()
+			lost := imp.hwm.spooled()
+			imp.hwm.Have = imp.hwm.Tail
+			err2 := imp.mark.storeHWM(imp.hwm)
+			imp.mu.Unlock()
+			imp.log.WithError(err).WithField("bytes", lost).Error("the spool holds records this channel cannot take: dropped")
+			return int(lost), err2
 		}
 		off += sz
 		imp.msgs, imp.ends, imp.sizes = append(imp.msgs, p), append(imp.ends, have+uint64(off)), append(imp.sizes, len(p))

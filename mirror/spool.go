@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // spool is the file behind an importer's spool log (hwmRec): a circular
@@ -43,14 +45,15 @@ func openSpool(path string, size, live uint64) (*spool, error) {
 	return sp, nil
 }
 
-// resize gives an empty spool size bytes (sparse: tmpfs pages come as
-// records are written).
+// resize gives an empty spool size bytes, all of them reserved in the
+// tmpfs at once, as rings are (docs/limits.md): a full tmpfs fails the
+// flow when it opens, not a write in the middle of a link's batches.
 func (sp *spool) resize(size uint64) error {
 	if err := sp.f.Truncate(0); err != nil {
 		return fmt.Errorf("mirror: spool: %w", err)
 	}
-	if err := sp.f.Truncate(int64(size)); err != nil {
-		return fmt.Errorf("mirror: spool: %w", err)
+	if err := unix.Fallocate(int(sp.f.Fd()), 0, 0, int64(size)); err != nil {
+		return fmt.Errorf("mirror: spool of %d bytes: %w", size, err)
 	}
 	sp.size = size
 	return nil

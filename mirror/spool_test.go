@@ -168,7 +168,7 @@ func expectWithin(t *testing.T, timeout time.Duration, want int, tallies map[str
 				t.Fatalf("subscriber on %s: %v", name, err)
 			}
 			if got != want {
-				return fmt.Errorf("stalled: subscriber on %s has %d of %d messages", name, got, want)
+				return fmt.Errorf("subscriber on %s has %d of %d messages", name, got, want)
 			}
 		}
 		return nil
@@ -225,13 +225,7 @@ func (c *cluster) flowsUp(n int) {
 	c.linksUp()
 	waitFor(c.t, 20*time.Second, func() error {
 		for _, h := range c.hosts {
-			h.m.mu.Lock()
-			peers := make([]*peer, 0, len(h.m.peers))
-			for _, p := range h.m.peers {
-				peers = append(peers, p)
-			}
-			h.m.mu.Unlock()
-			for _, p := range peers {
+			for _, p := range h.peers() {
 				s := p.sess.Load()
 				if s == nil {
 					return fmt.Errorf("%s: link to %s is down", h.name, p.cfg.Name)
