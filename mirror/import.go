@@ -550,6 +550,12 @@ func (imp *importer) close() {
 		<-imp.done
 	}
 	if imp.sp != nil {
+		imp.mu.Lock()
+		if imp.hwm.spooled() == 0 {
+			// Its pages go back to the tmpfs until the flow opens again.
+			imp.sp.f.Truncate(0)
+		}
+		imp.mu.Unlock()
 		imp.sp.close()
 	}
 	if imp.pub != nil {
