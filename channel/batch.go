@@ -19,7 +19,8 @@ type Batch struct {
 // Len returns the number of frames in the batch.
 func (b Batch) Len() int { return b.n }
 
-// Position returns where the batch's first frame lies: with the
+// Position returns where the batch's first frame (its gap frame, if any)
+// lies: with the
 // publisher's Slot, what Ring.ClaimOutcome asks about after a crash.
 func (b Batch) Position() Position { return b.fp }
 
@@ -37,7 +38,20 @@ func (b Batch) Buf(i int) []byte {
 // MaxMessage bytes of frames in all. Fill every frame, then CommitBatch;
 // Len says how many were claimed, and the rest go in the next batch.
 func (p *Publisher) ClaimBatch(ctx context.Context, sizes []int) (Batch, error) {
-	k, err := p.claimRun(ctx, sizes, true)
+	return p.ClaimBatchLost(ctx, 0, sizes)
+}
+
+// ClaimBatchLost is ClaimBatch with a gap frame first: lost messages
+// (below 2^31) that never reached this ring, which every subscriber that
+// passes the frame counts in its Lost (section 5 of the ABI); the mirror's
+// importer reports what the link lost this way. sizes may be empty. The
+// gap frame goes in the batch's claim, so subscribers see it with the
+// frames or not at all; when it does not fit with the first frame it
+// goes alone, and Len is 0. A pubsub ring of ABI version 2 or later only
+// (ErrConfig otherwise: a version 1 reader would take the frame for a
+// corrupt ring).
+func (p *Publisher) ClaimBatchLost(ctx context.Context, lost uint32, sizes []int) (Batch, error) {
+	k, err := p.claimRun(ctx, sizes, lost, true)
 	if err != nil {
 		return Batch{}, err
 	}
@@ -45,10 +59,10 @@ func (p *Publisher) ClaimBatch(ctx context.Context, sizes []int) (Batch, error) 
 	return Batch{p: p, fp: p.run.fp, n: k}, nil
 }
 
-// TryClaimBatch is ClaimBatch without waiting: ErrWouldBlock when the
-// first frame does not fit now.
-func (p *Publisher) TryClaimBatch(sizes []int) (Batch, error) {
-	k, err := p.claimRun(nil, sizes, false)
+// TryClaimBatchLost is ClaimBatchLost without waiting: ErrWouldBlock
+// when the first frame (or the gap frame) does not fit now.
+func (p *Publisher) TryClaimBatchLost(lost uint32, sizes []int) (Batch, error) {
+	k, err := p.claimRun(nil, sizes, lost, false)
 	if err != nil {
 		return Batch{}, err
 	}
@@ -77,7 +91,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs [][]byte) (int, error
 		for _, m := range msgs[done:min(len(msgs), done+most)] {
 			p.sizes = append(p.sizes, len(m))
 		}
-		k, err := p.claimRun(ctx, p.sizes, true)
+		k, err := p.claimRun(ctx, p.sizes, 0, true)
 		if err != nil {
 			return done, err
 		}

@@ -17,7 +17,7 @@ func (r *Ring) Check() error {
 		got, want uint64
 	}{
 		{"magic", atomic.LoadUint64(&d.Magic), Magic},
-		{"version", uint64(atomic.LoadUint32(&d.Version)), uint64(Version)},
+		{"version", uint64(atomic.LoadUint32(&d.Version)), uint64(r.version)},
 		{"header length", uint64(atomic.LoadUint32(&d.HeaderLen)), HeaderLen},
 		{"type", uint64(atomic.LoadUint32((*uint32)(&d.Type))), uint64(r.cfg.Type)},
 		{"policy", uint64(atomic.LoadUint32((*uint32)(&d.Policy))), uint64(r.cfg.Policy)},

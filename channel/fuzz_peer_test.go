@@ -254,6 +254,13 @@ func peerHonest(t *testing.T, r *Ring, mem []byte) {
 				_, err := p.PublishBatch(ctx, [][]byte{msg, msg[:len(msg)/2], nil})
 				must("batch", err)
 				cancel()
+			case (step+i)%7 == 5 && r.Config().Type == TypePubSub:
+				ctx, cancel := wait()
+				b, err := p.ClaimBatchLost(ctx, uint32(step+1), []int{len(msg)})
+				if must("gap claim", err); err == nil {
+					must("gap commit", p.CommitBatch(b))
+				}
+				cancel()
 			default:
 				ctx, cancel := wait()
 				must("blocking publish", p.Publish(ctx, msg))

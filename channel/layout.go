@@ -59,8 +59,15 @@ import "unsafe"
 // Magic identifies a Shimmy ring: "SHIMRING" read as a little-endian u64.
 const Magic uint64 = 0x474e4952_4d494853
 
-// Version is the ABI version this package reads and writes.
-const Version uint32 = 1
+// Version is the ABI version this package writes. It reads rings of
+// OldestVersion up to Version: version 2 added gap frames (padding that
+// stands for messages lost before they reached the ring, section 5 of the
+// ABI), which a version 1 reader would take for a corrupt ring.
+const Version uint32 = 2
+
+// OldestVersion is the oldest ABI version this package reads. A version
+// 1 ring never holds a gap frame (a publisher refuses to write one there).
+const OldestVersion uint32 = 1
 
 // Descriptor offsets (cache line 0 and 1, written once at format time).
 const (
@@ -124,7 +131,13 @@ const (
 	FOffTag        = 0  // u32 units of the frame's own position (lap binding)
 	FOffLength     = 4  // u32 payload length | flags
 	FOffSeq        = 8  // u32 message sequence (data frames) or next sequence (padding)
-	FOffSlot       = 12 // u16 publisher's member slot (informational)
+	FOffSlot       = 12 // u16 publisher's member slot (informational); SlotPadding, SlotGap
+)
+
+// Slot values of padding frames (member slots are below 4096).
+const (
+	SlotPadding uint16 = 0xffff // padding: space, or a claim never committed
+	SlotGap     uint16 = 0xfffe // a gap frame (version 2): padding of length 0 whose Seq skips messages lost upstream
 )
 
 // Frame length word flags.

@@ -1,6 +1,7 @@
 package channel
 
 import (
+	"context"
 	"encoding/binary"
 	"testing"
 	"unsafe"
@@ -285,6 +286,27 @@ func TestLayoutFormattedBytes(t *testing.T) {
 		// 16-byte header + 3 bytes round up to 32 bytes: two units.
 		if tail := u64(OffQueues + QOffTail); tail != 1<<32|(start+2) {
 			t.Errorf("tail %#x after one 3-byte message, want %#x", tail, 1<<32|(start+2))
+		}
+		// A gap frame for 4 lost messages (pubsub): padding of length 0,
+		// Seq past the gap, Slot 0xfffe, one unit; the tail skips 4.
+		if cfg.Type == TypePubSub {
+			b, err := p.ClaimBatchLost(context.Background(), 4, nil)
+			if err == nil {
+				err = p.CommitBatch(b)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			off += 32
+			if w := u64(off + FOffTag); w != (start+2)|uint64(FlagPadding)<<32 {
+				t.Errorf("gap frame's commit word %#x, want %#x", w, (start+2)|uint64(FlagPadding)<<32)
+			}
+			if seq, sl := u32(off+FOffSeq), le.Uint16(mem[off+FOffSlot:]); seq != 5 || sl != 0xfffe || SlotGap != 0xfffe || SlotPadding != 0xffff {
+				t.Errorf("gap frame seq %d slot %#x, want 5 0xfffe", seq, sl)
+			}
+			if tail := u64(OffQueues + QOffTail); tail != 5<<32|(start+3) {
+				t.Errorf("tail %#x after the gap, want %#x", tail, 5<<32|(start+3))
+			}
 		}
 		r.Close()
 		unix.Munmap(mem)

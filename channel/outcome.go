@@ -25,7 +25,7 @@ const (
 	ClaimCommitted
 )
 
-// ClaimOutcome reports what became of the claim whose first data frame is
+// ClaimOutcome reports what became of the claim whose first frame is
 // at position at of queue q, made by the publisher in member slot slot. A
 // claim is committed all at once (Publisher.CommitBatch), so its first
 // frame tells. It reads that frame's commit word once, then the tail: a
@@ -45,6 +45,8 @@ func (r *Ring) ClaimOutcome(q int, at Position, slot uint32) ClaimOutcome {
 	switch {
 	case uint32(w) != at.units():
 		return ClaimOpen
+	case uint32(w>>32) == FlagPadding && uint16(fslot) == SlotGap && r.version >= 2:
+		return ClaimCommitted // a gap frame first (ClaimBatchLost), committed last
 	case uint32(w>>32)&FlagPadding != 0:
 		return ClaimPadded
 	case fslot != slot:

@@ -143,19 +143,21 @@ func (p *Publisher) Claim(ctx context.Context, n int) (Claim, error) {
 
 func (p *Publisher) claim(ctx context.Context, n int, block bool) (Claim, error) {
 	p.one[0] = n
-	if _, err := p.claimRun(ctx, p.one[:], block); err != nil {
+	if _, err := p.claimRun(ctx, p.one[:], 0, block); err != nil {
 		return Claim{}, err
 	}
 	p.batch = false
 	return Claim{Buf: p.buf(0), p: p.run.fp, off: p.run.off[0], n: n}, nil
 }
 
-// run is the publisher's claim in flight: its first data frame and the
-// offset and payload length of each of its frames.
+// run is the publisher's claim in flight: its first frame (a gap frame,
+// or the first data frame), and the offset and payload length of each of
+// its data frames.
 type run struct {
 	at    pos      // the claim's start (its padding at the wrap, if any)
-	fp    pos      // first data frame (after any padding at the wrap)
-	off   []uint64 // frame offsets in the data region
+	fp    pos      // first frame (after any padding at the wrap)
+	gap   uint32   // messages the gap frame at fp stands for; 0: no gap frame
+	off   []uint64 // data frame offsets in the data region
 	lens  []int    // payload bytes
 	stale uint64   // the first frame's commit word before the claim: commit CASes from it
 }
@@ -172,36 +174,52 @@ func (p *Publisher) buf(i int) []byte {
 // now (it waits, if block, only for the first) and in one largest frame's
 // bytes (the index, section 7 of the ABI, points at claim boundaries,
 // and a reader that looks for the oldest record trusts an entry only that
-// close to its boundary). It returns the number of frames claimed.
-func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int, error) {
+// close to its boundary). With gap, a gap frame standing for that many
+// lost messages goes first, counted in those bytes: when it does not fit
+// with the first frame it goes alone. It returns the number of data frames
+// claimed.
+func (p *Publisher) claimRun(ctx context.Context, sizes []int, gap uint32, block bool) (int, error) {
 	if p.out {
 		return 0, fmt.Errorf("%w: previous claim not committed", ErrConfig)
 	}
-	if len(sizes) == 0 {
+	if len(sizes) == 0 && gap == 0 {
 		return 0, fmt.Errorf("%w: a claim of no frames", ErrConfig)
 	}
-	largest := uint64(p.r.cfg.MaxMessage)
-	if n := sizes[0]; n < 0 || uint64(n) > largest {
-		return 0, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, largest)
+	r := p.r
+	if gap != 0 && (gap >= 1<<31 || r.version < 2 || r.cfg.Type != TypePubSub) {
+		return 0, fmt.Errorf("%w: a gap of %d messages in a version %d %v ring", ErrConfig, gap, r.version, r.cfg.Type)
+	}
+	largest := uint64(r.cfg.MaxMessage)
+	limit := align16(FrameHeaderLen + largest) // bytes of data frames in one claim
+	var head uint64                            // what must fit: the gap frame and the first data frame
+	if gap != 0 {
+		head = FrameHeaderLen
+	}
+	data0 := 0 // data frames the claim must hold: the first, unless the gap goes alone
+	if len(sizes) > 0 {
+		if n := sizes[0]; n < 0 || uint64(n) > largest {
+			return 0, fmt.Errorf("%w: %d bytes, maximum %d", ErrTooLarge, n, largest)
+		}
+		if f := align16(FrameHeaderLen + uint64(sizes[0])); head+f <= limit || gap == 0 {
+			head += f
+			data0 = 1
+		}
 	}
 	if err := p.m.alive(); err != nil {
 		return 0, err
 	}
-	r := p.r
-	first := align16(FrameHeaderLen + uint64(sizes[0]))
-	limit := align16(FrameHeaderLen + largest) // bytes of data frames in one claim
 	p.w.ctx = ctx
 	p.w.reset()
 	for {
 		t := pos(atomic.LoadUint64(&p.qh.Tail))
 		off := r.offset(t.units())
 		var pad uint64
-		if off+first > r.capacity {
+		if off+head > r.capacity {
 			pad, off = r.capacity-off, 0 // padding to the end of the ring
 		}
 		avail := uint64(p.avail(t)) << unitShift
-		if pad+first > avail {
-			end := t.units() + uint32((pad+first)>>unitShift)
+		if pad+head > avail {
+			end := t.units() + uint32((pad+head)>>unitShift)
 			if !p.room(end) {
 				if !block {
 					return 0, ErrWouldBlock
@@ -213,11 +231,11 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 			}
 			// room made space for the first frame (raising the limit,
 			// which may leave room for more).
-			avail = max(pad+first, uint64(p.avail(t))<<unitShift)
+			avail = max(pad+head, uint64(p.avail(t))<<unitShift)
 		}
 		// Extend the claim over the next frames while they fit.
-		data, k := first, 1
-		for ; k < len(sizes); k++ {
+		data, k := head, data0
+		for ; k < len(sizes) && data0 == 1; k++ {
 			n := sizes[k]
 			if n < 0 || uint64(n) > largest {
 				break // the caller's next claim reports it
@@ -244,7 +262,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 		if err := p.m.alive(); err != nil {
 			return 0, err
 		}
-		next := mkpos(t.seq()+uint32(k), end)
+		next := mkpos(t.seq()+gap+uint32(k), end)
 		p.m.s.Pending = uint64(t)
 		p.m.s.Cursor = uint64(next)
 		p.m.s.PendingLen = total
@@ -270,22 +288,28 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, block bool) (int,
 			r.pad(p.q, t, t.seq(), pad)
 			fp = mkpos(t.seq(), t.units()+uint32(pad>>unitShift))
 		}
-		r.index(p.q, t, fp, next)
-		p.run.at, p.run.fp = t, fp
+		p.run.at, p.run.fp, p.run.gap = t, fp, gap
+		p.run.stale = atomic.LoadUint64(r.commitWord(p.q, off))
+		// Each frame's header now (plain stores: the commit orders
+		// them), so that commit writes nothing but commit words.
+		first := fp // the first record: a reader that starts from the index passes no gap
+		if gap != 0 {
+			fh := r.frame(p.q, off)
+			fh.Seq = fp.seq() + gap
+			fh.Slot = SlotGap
+			off += FrameHeaderLen
+			first = mkpos(fp.seq()+gap, fp.units()+1)
+		}
+		r.index(p.q, t, first, next)
 		p.run.off = p.run.off[:0]
 		p.run.lens = append(p.run.lens[:0], sizes[:k]...)
 		for i, n := range p.run.lens {
-			// Each frame's header now (plain stores: the commit orders
-			// them), so that commit writes nothing but commit words.
 			fh := r.frame(p.q, off)
-			fh.Seq = fp.seq() + uint32(i)
+			fh.Seq = first.seq() + uint32(i)
 			fh.Slot = uint16(p.m.idx)
 			p.run.off = append(p.run.off, off)
 			off += align16(FrameHeaderLen + uint64(n))
 		}
-		// The word the first frame's commit replaces: commit CASes from
-		// it, which fails if a reaper padded the claim meanwhile.
-		p.run.stale = atomic.LoadUint64(r.commitWord(p.q, p.run.off[0]))
 		p.out = true
 		return k, nil
 	}
@@ -485,11 +509,16 @@ func (p *Publisher) commit() error {
 	}
 	r := p.r
 	units := p.run.fp.units()
-	for i := 1; i < len(p.run.lens); i++ {
-		u := units + uint32((p.run.off[i]-p.run.off[0])>>unitShift)
+	fpOff := r.offset(units)
+	word, i := commitWord(units, FlagPadding), 0 // a gap frame: padding of length 0
+	if p.run.gap == 0 {
+		word, i = commitWord(units, uint32(p.run.lens[0])), 1
+	}
+	for ; i < len(p.run.off); i++ {
+		u := units + uint32((p.run.off[i]-fpOff)>>unitShift)
 		storeRelease(r.commitWord(p.q, p.run.off[i]), commitWord(u, uint32(p.run.lens[i])))
 	}
-	if !atomic.CompareAndSwapUint64(r.commitWord(p.q, p.run.off[0]), p.run.stale, commitWord(units, uint32(p.run.lens[0]))) {
+	if !atomic.CompareAndSwapUint64(r.commitWord(p.q, fpOff), p.run.stale, word) {
 		p.m.dead.Store(true)
 		return fmt.Errorf("%w: claim at %d was reaped", ErrEvicted, units)
 	}
@@ -520,11 +549,15 @@ func (p *Publisher) abort() {
 	if _, err := p.owns(); err != nil {
 		return
 	}
-	// The frames took sequence numbers: the padding passes readers on to
-	// the sequence after them (section 8 of the ABI).
-	last := len(p.run.lens) - 1
-	n := p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - p.run.off[0]
-	end := mkpos(p.run.fp.seq()+uint32(last+1), p.run.fp.units()+uint32(n>>unitShift))
+	// The frames took sequence numbers, and a gap frame the messages it
+	// stands for: the padding passes readers on to the sequence after
+	// them (section 8 of the ABI), counting none as lost.
+	fpOff := p.r.offset(p.run.fp.units())
+	n := uint64(FrameHeaderLen) // the gap frame alone
+	if last := len(p.run.lens) - 1; last >= 0 {
+		n = p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - fpOff
+	}
+	end := mkpos(p.run.fp.seq()+p.run.gap+uint32(len(p.run.lens)), p.run.fp.units()+uint32(n>>unitShift))
 	p.r.padClaim(p.q, p.run.fp, end, p.run.stale)
 	p.m.clearPending()
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
@@ -560,7 +593,7 @@ func (r *Ring) pad(q int, at pos, seq uint32, n uint64) {
 func (r *Ring) padClaim(q int, p, end pos, stale uint64) bool {
 	units := udist(end.units(), p.units())
 	seq := end.seq()
-	if k := seq - p.seq(); k == 0 || k > units {
+	if k := seq - p.seq(); k == 0 || !r.spans(k, units) {
 		seq = p.seq() + 1 // a claim of unknown count: at most one message per unit
 	}
 	n := uint64(units) << unitShift
@@ -585,7 +618,7 @@ func (r *Ring) padFrame(q int, off uint64, p pos, seq uint32, stale, n uint64) b
 	}
 	fh := r.frame(q, off)
 	atomic.StoreUint32(&fh.Seq, seq)
-	fh.Slot = 0xffff
+	fh.Slot = SlotPadding
 	if atomic.CompareAndSwapUint64(cw, stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen))) {
 		return true
 	}

@@ -103,6 +103,7 @@ func (c Config) Size() int64 {
 type Ring struct {
 	mem        []byte
 	cfg        Config
+	version    uint32 // the ring's ABI version: gap frames from 2 on
 	capacity   uint64
 	mask       uint64
 	capUnits   uint32
@@ -122,6 +123,10 @@ type Ring struct {
 	// DataFutex, parks[q][1] on its SpaceFutex.
 	parks [2][2]*park
 }
+
+// Version returns the ABI version the ring was formatted with:
+// Publisher.ClaimBatchLost needs 2 or later.
+func (r *Ring) Version() uint32 { return r.version }
 
 // Format writes a fresh header for cfg into mem (which must be zeroed or
 // stale; all of it is reset) and returns the ring.
@@ -176,8 +181,8 @@ func Open(mem []byte) (*Ring, error) {
 	if d.Magic != Magic {
 		return nil, fmt.Errorf("%w: %#x", ErrBadMagic, d.Magic)
 	}
-	if d.Version != Version {
-		return nil, fmt.Errorf("%w: ring has version %d, this client speaks %d", ErrVersion, d.Version, Version)
+	if d.Version < OldestVersion || d.Version > Version {
+		return nil, fmt.Errorf("%w: ring has version %d, this client speaks %d to %d", ErrVersion, d.Version, OldestVersion, Version)
 	}
 	cfg := Config{
 		Type: d.Type, Policy: d.Policy, Capacity: d.Capacity, MaxMessage: d.MaxMessage,
@@ -208,6 +213,7 @@ func Open(mem []byte) (*Ring, error) {
 	r := &Ring{
 		mem:        mem[:d.FileSize:d.FileSize],
 		cfg:        cfg,
+		version:    d.Version,
 		capacity:   cfg.Capacity,
 		mask:       cfg.Capacity - 1,
 		capUnits:   uint32(cfg.Capacity >> unitShift),

@@ -18,7 +18,7 @@ type QueueStats struct {
 	DataWaiters  uint32 // readers asleep waiting for messages
 	SpaceWaiters uint32 // writers asleep waiting for room
 
-	Messages uint64 // messages published since the ring was formatted (modulo 2^32)
+	Messages uint64 // messages published since the ring was formatted (modulo 2^32), and those gap frames stand for
 	Bytes    uint64 // bytes of the data stream published since then: frames, headers and padding (modulo 64 GiB)
 	Waiting  uint64 // stream: messages published and not yet taken
 	InUse    uint64 // bytes publishers may not overwrite yet: from Limit (pubsub) or Release (stream) to Tail

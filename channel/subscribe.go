@@ -31,6 +31,11 @@ type SubscriberOptions struct {
 	From  Start    // StartNewest (default), StartOldest or StartAt
 	At    Position // with StartAt: where to start
 	Queue int      // reserved: pubsub rings have one queue
+	// Lapped, if set, is called with the positions a subscriber that
+	// publishers lapped skips from and to: the messages it counts lost
+	// (to.Seq() - from.Seq()). The mirror's exporter tells its own
+	// host's messages from imports among them.
+	Lapped func(from, to Position)
 }
 
 // Subscriber reads every message of a pubsub ring, in order, at its own
@@ -46,6 +51,7 @@ type Subscriber struct {
 	w      waiter
 	cur    pos
 	lost   uint64
+	gaps   uint64 // of lost: what gap frames reported
 	viewed uint64 // frame bytes of the message handed out by Peek; 0: none
 	// Messages and frame bytes read since Cursor was last stored: the
 	// shared cursor is stored every cursorEveryMsgs messages or 1/16 of
@@ -54,6 +60,7 @@ type Subscriber struct {
 	dirtyN, dirtyB uint64
 	shared         pos        // the Cursor last stored
 	stuck          stuckClaim // see Reader.stuck
+	lapped         func(from, to Position)
 }
 
 // cursorEveryMsgs bounds how far the shared Cursor of a pubsub subscriber may
@@ -72,7 +79,7 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Subscriber{r: r, qh: qh, m: m}
+	s := &Subscriber{r: r, qh: qh, m: m, lapped: o.Lapped}
 	s.w = newWaiter(o.Idle, m)
 	// Settle on a start position that publishers have not passed: they
 	// may have raised Limit before they saw this slot.
@@ -106,6 +113,9 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 			if lost != 0 {
 				s.lost = uint64(lost)
 				atomic.StoreUint64(&m.s.Lost, uint64(lost))
+				if s.lapped != nil {
+					s.lapped(o.At, c)
+				}
 			}
 			return s, nil
 		}
@@ -215,8 +225,15 @@ func (s *Subscriber) Abandon() {
 	}
 }
 
-// Lost returns how many messages this subscriber lost to overwrite.
+// Lost returns how many messages this subscriber lost: to overwrite
+// (publishers lapped it), and those gap frames it passed say were lost
+// before they reached this ring (a mirror link's losses).
 func (s *Subscriber) Lost() uint64 { return s.lost }
+
+// Gaps returns how many of Lost were reported by gap frames: the mirror's
+// exporter leaves them out of what it reports to other hosts, which get
+// those messages from their origin themselves.
+func (s *Subscriber) Gaps() uint64 { return s.gaps }
 
 // Next waits for the next message and appends it to buf[:0].
 func (s *Subscriber) Next(ctx context.Context, buf []byte) ([]byte, error) {
@@ -401,8 +418,14 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			s.viewed = frame
 			return msg, nil
 		case readPadding:
-			s.cur = mkpos(r.padSeq(s.q, s.cur, frame), s.cur.units()+uint32(frame>>unitShift))
+			seq, gap := r.padNext(s.q, s.cur, frame)
+			s.cur = mkpos(seq, s.cur.units()+uint32(frame>>unitShift))
 			s.dirtyB += frame
+			if gap != 0 { // messages lost before they reached this ring
+				s.gaps += gap
+				s.lost += gap
+				atomic.AddUint64(&s.m.s.Lost, gap)
+			}
 			continue
 		case readLapped:
 			if err := s.m.alive(); err != nil {
@@ -459,6 +482,9 @@ func (s *Subscriber) resync() {
 	n := uint64(c.seq() - s.cur.seq())
 	s.lost += n
 	atomic.AddUint64(&s.m.s.Lost, n)
+	if s.lapped != nil && n != 0 {
+		s.lapped(s.cur, c)
+	}
 	s.cur, s.shared = c, c
 	s.dirtyN, s.dirtyB = 0, 0
 	atomic.StoreUint64(&s.m.s.Cursor, uint64(c))
@@ -522,16 +548,40 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 }
 
 // padSeq returns the sequence that follows the padding frame of n bytes at
-// position p of queue q: its Seq field, which is p's own sequence, or
-// further on when the padding stands in for messages that were claimed and
-// never committed, at most one per 16-byte unit it covers. Any other value
-// is ignored; the next frame's check catches a corrupt ring.
+// position p of queue q (padNext).
 func (r *Ring) padSeq(q int, p pos, n uint64) uint32 {
-	s := atomic.LoadUint32(&r.frame(q, r.offset(p.units())).Seq)
-	if k := s - p.seq(); k != 0 && uint64(k) <= n>>unitShift {
-		return s
+	s, _ := r.padNext(q, p, n)
+	return s
+}
+
+// padNext returns the sequence that follows the padding frame of n bytes
+// at position p of queue q: its Seq field, which is p's own sequence, or
+// further on when the padding stands in for messages (spans), and how
+// many of those a gap frame says were lost before they reached the ring.
+// Any other value is ignored; the next frame's check catches a corrupt
+// ring.
+func (r *Ring) padNext(q int, p pos, n uint64) (uint32, uint64) {
+	fh := r.frame(q, r.offset(p.units()))
+	s := atomic.LoadUint32(&fh.Seq)
+	k := s - p.seq()
+	if k == 0 || !r.spans(k, uint32(n>>unitShift)) {
+		return p.seq(), 0
 	}
-	return p.seq()
+	if n == FrameHeaderLen && r.version >= 2 && uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&fh.Slot)))) == SlotGap {
+		return s, uint64(k)
+	}
+	return s, 0
+}
+
+// spans reports whether padding of units 16-byte units may stand in for k
+// messages: at most one per unit in a version 1 ring; from version 2 on,
+// where a gap frame stands for messages that never reached the ring, any
+// forward step of sequence (below 2^31).
+func (r *Ring) spans(k, units uint32) bool {
+	if r.version < 2 {
+		return k <= units
+	}
+	return k < 1<<31
 }
 
 // oldest finds the oldest record of queue q not yet reclaimed by claims up

@@ -21,7 +21,9 @@
 //     publishers back within a window; status messages carry the
 //     acknowledgements.
 //   - pubsub, overwrite: the exporter reads as an overwrite subscriber and
-//     sends exact gap counts; the importing side counts them as losses.
+//     sends exact gap counts; the importing side counts them as the link's
+//     losses and writes them into its ring as gap frames, which every
+//     subscriber there counts in its own Lost.
 //   - stream: the peer grants credit; the exporter takes records with the
 //     normal take protocol only against it, into an outbox that survives
 //     link cuts and restarts, and each record reaches exactly one reader.

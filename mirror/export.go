@@ -40,7 +40,10 @@ type exporter struct {
 	hold  *registry.Subscriber // block: the peer's slot, at its acknowledged position
 	im    *imports
 	epoch uint64
-	lost  uint64 // rd.Lost() reported so far
+	lost  uint64 // readerLost() reported so far
+	// lapped: the host's own messages the reader lost (onLapped), written
+	// by whichever goroutine reads rd (openPubSub, then runPubSub).
+	lapped uint64
 
 	// stream
 	reader *channel.Reader
@@ -268,7 +271,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	ex.mark = mk
 	ex.epoch = ex.ring.Epoch()
-	opts := channel.SubscriberOptions{From: channel.StartOldest}
+	opts := channel.SubscriberOptions{From: channel.StartOldest, Lapped: ex.onLapped}
 	var base channel.Extended
 	resume := sub.Epoch == ex.epoch
 	if resume {
@@ -292,6 +295,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 		return wire.Open{}, err
 	}
 	if ex.hold == nil && ex.cfg.Policy == channel.PolicyBlock {
+		opts.Lapped = nil // the reader counts the losses
 		if ex.hold, err = ex.h.NewSubscriber(opts); err != nil {
 			return wire.Open{}, err
 		}
@@ -312,7 +316,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 			break
 		}
 	}
-	ex.lost = ex.rd.Lost()
+	ex.lost = ex.readerLost()
 	ex.acked, ex.sentNext = ex.ext, ex.ext
 	ex.window = uint64(sub.Window)
 	ex.advanceHold(ex.ext.Position())
@@ -336,6 +340,16 @@ func (ex *exporter) peerLost(sub wire.Sub) uint64 {
 	}
 	return min(ex.lost, ex.ext.Seq-min(ex.ext.Seq, sub.Next.Seq))
 }
+
+// readerLost is what the reader lost of this host's own messages:
+// publishers lapped it over them. The imports it skipped meanwhile, and
+// the gap frames it passed (Subscriber.Gaps: losses of this host's
+// links), the peer gets from their origins or learns of on its own links.
+func (ex *exporter) readerLost() uint64 { return ex.lapped }
+
+// onLapped counts the host's own messages among those a lapped reader
+// skipped.
+func (ex *exporter) onLapped(from, to channel.Position) { ex.lapped += ex.im.own(from, to) }
 
 // advanceHold moves the block slot to p (a position the reader passed)
 // and stores it for publishers.
@@ -405,7 +419,7 @@ func (ex *exporter) runPubSub() error {
 			count++
 			bytes += n
 		}
-		lost := ex.rd.Lost() - ex.lost
+		lost := ex.readerLost() - ex.lost
 		ex.mu.Lock()
 		ex.ext = ext
 		idle := count == 0 && lost == 0 && ext == ex.sentNext

@@ -45,6 +45,13 @@ type cluster struct {
 // all the others.
 func newCluster(t testing.TB, cfg channel.Config, tune func(*Options), names ...string) *cluster {
 	t.Helper()
+	return newClusterOf(t, func(string) channel.Config { return cfg }, tune, names...)
+}
+
+// newClusterOf is newCluster with ns/ch of cfg(name) on each host: the
+// rings of a share may differ in size.
+func newClusterOf(t testing.TB, cfg func(host string) channel.Config, tune func(*Options), names ...string) *cluster {
+	t.Helper()
 	ca, err := certs.NewCA(certs.Options{Name: "test-ca"})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +65,8 @@ func newCluster(t testing.TB, cfg channel.Config, tune func(*Options), names ...
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
+		hc := cfg(n)
+		if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &hc}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -210,7 +218,8 @@ type tally struct {
 	mu   sync.Mutex
 	next map[uint32]uint32
 	got  int
-	lost uint64 // the subscriber's own losses (overwrite)
+	lost uint64 // the subscriber's losses: overwrite, and the link's (gap frames)
+	gaps uint64 // of lost, what gap frames reported
 	err  error
 }
 
@@ -273,7 +282,7 @@ func subscribe(ctx context.Context, t *testing.T, r *channel.Ring, gaps bool) *t
 			buf = b
 			tl.add(b, gaps)
 			tl.mu.Lock()
-			tl.lost = s.Lost()
+			tl.lost, tl.gaps = s.Lost(), s.Gaps()
 			tl.mu.Unlock()
 		}
 	}()

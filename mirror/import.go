@@ -57,6 +57,8 @@ type importer struct {
 	broken   bool          // the publisher failed: open a new importer
 	recvd    uint64        // record bytes of the flow's batches handled this session
 	told     uint64        // the Window of the last Ack entry
+	gaps     bool          // the ring takes gap frames (channel.Publisher.ClaimBatchLost)
+	gap      uint64        // messages the link lost that no gap frame reports yet
 
 	// publish's
 	chunk []byte
@@ -114,6 +116,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q}); err != nil {
 		return fail(err)
 	}
+	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
 	if imp.cfg.Type == channel.TypePubSub {
 		if imp.im, err = m.importsFor(k.NS, k.Ch, imp.ring); err != nil {
 			return fail(err)
@@ -212,19 +215,30 @@ func (imp *importer) onOpen(o wire.Open) error {
 		imp.log.WithFields(logrus.Fields{"type": channel.Type(o.Type), "max_message": o.MaxMessage}).
 			Error("the peer's channel does not fit this one (type, or a larger max message): its messages are dropped and counted as losses")
 	}
-	switch {
-	case o.Epoch != imp.hwm.Epoch:
+	lost := o.Lost
+	if o.Epoch == imp.hwm.Epoch {
+		lost = imp.beyond(lost, o.Start.Seq, 0)
+	} else {
 		// What the spool holds of the old epoch still goes into the ring.
 		imp.hwm.markRec, imp.hwm.Next = markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}, 0
-	case o.Start.Seq > imp.hwm.Seq:
+	}
+	if lost > 0 {
+		imp.p.losses.Add(lost)
+		imp.gap += lost
+		imp.log.WithField("lost", lost).Warn("the peer no longer had messages after our high-water mark")
+		// Into the ring now if there is room at once (the control loop
+		// must not wait for it): the next batch carries it otherwise.
+		if imp.hwm.spooled() == 0 {
+			if _, err := imp.publishDirect(nil, o.Start.Seq); err != nil {
+				imp.log.WithError(err).Warn("the link's losses wait for the next batch to reach the ring")
+			}
+		}
+	}
+	if o.Start.Seq > imp.hwm.Seq {
 		imp.hwm.Seq, imp.hwm.Units = o.Start.Seq, o.Start.Units
 	}
 	if err := imp.mark.storeHWM(imp.hwm); err != nil {
 		return err
-	}
-	if o.Lost > 0 {
-		imp.p.losses.Add(o.Lost)
-		imp.log.WithField("lost", o.Lost).Warn("the peer no longer had messages after our high-water mark")
 	}
 	imp.open = true
 	close(imp.opened)
@@ -260,7 +274,7 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	}
 	next := imp.hwm.next()
 	end := imp.hwm.Seq // the batch may not end before its last record
-	from, off := len(recs), 0
+	from, off, fresh := len(recs), 0, 0
 	var bytes uint64
 	err := bt.Records(imp.cfg.MaxMessage, func(seq uint64, b []byte) error {
 		end = max(end, seq+1)
@@ -270,6 +284,7 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 			from = min(from, off)
 			bytes += uint64(len(b))
 			next = seq + 1
+			fresh++
 		case from < len(recs):
 			return fmt.Errorf("record %d after %d", seq, next-1)
 		}
@@ -282,9 +297,14 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	if bt.Next.Seq < end {
 		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
+	if bt.Lost > 0 {
+		lost := imp.beyond(bt.Lost, bt.Next.Seq, fresh)
+		imp.p.losses.Add(lost)
+		imp.gap += lost
+	}
 	rest := recs[from:]
-	if len(rest) > 0 && imp.hwm.spooled() == 0 {
-		n, err := imp.publishDirect(rest)
+	if (len(rest) > 0 || imp.gap > 0) && imp.hwm.spooled() == 0 {
+		n, err := imp.publishDirect(rest, bt.Next.Seq)
 		if err != nil {
 			imp.broken = true
 			imp.mark.storeHWM(imp.hwm) // what went in, for the next link
@@ -305,9 +325,6 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	// the agent's death cut short lies beyond the stored Tail.
 	imp.hwm.Seq, imp.hwm.Units = bt.Next.Seq, bt.Next.Units
 	imp.p.bytes.Add(bytes)
-	if bt.Lost > 0 {
-		imp.p.losses.Add(bt.Lost)
-	}
 	if err := imp.mark.storeHWM(imp.hwm); err != nil {
 		return err
 	}
@@ -315,13 +332,37 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 	return nil
 }
 
-// publishDirect puts the records b (new, in order) straight into the ring
+// beyond is how many of the lost messages the origin reports up to its
+// sequence end this host misses: no more than the sequences from what it
+// has (hwmRec.next: a batch half published before a restart may reach
+// past the mark the origin counts from) up to end, less the fresh records
+// it got among them. The origin counts what its ring no longer held from
+// the receiver's mark on; the records beyond that mark are here already.
+func (imp *importer) beyond(lost, end uint64, fresh int) uint64 {
+	next := imp.hwm.next()
+	if end <= next {
+		return 0
+	}
+	return min(lost, end-next-min(end-next, uint64(fresh)))
+}
+
+// maxGap is the most lost messages one gap frame stands for.
+const maxGap = 1<<31 - 1
+
+// publishDirect puts imp.gap (as gap frames first) and the records b
+// (new, in order, up to the flow's sequence end) straight into the ring
 // while it has room, one claim at a time, and returns the bytes of b
-// published; the spool takes the rest. Only with the spool empty: the
-// ring has everything before b, and publish does not use the publisher.
-// Each claim is recorded before its commit with the sequence after its
-// records (hwmRec.PendNext), as publishChunk records its spool offset.
-func (imp *importer) publishDirect(b []byte) (int, error) {
+// published; the spool takes the rest (and the gap waits for the next
+// batch). Only with the spool empty: the ring has everything before b,
+// and publish does not use the publisher. Each claim is recorded before
+// its commit with the sequence after its records, or the next record's
+// (end) after a gap alone (hwmRec.PendNext), as publishChunk records its
+// spool offset. A ring that takes no gap frames (a version 1 ring) has
+// the losses in the link's count only.
+func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
+	if !imp.gaps {
+		imp.gap = 0
+	}
 	imp.dmsgs, imp.dseqs, imp.dsizes, imp.dends = imp.dmsgs[:0], imp.dseqs[:0], imp.dsizes[:0], imp.dends[:0]
 	for off := 0; off < len(b); {
 		seq, p, sz, err := wire.FirstRecord(b[off:], imp.cfg.MaxMessage)
@@ -332,8 +373,9 @@ func (imp *importer) publishDirect(b []byte) (int, error) {
 		imp.dmsgs, imp.dseqs, imp.dsizes, imp.dends = append(imp.dmsgs, p), append(imp.dseqs, seq), append(imp.dsizes, len(p)), append(imp.dends, off)
 	}
 	done := 0
-	for done < len(imp.dmsgs) {
-		bt, err := imp.pub.TryClaimBatch(imp.dsizes[done:])
+	for done < len(imp.dmsgs) || imp.gap > 0 {
+		g := uint32(min(imp.gap, maxGap))
+		bt, err := imp.pub.TryClaimBatchLost(g, imp.dsizes[done:])
 		if errors.Is(err, channel.ErrWouldBlock) {
 			break
 		}
@@ -344,17 +386,25 @@ func (imp *importer) publishDirect(b []byte) (int, error) {
 		for i := range k {
 			copy(bt.Buf(i), imp.dmsgs[done+i])
 		}
-		imp.hwm.PendNext, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.dseqs[done+k-1]+1, bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		next := end
+		switch {
+		case k > 0:
+			next = imp.dseqs[done+k-1] + 1
+		case done < len(imp.dmsgs):
+			next = imp.dseqs[done]
+		}
+		imp.hwm.PendNext, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = next, bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
 			err = imp.pub.CommitBatch(bt)
 		}
-		next := imp.hwm.PendNext
 		imp.hwm.PendNext = 0
 		if err != nil {
 			return 0, err
 		}
-		imp.hwm.Next = next
+		imp.hwm.Next = max(imp.hwm.Next, next)
+		imp.claimed(bt, g+uint32(k))
+		imp.gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}
@@ -362,6 +412,14 @@ func (imp *importer) publishDirect(b []byte) (int, error) {
 		return 0, nil
 	}
 	return imp.dends[done-1], nil
+}
+
+// claimed tells the import history (pubsub) of a committed claim of n
+// sequences: exporters count a lapped reader's losses without them.
+func (imp *importer) claimed(b channel.Batch, n uint32) {
+	if imp.im != nil {
+		imp.im.claimed(b.Position(), n)
+	}
 }
 
 func (imp *importer) kickPublish() {
@@ -481,6 +539,7 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		imp.claimed(bt, uint32(k))
 		done += k
 		imp.p.msgs.Add(uint64(k))
 	}

@@ -31,7 +31,8 @@ type imports struct {
 	doc  importsDoc
 	// view is a copy of doc.Entries, replaced on every change, that is
 	// read without the lock: exporters ask about every message.
-	view atomic.Pointer[[]importEntry]
+	view       atomic.Pointer[[]importEntry]
+	importRuns // the sequences of recent import claims, in memory
 }
 
 type importsDoc struct {

@@ -152,19 +152,18 @@ type peer struct {
 
 	importers map[chanKey]*importer // the run goroutine's, kept across sessions
 
-	state               atomic.Value // LinkState
-	ups                 int          // links that came up (the run goroutine's)
-	bytes, msgs, losses atomic.Uint64
-	reconnects          atomic.Uint64
-	sess                atomic.Pointer[session]
+	state atomic.Value // LinkState
+	*linkCounts
+	sess atomic.Pointer[session]
 }
 
 func (m *Mirror) newPeer(pe Peer, shares [][2]string) *peer {
 	p := &peer{
 		m: m, cfg: pe, dials: m.o.Self < pe.ID(), shares: shares,
-		log:       m.log.WithField("peer", pe.Name),
-		incoming:  make(chan rdma.Conn, 1),
-		importers: map[chanKey]*importer{},
+		log:        m.log.WithField("peer", pe.Name),
+		incoming:   make(chan rdma.Conn, 1),
+		importers:  map[chanKey]*importer{},
+		linkCounts: m.countsFor(pe.Name),
 	}
 	p.state.Store(StateConnecting)
 	return p
@@ -256,10 +255,9 @@ func (p *peer) connect(ctx context.Context) (rdma.Conn, error) {
 
 // up records a link that came up (both Hellos exchanged).
 func (p *peer) up() {
-	if p.ups > 0 {
+	if p.ups.Add(1) > 1 {
 		p.reconnects.Add(1)
 	}
-	p.ups++
 	p.state.Store(StateUp)
 }
 

@@ -118,7 +118,7 @@ type LinkStats struct {
 	Peer  string
 	State LinkState
 	// Bytes and Messages count payload carried both ways since the
-	// mirror started.
+	// mirror started, across the peer's restarts and address changes.
 	Bytes, Messages uint64
 	// Lag is the messages this host sent that the peer has not yet
 	// acknowledged (pubsub) or stream records in the outbox.
@@ -127,9 +127,10 @@ type LinkStats struct {
 	Window uint64
 	// Reconnects counts links established after the first.
 	Reconnects uint64
-	// Losses counts messages of overwrite channels that this host's
-	// subscribers missed: gaps the peer reported, and messages a peer
-	// slot lost after Hold expired.
+	// Losses counts messages that this host's replicas missed: gaps the
+	// peer reported (overwrite), and messages a peer slot lost after
+	// Hold expired (block). Gap frames put each of them in the lost
+	// counts of this host's subscribers too.
 	Losses uint64
 }
 
@@ -154,10 +155,11 @@ type Mirror struct {
 	hmu   sync.Mutex
 	holds map[holdKey]*hold // block peers' slots while their link is down
 
-	mu    sync.Mutex
-	plan  Plan
-	peers map[string]*peer // by name
-	wake  chan struct{}    // Apply signals Run
+	mu     sync.Mutex
+	plan   Plan
+	peers  map[string]*peer       // by name
+	counts map[string]*linkCounts // by peer name, kept when a peer is replaced
+	wake   chan struct{}          // Apply signals Run
 }
 
 // New checks o and returns a mirror with an empty plan; Run starts it.
@@ -177,7 +179,7 @@ func New(o Options) (*Mirror, error) {
 	}
 	m := &Mirror{
 		o: o, log: o.Log.WithField("component", "mirror"), state: st,
-		peers: map[string]*peer{}, wake: make(chan struct{}, 1),
+		peers: map[string]*peer{}, counts: map[string]*linkCounts{}, wake: make(chan struct{}, 1),
 		imports: map[[2]string]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{}, readers: map[slotKey]bool{},
 	}
 	if o.Listen != "" {

@@ -64,7 +64,7 @@ func TestDump(t *testing.T) {
 	// Start is one lap in: 8192/16 = 512 units; three 5-byte messages take
 	// two units each; the subscriber read one.
 	for _, want := range []string{
-		`magic\s+"SHIMRING"\s+version\s+1`,
+		`magic\s+"SHIMRING"\s+version\s+2`,
 		`type\s+pubsub\s+policy\s+block`,
 		`capacity\s+8192\s+max message\s+1000`,
 		`member slots\s+4\s+lease\s+1s`,

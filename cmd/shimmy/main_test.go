@@ -321,7 +321,7 @@ func TestStreamNeedsDirection(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	code, out, _ := runCmd(t, "", nil, "version")
-	if code != exitOK || !strings.HasPrefix(out, "shimmy ") || !strings.Contains(out, "ABI v1") {
+	if code != exitOK || !strings.HasPrefix(out, "shimmy ") || !strings.Contains(out, "ABI v2") {
 		t.Errorf("version: %d %q", code, out)
 	}
 }

@@ -35,7 +35,8 @@ import time
 # --- ABI constants (docs/ring-format.md) ---------------------------------
 
 MAGIC = 0x474E49524D494853  # b"SHIMRING" little-endian
-VERSION = 1
+VERSION = 2         # written by the agent; 1 is read too (it has no gap frames)
+OLDEST_VERSION = 1
 HEADER_LEN = 4096
 INDEX_CHUNKS = 64
 MIN_CAPACITY = 4096
@@ -70,6 +71,7 @@ F_SEQ, F_SLOT = 8, 12
 FLAG_PADDING = 1 << 31
 FLAG_CONSUMED = 1 << 30
 LENGTH_MASK = (1 << 30) - 1
+SLOT_GAP = 0xFFFE   # a gap frame: padding of length 0 standing for messages lost upstream
 
 TYPE_PUBSUB, TYPE_STREAM = 1, 2
 POLICY_BLOCK, POLICY_OVERWRITE = 1, 2
@@ -160,8 +162,9 @@ class Ring:
         if self.u64(OFF_MAGIC) != MAGIC:
             raise RingError("bad magic: not a shimmy ring")
         version = self.u32(OFF_VERSION)
-        if version != VERSION:
-            raise RingError(f"ring has ABI version {version}, this client speaks {VERSION}")
+        if not OLDEST_VERSION <= version <= VERSION:
+            raise RingError(f"ring has ABI version {version}, this client speaks {OLDEST_VERSION} to {VERSION}")
+        self.version = version
         (typ, policy, capacity, max_message, slots, epoch, members_off, lease,
          queues, chunks, file_size, data_off) = struct.unpack_from("<IIQIIQQQIIQQ", self.mm, OFF_TYPE)
         header_len = self.u32(OFF_HEADER_LEN)
@@ -362,10 +365,17 @@ class Subscriber:
                         or udist(units_of(tail), units_of(cur)) < (FRAME_HEADER + n) >> 4):
                     raise RingError(f"corrupt ring: padding of {n} bytes at offset {off}")
                 # padSeq: padding over claimed messages carries the sequence
-                # after them, at most one message per 16-byte unit.
+                # after them: at most one message per 16-byte unit in a
+                # version 1 ring, any forward step (below 2^31) from 2 on.
+                # A gap frame's step is messages lost before the ring.
                 seq = r.u32(base + off + F_SEQ)
-                if not 0 < (seq - seq_of(cur)) & M32 <= (FRAME_HEADER + n) >> 4:
-                    seq = seq_of(cur)
+                k = (seq - seq_of(cur)) & M32
+                bound = (FRAME_HEADER + n) >> 4 if r.version < 2 else HALF - 1
+                if not 0 < k <= bound:
+                    seq, k = seq_of(cur), 0
+                if k and n == 0 and r.version >= 2 and r.u32(base + off + F_SLOT) & 0xFFFF == SLOT_GAP:
+                    self.lost += k
+                    self.m.add(M_LOST, k)
                 self.cur = mkpos(seq, units_of(cur) + ((FRAME_HEADER + n) >> 4))
                 self.m.set(M_CURSOR, self.cur)
                 continue
