@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"unsafe"
 )
 
 // ReaderOptions configure a stream Reader.
@@ -59,13 +60,35 @@ func (rd *Reader) Close() error {
 // Next waits for a message, takes it and appends it to buf[:0].
 func (rd *Reader) Next(ctx context.Context, buf []byte) ([]byte, error) {
 	rd.w.ctx = ctx
-	return rd.next(buf, true)
+	return rd.next(buf, true, nil)
 }
 
 // TryNext is Next without waiting: ErrWouldBlock when no message is ready.
-func (rd *Reader) TryNext(buf []byte) ([]byte, error) { return rd.next(buf, false) }
+func (rd *Reader) TryNext(buf []byte) ([]byte, error) { return rd.next(buf, false, nil) }
 
-func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
+// take is what a journaled take brings: the journal, the owner's tag for
+// the record, and which records to leave to other readers.
+type take struct {
+	j    *TakeJournal
+	tag  uint64
+	skip func(slot uint32, after Position) bool
+}
+
+// TryTake is TryNext for a reader that must not lose a record when its
+// process dies (see TakeJournal): the record goes into j, with tag, before
+// it is taken, and j marks it taken as soon as the take wins. The caller
+// keeps the record where it belongs and then clears j (TakeJournal.Clear)
+// before the next take. A record whose publisher slot and end position
+// skip reports true is left at the head for other readers (ErrWouldBlock):
+// the mirror does not take what its own importers wrote.
+func (rd *Reader) TryTake(j *TakeJournal, tag uint64, skip func(slot uint32, after Position) bool, buf []byte) ([]byte, error) {
+	if j.busy() {
+		return buf, fmt.Errorf("%w: a taken record was not cleared", ErrJournal)
+	}
+	return rd.next(buf, false, &take{j: j, tag: tag, skip: skip})
+}
+
+func (rd *Reader) next(buf []byte, block bool, tk *take) ([]byte, error) {
 	if err := rd.m.alive(); err != nil {
 		return buf, err
 	}
@@ -91,16 +114,31 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(r.padSeq(rd.q, h, frame), h.units()+uint32(frame>>unitShift))))
 			continue
 		case readOK:
+			next := mkpos(h.seq()+1, h.units()+uint32(frame>>unitShift))
+			if tk != nil {
+				// Copied before the take: if the take wins, no one took
+				// the record since, and its bytes are intact.
+				if err := tk.begin(rd, h, next, msg); err != nil {
+					return buf, err
+				}
+			}
 			// Announce the take before making it, so that a reaper can
 			// release the record if this process dies holding it.
 			atomic.StoreUint64(&rd.m.s.Pending, uint64(h))
 			atomic.StoreUint64(&rd.m.s.PendingLen, frame)
-			if !atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(mkpos(h.seq()+1, h.units()+uint32(frame>>unitShift)))) {
+			if !atomic.CompareAndSwapUint64(&rd.qh.Head, uint64(h), uint64(next)) {
+				if tk != nil {
+					tk.j.set(journalEmpty)
+				}
 				if err := rd.m.alive(); err != nil {
 					return buf, err // the slot is someone else's now
 				}
 				atomic.StoreUint64(&rd.m.s.PendingLen, 0)
 				continue
+			}
+			if tk != nil {
+				tk.j.set(journalTaken)
+				msg = tk.j.mem[journalHeader : journalHeader+len(msg)]
 			}
 			if testHookTaken != nil {
 				testHookTaken()
@@ -113,6 +151,11 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			w := commitWord(h.units(), uint32(len(msg)))
 			if !atomic.CompareAndSwapUint64(r.commitWord(rd.q, r.offset(h.units())), w, w|uint64(FlagConsumed)<<32) {
 				rd.m.dead.Store(true)
+				if tk != nil {
+					// The journal's copy was made before the take: it is
+					// intact, and the reaper delivered the record to no one.
+					return buf, nil
+				}
 				return buf[:0], fmt.Errorf("%w: take at %d was reaped", ErrEvicted, h.units())
 			}
 			rd.m.clearPending()
@@ -142,6 +185,23 @@ func (rd *Reader) next(buf []byte, block bool) ([]byte, error) {
 			return buf, err
 		}
 	}
+}
+
+// begin checks whether the record at h (ending at next) is one to take,
+// and records it in the journal: ErrWouldBlock if skip leaves it to others.
+func (tk *take) begin(rd *Reader, h, next pos, msg []byte) error {
+	r := rd.r
+	if tk.skip != nil {
+		slot := atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.frame(rd.q, r.offset(h.units())).Slot))) & 0xffff
+		if tk.skip(slot, next) {
+			return ErrWouldBlock
+		}
+	}
+	if len(msg) > len(tk.j.mem)-journalHeader {
+		return fmt.Errorf("%w: a record of %d bytes in %d bytes of journal", ErrJournal, len(msg), len(tk.j.mem))
+	}
+	tk.j.begin(rd.q, rd.m.idx, rd.m.gen, r.cfg.Epoch, h, tk.tag, msg)
+	return nil
 }
 
 // testHookTaken, set only by tests, runs after a reader took a record and

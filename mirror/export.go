@@ -46,8 +46,9 @@ type exporter struct {
 	lapped uint64
 
 	// stream
-	reader *channel.Reader
-	ob     *outbox
+	reader  *channel.Reader
+	ob      *outbox
+	settled bool // the take a previous run died in is settled
 
 	mu       sync.Mutex
 	ext      channel.Extended   // pubsub: reader's position; stream: next id sent
@@ -262,7 +263,7 @@ func (s *session) onSub(sub wire.Sub) error {
 func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	m := ex.s.p.m
 	var err error
-	if ex.im, err = m.importsFor(ex.key.NS, ex.key.Ch, ex.ring); err != nil {
+	if ex.im, err = m.importsFor(ex.key, ex.ring); err != nil {
 		return wire.Open{}, err
 	}
 	mk, rec, ok, err := openMark(m.state.path("acked", ex.s.p.cfg.ID(), ex.key))

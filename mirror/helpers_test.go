@@ -61,14 +61,7 @@ func newClusterOf(t testing.TB, cfg func(host string) channel.Config, tune func(
 		h := &host{name: n, dir: testenv.ShmDir(t, "mirror-"+n+"-"), hopts: tune}
 		c.hosts = append(c.hosts, h)
 		c.startRegistry(h)
-		ns, err := h.reg.CreateNamespace(testNS, registry.Attr{Mode: 0o755})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hc := cfg(n)
-		if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &hc}); err != nil {
-			t.Fatal(err)
-		}
+		c.createShared(h, cfg(n))
 	}
 	for _, h := range c.hosts {
 		c.startMirror(h)
@@ -80,6 +73,17 @@ func newClusterOf(t testing.TB, cfg func(host string) channel.Config, tune func(
 		}
 	})
 	return c
+}
+
+// createShared creates the shared channel ns/ch of cfg on h.
+func (c *cluster) createShared(h *host, cfg channel.Config) {
+	ns, err := h.reg.CreateNamespace(testNS, registry.Attr{Mode: 0o755})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 func (c *cluster) startRegistry(h *host) {

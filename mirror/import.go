@@ -117,13 +117,12 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 		return fail(err)
 	}
 	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
-	if imp.cfg.Type == channel.TypePubSub {
-		if imp.im, err = m.importsFor(k.NS, k.Ch, imp.ring); err != nil {
-			return fail(err)
-		}
-		if err := imp.im.add(imp.pub.Slot(), imp.ring.QueueStats(0).Tail); err != nil {
-			return fail(err)
-		}
+	// Exporters of either type leave what this publisher writes alone.
+	if imp.im, err = m.importsFor(k, imp.ring); err != nil {
+		return fail(err)
+	}
+	if err := imp.im.add(imp.pub.Slot(), imp.ring.QueueStats(k.Q).Tail); err != nil {
+		return fail(err)
 	}
 	mk, rec, err := openHWM(m.state.path("hwm", p.cfg.ID(), k))
 	if err != nil {
@@ -150,15 +149,14 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	return imp, nil
 }
 
-// importsFor returns the import history of ns/ch for ring's epoch.
-func (m *Mirror) importsFor(ns, ch string, ring *channel.Ring) (*imports, error) {
+// importsFor returns the import history of k's queue for ring's epoch.
+func (m *Mirror) importsFor(k chanKey, ring *channel.Ring) (*imports, error) {
 	m.imu.Lock()
 	defer m.imu.Unlock()
-	k := [2]string{ns, ch}
 	if im := m.imports[k]; im != nil && im.doc.Epoch == ring.Epoch() {
 		return im, nil
 	}
-	im, err := m.state.loadImports(ns, ch, ring.Epoch(), ring.QueueStats(0).Tail)
+	im, err := m.state.loadImports(k, ring.Epoch(), ring.QueueStats(k.Q).Tail)
 	if err != nil {
 		return nil, err
 	}
@@ -619,7 +617,7 @@ func (imp *importer) close() {
 	}
 	if imp.pub != nil {
 		if imp.im != nil {
-			imp.im.end(imp.pub.Slot(), imp.ring.QueueStats(0).Tail)
+			imp.im.end(imp.pub.Slot(), imp.ring.QueueStats(imp.key.Q).Tail)
 		}
 		imp.pub.Close()
 	}

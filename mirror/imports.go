@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -50,10 +51,14 @@ type importEntry struct {
 // maxImportEntries bounds the history; the oldest closed entries go first.
 const maxImportEntries = 64
 
-// loadImports reads the history of ns/ch for a ring of epoch whose tail
-// is now tail, and closes the entries a previous run left open.
-func (s *state) loadImports(ns, ch string, epoch uint64, tail channel.Position) (*imports, error) {
-	im := &imports{path: filepath.Join(s.dir, "imports", ns, ch+".json")}
+// loadImports reads the history of k's queue for a ring of epoch whose
+// queue tail is now tail, and closes the entries a previous run left open.
+func (s *state) loadImports(k chanKey, epoch uint64, tail channel.Position) (*imports, error) {
+	name := k.Ch + ".json" // queue 0, and every pubsub channel
+	if k.Q != 0 {
+		name = k.Ch + "." + strconv.Itoa(k.Q) + ".json"
+	}
+	im := &imports{path: filepath.Join(s.dir, "imports", k.NS, name)}
 	b, err := os.ReadFile(im.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -27,8 +27,11 @@ import (
 // TestMain runs the receiving agent of TestReceiverKilledMidBatch when
 // the test binary is re-executed as one; otherwise the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv(envReceiverDir) != "" {
-		if err := runReceiver(); err != nil {
+	for env, run := range map[string]func() error{envReceiverDir: runReceiver, envExporterDir: runExporter} {
+		if os.Getenv(env) == "" {
+			continue
+		}
+		if err := run(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -59,7 +62,15 @@ func runReceiver() error {
 	if err := typ.UnmarshalText([]byte(os.Getenv(envReceiverType))); err != nil {
 		return err
 	}
-	reg, err := registry.New(registry.Options{StateDir: os.Getenv(envReceiverDir), Log: testenv.QuietLog()})
+	return runChild("b", os.Getenv(envReceiverDir), os.Getenv(envReceiverTLS), receiverConfig(typ), Peer{Name: "a"})
+}
+
+// runChild runs the agent self of a test in this process: a registry on
+// dir (the shared channel, of cfg, created on the first run and recovered
+// after), a mirror with its node TLS directory that shares the channel
+// with peer, its address printed on stdout. It runs until it is killed.
+func runChild(self, dir, tlsDir string, cfg channel.Config, peer Peer) error {
+	reg, err := registry.New(registry.Options{StateDir: dir, Log: testenv.QuietLog()})
 	if err != nil {
 		return err
 	}
@@ -71,12 +82,11 @@ func runReceiver() error {
 		if err != nil {
 			return err
 		}
-		cfg := receiverConfig(typ)
 		if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
 			return err
 		}
 	}
-	node, err := certs.LoadNode(os.Getenv(envReceiverTLS))
+	node, err := certs.LoadNode(tlsDir)
 	if err != nil {
 		return err
 	}
@@ -84,12 +94,12 @@ func runReceiver() error {
 	if err != nil {
 		return err
 	}
-	m, err := New(Options{Registry: reg, Transport: tr, Self: "b", Listen: "127.0.0.1:0", Log: testenv.QuietLog(),
+	m, err := New(Options{Registry: reg, Transport: tr, Self: self, Listen: "127.0.0.1:0", Log: testenv.QuietLog(),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, StatusEvery: 50 * time.Millisecond})
 	if err != nil {
 		return err
 	}
-	if err := m.Apply(Plan{Peers: []Peer{{Name: "a"}}, Shares: []Share{{Namespace: testNS, Channel: testCh, Peers: []string{"a"}}}}); err != nil {
+	if err := m.Apply(Plan{Peers: []Peer{peer}, Shares: []Share{{Namespace: testNS, Channel: testCh, Peers: []string{peer.Name}}}}); err != nil {
 		return err
 	}
 	fmt.Println("ADDR", m.Addr())
@@ -108,9 +118,14 @@ type receiver struct {
 
 func startReceiver(t *testing.T, dir, tlsDir string, typ channel.Type) *receiver {
 	t.Helper()
+	return startChild(t, envReceiverDir+"="+dir, envReceiverTLS+"="+tlsDir, envReceiverType+"="+typ.String())
+}
+
+// startChild re-executes the test binary as an agent process with env.
+func startChild(t *testing.T, env ...string) *receiver {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envReceiverDir+"="+dir, envReceiverTLS+"="+tlsDir, envReceiverType+"="+typ.String(),
-		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	cmd.Env = append(append(os.Environ(), env...), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	r := &receiver{cmd: cmd, addr: make(chan string, 1), done: make(chan struct{})}
 	cmd.Stderr = &r.stderr
 	out, err := cmd.StdoutPipe()
@@ -169,32 +184,11 @@ func TestReceiverKilledMidBatch(t *testing.T) {
 		t.Run(typ.String(), func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			ca, err := certs.NewCA(certs.Options{Name: "test-ca"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			bNode, err := ca.Issue(certs.Options{Name: "b"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tlsDir := t.TempDir()
-			if err := certs.WriteNode(tlsDir, bNode, ca); err != nil {
-				t.Fatal(err)
-			}
-			c := &cluster{t: t, ca: ca}
 			a := &host{name: "a", dir: testenv.ShmDir(t, "mirror-a-")}
 			b := &host{name: "b", dir: testenv.ShmDir(t, "mirror-b-")}
-			c.hosts = []*host{a}
-			c.startRegistry(a)
-			ns, err := a.reg.CreateNamespace(testNS, registry.Attr{Mode: 0o755})
-			if err != nil {
-				t.Fatal(err)
-			}
 			cfg := receiverConfig(typ)
 			cfg.Capacity = 64 << 10
-			if _, err := ns.CreateChannel(testCh, registry.CreateOptions{Config: &cfg}); err != nil {
-				t.Fatal(err)
-			}
+			c, tlsDir := childCluster(t, "b", a, cfg)
 			t.Cleanup(func() { c.stopHost(a) })
 			// All of them in a's ring before the link: the first batch
 			// carries them all, many times what b's ring holds.
@@ -258,6 +252,29 @@ func TestReceiverKilledMidBatch(t *testing.T) {
 			read(n + 1)
 		})
 	}
+}
+
+// childCluster makes a cluster CA, the node TLS directory of the agent
+// named child (a process of its own, started later with startChild), and
+// host h in this process with the shared channel of cfg: a cluster of h.
+func childCluster(t *testing.T, child string, h *host, cfg channel.Config) (*cluster, string) {
+	t.Helper()
+	ca, err := certs.NewCA(certs.Options{Name: "test-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := ca.Issue(certs.Options{Name: child})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := t.TempDir()
+	if err := certs.WriteNode(tlsDir, node, ca); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, ca: ca, hosts: []*host{h}}
+	c.startRegistry(h)
+	c.createShared(h, cfg)
+	return c, tlsDir
 }
 
 // member joins r as its only consumer: a subscriber from the oldest

@@ -144,7 +144,7 @@ type Mirror struct {
 	flowIDs atomic.Uint32
 
 	imu     sync.Mutex
-	imports map[[2]string]*imports // by namespace, channel
+	imports map[chanKey]*imports // by channel and queue
 
 	omu      sync.Mutex
 	outboxes map[holdKey]*outbox // stream records taken for a peer
@@ -180,7 +180,7 @@ func New(o Options) (*Mirror, error) {
 	m := &Mirror{
 		o: o, log: o.Log.WithField("component", "mirror"), state: st,
 		peers: map[string]*peer{}, counts: map[string]*linkCounts{}, wake: make(chan struct{}, 1),
-		imports: map[[2]string]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{}, readers: map[slotKey]bool{},
+		imports: map[chanKey]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{}, readers: map[slotKey]bool{},
 	}
 	if o.Listen != "" {
 		if m.ln, err = o.Transport.Listen(o.Listen); err != nil {

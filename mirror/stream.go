@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
 	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
 )
@@ -23,6 +26,9 @@ type outbox struct {
 	size int64 // bytes of the file
 	recs []outRec
 	next uint64 // id of the next record taken
+	// j is the record being taken, in a mapped file of the state
+	// directory: a take the agent dies in is settled after its restart.
+	j *channel.TakeJournal
 }
 
 type outRec struct {
@@ -37,9 +43,10 @@ const (
 	outboxCompact = 1 << 20
 )
 
-// outboxFor returns the outbox of peer id and k, loading its file the
-// first time; acked is the next id the peer is known to expect.
-func (m *Mirror) outboxFor(peer string, k chanKey, acked uint64) (*outbox, error) {
+// outboxFor returns the outbox of peer id and k, loading its file and
+// mapping its journal (for records of up to maxMessage bytes) the first
+// time; acked is the next id the peer is known to expect.
+func (m *Mirror) outboxFor(peer string, k chanKey, acked uint64, maxMessage uint32) (*outbox, error) {
 	m.omu.Lock()
 	defer m.omu.Unlock()
 	hk := holdKey{peer, k}
@@ -50,6 +57,10 @@ func (m *Mirror) outboxFor(peer string, k chanKey, acked uint64) (*outbox, error
 	ob := &outbox{path: m.state.path("outbox", peer, k), next: acked}
 	if err := os.MkdirAll(filepath.Dir(ob.path), 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: state: %w", err)
+	}
+	var err error
+	if ob.j, err = mapJournal(m.state.path("take", peer, k), channel.TakeJournalLen(maxMessage)); err != nil {
+		return nil, err
 	}
 	b, err := os.ReadFile(ob.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -136,6 +147,58 @@ func (ob *outbox) rewrite() error {
 
 func (ob *outbox) len() int { return len(ob.recs) }
 
+// mapJournal maps the take journal at path, of at least n bytes (kept
+// larger if a previous run made it so), creating it empty. The mapping
+// lasts as long as the mirror's process: the outbox is never dropped.
+func mapJournal(path string, n int) (*channel.TakeJournal, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("mirror: state: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: take journal: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("mirror: take journal: %w", err)
+	}
+	size := max(st.Size(), int64(n+os.Getpagesize()-1)&^int64(os.Getpagesize()-1))
+	if size != st.Size() {
+		if err := f.Truncate(size); err != nil {
+			return nil, fmt.Errorf("mirror: take journal: %w", err)
+		}
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: take journal: %w", err)
+	}
+	return channel.NewTakeJournal(mem)
+}
+
+// settle finds out what became of the record a previous run was taking
+// when it died, and keeps it if it was this outbox's: false while the ring
+// cannot tell yet (another reader may be taking it).
+func (ob *outbox) settle(ring *channel.Ring, log logrus.FieldLogger) (bool, error) {
+	switch ring.SettleTake(ob.j) {
+	case channel.TakeNone:
+		return true, nil
+	case channel.TakeUndecided:
+		return false, nil
+	case channel.TakeMine:
+		msg, tag, _ := ob.j.Taken()
+		if ob.next <= tag { // not in the outbox yet
+			if _, err := ob.add(msg); err != nil {
+				return false, err
+			}
+		}
+	case channel.TakeUnknown:
+		log.Warn("a stream record the previous run was taking when it died may be lost: it stayed away longer than the channel's lease")
+	}
+	ob.j.Clear()
+	return true, nil
+}
+
 func (ob *outbox) first() uint64 {
 	if len(ob.recs) > 0 {
 		return ob.recs[0].id
@@ -159,7 +222,19 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 	if sub.Epoch == streamEpoch && sub.Next.Seq > acked {
 		acked = sub.Next.Seq
 	}
-	if ex.ob, err = m.outboxFor(ex.s.p.cfg.ID(), ex.key, acked); err != nil {
+	if ex.ob, err = m.outboxFor(ex.s.p.cfg.ID(), ex.key, acked, ex.cfg.MaxMessage); err != nil {
+		return wire.Open{}, err
+	}
+	if ex.im, err = m.importsFor(ex.key, ex.ring); err != nil {
+		return wire.Open{}, err
+	}
+	// A take the previous run died in: now, while the dead reader's
+	// announcement still keeps reapers off the record (runStream asks
+	// again if the ring cannot tell yet).
+	m.omu.Lock()
+	ex.settled, err = ex.ob.settle(ex.ring, ex.log)
+	m.omu.Unlock()
+	if err != nil {
 		return wire.Open{}, err
 	}
 	if sub.Epoch == streamEpoch && sub.Next.Seq > ex.ob.next {
@@ -171,7 +246,7 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 	m.setExporting(ex.key, ex.reader.Slot(), true)
 	start := ex.ob.first()
 	ex.acked = channel.Extended{Seq: start}
-	ex.ext = ex.acked // next id to send
+	ex.ext, ex.sentNext = ex.acked, ex.acked // next id to send
 	ex.credit, ex.window = sub.Credit, uint64(sub.Window)
 	if err := ex.mark.store(markRec{streamEpoch, start, 0}); err != nil {
 		return wire.Open{}, err
@@ -230,6 +305,13 @@ func (ex *exporter) runStream() error {
 		ex.mu.Unlock()
 		// Only what the peer's spool takes.
 		fits := func() bool { return len(buf) < batchTarget && uint64(len(buf)-wire.DataFixedLen) < room }
+		var err error
+		if !ex.settled {
+			if ex.settled, err = ex.ob.settle(ex.ring, ex.log); err != nil {
+				ex.s.p.m.omu.Unlock()
+				return err
+			}
+		}
 		// Records taken before (an earlier link) first.
 		for _, r := range ex.ob.recs {
 			if r.id >= next && fits() {
@@ -237,16 +319,24 @@ func (ex *exporter) runStream() error {
 				next = r.id + 1
 			}
 		}
-		var err error
-		for next == ex.ob.next && next < limit && fits() {
-			if msg, err = ex.reader.TryNext(msg); err != nil {
+		// Records are taken through the journal, and what this host's
+		// importers wrote is left to its own readers (no relaying: a
+		// record that came over another link would race the origin's
+		// later records to the peer). The journal is cleared once the
+		// outbox has the record.
+		for ex.settled && next == ex.ob.next && next < limit && fits() {
+			if msg, err = ex.reader.TryTake(ex.ob.j, ex.ob.next, ex.im.is, msg); err != nil {
 				break
+			}
+			if testHookTook != nil {
+				testHookTook()
 			}
 			id, aerr := ex.ob.add(msg)
 			if aerr != nil {
 				err = aerr
 				break
 			}
+			ex.ob.j.Clear()
 			put(id, msg)
 			next = id + 1
 		}
@@ -281,6 +371,10 @@ func (ex *exporter) runStream() error {
 	}
 	return nil
 }
+
+// testHookTook, set only by tests, runs after the exporter took a record
+// from the ring and before the outbox has it: a test agent dies there.
+var testHookTook func()
 
 // streamPoll is how often an exporter with credit looks for records.
 const streamPoll = 2 * time.Millisecond

@@ -101,9 +101,30 @@ func TestStreamReadersOnTwoHosts(t *testing.T) {
 	for _, name := range []string{"b", "c"} {
 		readers[name] = c.node(name).member(ch, "-mode", "mmap-read", "-queue", "0", "-until-stop", "-list", "-count", fmt.Sprint(n+1), "-size", fmt.Sprint(size))
 	}
-	// One stop per reader after the run: a reader ends at its first.
+	// Stops after the run. Each host's reader gets its host's share of
+	// a's records in a's order (no record crosses two links), so a stop
+	// comes after all of them.
 	w := c.node("a").member(ch, "-mode", "mmap-pub", "-queue", "0", "-count", fmt.Sprint(n), "-size", fmt.Sprint(size), "-stops", "2")
 	result(t, "writer on a", w)
+	takenOnce(t, c, "a", ch, n, readers)
+}
+
+// takenOnce writes stops on host from until every stream reader has ended
+// (a reader ends at its first stop, and which host a stop goes to is up to
+// the exporters: both may go to one), then checks that the readers took
+// each of the n records exactly once between them, intact.
+func takenOnce(t *testing.T, c *cluster, from, ch string, n int, readers map[string]*netnstest.Proc) {
+	t.Helper()
+	for name, p := range readers {
+		for ended := false; !ended; {
+			select {
+			case <-p.Done():
+				ended = true
+			case <-time.After(time.Second):
+				result(t, "stop writer on "+from+" (for "+name+")", c.node(from).member(ch, "-mode", "mmap-pub", "-queue", "0", "-count", "0", "-stops", "1"))
+			}
+		}
+	}
 	seen := make([]int, n)
 	for name, p := range readers {
 		r := result(t, "reader on "+name, p)
@@ -123,6 +144,32 @@ func TestStreamReadersOnTwoHosts(t *testing.T) {
 			t.Errorf("record %d was read %d times", s, k)
 		}
 	}
+}
+
+// The agent of the host a stream is written on is killed (SIGKILL) and
+// restarted three times while a reader there and one on b compete for its
+// records (a's reader slower than the writer: records wait, and a's
+// exporter takes its share): every record is taken exactly once.
+func TestStreamOriginKilled(t *testing.T) {
+	c, ch := running(t, []string{"a", "b"}, "demo", "killed", "--type", "stream", "--capacity", "64K")
+	const n, size = 30000, 32
+	readers := map[string]*netnstest.Proc{
+		"a": c.node("a").member(ch, "-mode", "mmap-read", "-queue", "0", "-until-stop", "-list", "-count", fmt.Sprint(n+1), "-size", fmt.Sprint(size), "-rate", "2000"),
+		"b": c.node("b").member(ch, "-mode", "mmap-read", "-queue", "0", "-until-stop", "-list", "-count", fmt.Sprint(n+1), "-size", fmt.Sprint(size)),
+	}
+	w := c.node("a").member(ch, "-mode", "mmap-pub", "-queue", "0", "-count", fmt.Sprint(n), "-size", fmt.Sprint(size), "-rate", "4000", "-stops", "2")
+	for i := 0; i < 3; i++ {
+		before := c.node("b").stat(ch, "messages")
+		wait.Eventually(t, 60*time.Second, func() error {
+			if got := c.node("b").stat(ch, "messages"); got < before+500 {
+				return fmt.Errorf("b has %d records from a, %d since the last restart", got, got-before)
+			}
+			return nil
+		})
+		c.node("a").restart()
+	}
+	result(t, "writer on a", w)
+	takenOnce(t, c, "a", ch, n, readers)
 }
 
 // The walkthrough of docs/remote.md, with its commands, its plan file

@@ -39,7 +39,7 @@ var (
 	size      = flag.Int("size", 0, "pad messages to this size")
 	queue     = flag.Int("queue", 0, "queue (stream direction: 0 up, 1 down)")
 	oldest    = flag.Bool("oldest", false, "subscribe from the oldest retained message")
-	rate      = flag.Int("rate", 0, "publish at most this many messages a second (0: no limit)")
+	rate      = flag.Int("rate", 0, "mmap-pub, mmap-read: publish or take at most this many messages a second (0: no limit)")
 	hangAfter = flag.Int("hang-after", -1, "mmap-sub: stop reading after this many messages and sleep")
 	data      = flag.String("data", "x\n", "try-write: what to write")
 	print     = flag.Bool("print", false, "file-sub: print each message on a line of its own")
@@ -242,6 +242,7 @@ func mmapMode(ctx context.Context, res *member.Result) error {
 		defer rd.Close()
 		fmt.Println("ready")
 		var buf []byte
+		t0 := time.Now()
 		for i := 0; i < *count; i++ {
 			if buf, err = rd.Next(ctx, buf); err != nil {
 				return fmt.Errorf("message %d: %w", i, err)
@@ -250,6 +251,7 @@ func mmapMode(ctx context.Context, res *member.Result) error {
 				break
 			}
 			c.add(buf)
+			pace(i, t0)
 		}
 	}
 	return nil
