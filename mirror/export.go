@@ -384,6 +384,9 @@ func (ex *exporter) runPubSub() error {
 			// What our importer wrote is passed over uncopied: its
 			// origin sends it.
 			skipped, err := ex.rd.SkipIf(ex.im.is)
+			// The reader may have moved even without a skip: lapped, it
+			// resynced, and the loss it counted goes with this position.
+			ext = ex.rd.Position().Extend(ext)
 			if errors.Is(err, channel.ErrWouldBlock) {
 				break
 			}
@@ -392,7 +395,6 @@ func (ex *exporter) runPubSub() error {
 				return err
 			}
 			if skipped {
-				ext = ex.rd.Position().Extend(ext)
 				continue
 			}
 			if uint64(len(buf)-wire.DataFixedLen) >= room {

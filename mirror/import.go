@@ -59,6 +59,8 @@ type importer struct {
 	told     uint64        // the Window of the last Ack entry
 	gaps     bool          // the ring takes gap frames (channel.Publisher.ClaimBatchLost)
 	gap      uint64        // messages the link lost that no gap frame reports yet
+	gapAt    uint64        // the spool offset the pending gap goes in at (before the records from there)
+	chunking bool          // publish holds the publisher: deliver spools
 
 	// publish's
 	chunk []byte
@@ -221,16 +223,16 @@ func (imp *importer) onOpen(o wire.Open) error {
 		imp.hwm.markRec, imp.hwm.Next = markRec{Epoch: o.Epoch, Seq: o.Start.Seq, Units: o.Start.Units}, 0
 	}
 	if lost > 0 {
-		imp.p.losses.Add(lost)
-		imp.gap += lost
+		imp.addGapLocked(lost)
 		imp.log.WithField("lost", lost).Warn("the peer no longer had messages after our high-water mark")
 		// Into the ring now if there is room at once (the control loop
-		// must not wait for it): the next batch carries it otherwise.
-		if imp.hwm.spooled() == 0 {
+		// must not wait for it): publish puts it in otherwise.
+		if imp.directLocked() {
 			if _, err := imp.publishDirect(nil, o.Start.Seq); err != nil {
-				imp.log.WithError(err).Warn("the link's losses wait for the next batch to reach the ring")
+				imp.log.WithError(err).Warn("the link's losses wait for publish to reach the ring")
 			}
 		}
+		imp.kickPublish() // what did not fit
 	}
 	if o.Start.Seq > imp.hwm.Seq {
 		imp.hwm.Seq, imp.hwm.Units = o.Start.Seq, o.Start.Units
@@ -296,12 +298,10 @@ func (imp *importer) deliver(ctx context.Context, bt wire.Batch) error {
 		return fmt.Errorf("%w: batch resumes at %d, before its last record %d", ErrProtocol, bt.Next.Seq, end-1)
 	}
 	if bt.Lost > 0 {
-		lost := imp.beyond(bt.Lost, bt.Next.Seq, fresh)
-		imp.p.losses.Add(lost)
-		imp.gap += lost
+		imp.addGapLocked(imp.beyond(bt.Lost, bt.Next.Seq, fresh))
 	}
 	rest := recs[from:]
-	if (len(rest) > 0 || imp.gap > 0) && imp.hwm.spooled() == 0 {
+	if (len(rest) > 0 || imp.gap > 0) && imp.directLocked() {
 		n, err := imp.publishDirect(rest, bt.Next.Seq)
 		if err != nil {
 			imp.broken = true
@@ -344,14 +344,33 @@ func (imp *importer) beyond(lost, end uint64, fresh int) uint64 {
 	return min(lost, end-next-min(end-next, uint64(fresh)))
 }
 
+// addGapLocked counts lost messages of the link, for a gap frame before
+// the records that follow them: those the spool takes from its tail on (a
+// gap already pending keeps its earlier place).
+func (imp *importer) addGapLocked(lost uint64) {
+	if lost == 0 {
+		return
+	}
+	imp.p.losses.Add(lost)
+	if imp.gap == 0 {
+		imp.gapAt = imp.hwm.Tail
+	}
+	imp.gap += lost
+}
+
+// directLocked reports whether deliver may publish into the ring itself:
+// the spool is empty (the ring has every record before the batch) and
+// publish holds no claim (the publisher is not safe for concurrent use).
+func (imp *importer) directLocked() bool { return imp.hwm.spooled() == 0 && !imp.chunking }
+
 // maxGap is the most lost messages one gap frame stands for.
 const maxGap = 1<<31 - 1
 
 // publishDirect puts imp.gap (as gap frames first) and the records b
 // (new, in order, up to the flow's sequence end) straight into the ring
 // while it has room, one claim at a time, and returns the bytes of b
-// published; the spool takes the rest (and the gap waits for the next
-// batch). Only with the spool empty: the ring has everything before b,
+// published; the spool takes the rest (and publish the gap, before
+// it). Only with the spool empty: the ring has everything before b,
 // and publish does not use the publisher. Each claim is recorded before
 // its commit with the sequence after its records, or the next record's
 // (end) after a gap alone (hwmRec.PendNext), as publishChunk records its
@@ -466,15 +485,27 @@ func (imp *importer) publish(ctx context.Context) {
 }
 
 // publishChunk reads records from the spool and puts them into the ring,
-// one claim at a time, waiting for room like PublishBatch. Before each
+// one claim at a time, waiting for room like PublishBatch, with the
+// pending gap frame first once the spool reaches its place. Before each
 // claim's commit it stores the claim with the log offset after its last
 // record (hwmRec.Pend): an agent that dies between the commit and the
 // next store learns from the ring after its restart that those records
 // are in. It returns the log bytes it moved; 0 once the spool is empty.
 func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 	imp.mu.Lock()
+	if !imp.gaps {
+		imp.gap = 0
+	}
 	have, n := imp.hwm.Have, min(imp.hwm.spooled(), uint64(len(imp.chunk)))
-	if n == 0 && imp.sp.size != imp.spoolSize() {
+	gap := uint64(0)
+	if imp.gap > 0 {
+		if imp.gapAt > have {
+			n = min(n, imp.gapAt-have) // the records before the gap first
+		} else {
+			gap = imp.gap
+		}
+	}
+	if n == 0 && gap == 0 && imp.sp.size != imp.spoolSize() {
 		// Emptied a spool that a previous run kept at another size.
 		if err := imp.sp.resize(imp.spoolSize()); err != nil {
 			imp.mu.Unlock()
@@ -482,10 +513,16 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		}
 		imp.room = imp.spoolRoom()
 	}
+	imp.chunking = n > 0 || gap > 0
 	imp.mu.Unlock()
-	if n == 0 {
+	if !imp.chunking {
 		return 0, nil
 	}
+	defer func() {
+		imp.mu.Lock()
+		imp.chunking = false
+		imp.mu.Unlock()
+	}()
 	// [Have, Tail) is only written again once publish moved Have past it.
 	b := imp.chunk[:n]
 	if err := imp.sp.readAt(have, b); err != nil {
@@ -511,8 +548,9 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		off += sz
 		imp.msgs, imp.ends, imp.sizes = append(imp.msgs, p), append(imp.ends, have+uint64(off)), append(imp.sizes, len(p))
 	}
-	for done := 0; done < len(imp.msgs); {
-		bt, err := imp.pub.ClaimBatch(ctx, imp.sizes[done:])
+	for done := 0; done < len(imp.msgs) || gap > 0; {
+		g := uint32(min(gap, maxGap))
+		bt, err := imp.pub.ClaimBatchLost(ctx, g, imp.sizes[done:])
 		if err != nil {
 			return 0, err
 		}
@@ -521,8 +559,10 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 			copy(bt.Buf(i), imp.msgs[done+i])
 		}
 		imp.mu.Lock()
-		imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.ends[done+k-1], bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
-		err = imp.mark.storeHWM(imp.hwm)
+		if k > 0 { // a gap alone moves no record
+			imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.ends[done+k-1], bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
+			err = imp.mark.storeHWM(imp.hwm)
+		}
 		if err == nil {
 			err = imp.pub.CommitBatch(bt)
 		}
@@ -531,15 +571,22 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		pend := imp.hwm.Pend
 		imp.hwm.Pend = 0
 		if err == nil {
-			imp.hwm.Have = pend
+			if k > 0 {
+				imp.hwm.Have = pend
+			}
+			imp.gap -= uint64(g)
 		}
 		imp.mu.Unlock()
 		if err != nil {
 			return 0, err
 		}
-		imp.claimed(bt, uint32(k))
+		imp.claimed(bt, g+uint32(k))
+		gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))
+	}
+	if len(imp.ends) == 0 {
+		return 0, nil // a gap alone
 	}
 	return int(imp.ends[len(imp.ends)-1] - have), nil
 }
