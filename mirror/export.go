@@ -384,9 +384,6 @@ func (ex *exporter) runPubSub() error {
 			// What our importer wrote is passed over uncopied: its
 			// origin sends it.
 			skipped, err := ex.rd.SkipIf(ex.im.is)
-			// The reader may have moved even without a skip: lapped, it
-			// resynced, and the loss it counted goes with this position.
-			ext = ex.rd.Position().Extend(ext)
 			if errors.Is(err, channel.ErrWouldBlock) {
 				break
 			}
@@ -395,6 +392,7 @@ func (ex *exporter) runPubSub() error {
 				return err
 			}
 			if skipped {
+				ext = ex.rd.Position().Extend(ext)
 				continue
 			}
 			if uint64(len(buf)-wire.DataFixedLen) >= room {
@@ -422,6 +420,11 @@ func (ex *exporter) runPubSub() error {
 			count++
 			bytes += n
 		}
+		// A lapped reader resyncs wherever it looks (even when it then
+		// finds no message, or the batch stops for the peer's room): the
+		// loss it counted goes with the position after it, never before
+		// (the peer counts only what lies beyond what it has).
+		ext = ex.rd.Position().Extend(ext)
 		lost := ex.readerLost() - ex.lost
 		ex.mu.Lock()
 		ex.ext = ext
