@@ -24,6 +24,12 @@ func (b Batch) Len() int { return b.n }
 // publisher's Slot, what Ring.ClaimOutcome asks about after a crash.
 func (b Batch) Position() Position { return b.fp }
 
+// End returns the position after the batch's last frame, where the next
+// message starts: a reader that knows the batch (the mirror's exporter,
+// of its own importer's) passes over the rest of it with one
+// Subscriber.SkipTo. Valid until the publisher's next claim.
+func (b Batch) End() Position { return b.p.run.end(b.p.r) }
+
 // Buf returns frame i's payload, to be filled in place.
 func (b Batch) Buf(i int) []byte {
 	if i < 0 || i >= b.n {

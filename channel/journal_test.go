@@ -283,17 +283,7 @@ func TestTryTakeSkips(t *testing.T) {
 // anonymous shared memory (the mirror maps a tmpfs file), as the mirror's
 // exporter takes.
 func BenchmarkStreamTakeJournal(b *testing.B) {
-	r := newRing(b, Config{Type: TypeStream, Capacity: 1 << 20})
-	p, err := r.NewPublisher(PublisherOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-	rd, err := r.NewReader(ReaderOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rd.Close()
+	r, p, rd := streamPair(b)
 	mem, err := unix.Mmap(-1, 0, TakeJournalLen(r.Config().MaxMessage), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
 	if err != nil {
 		b.Fatal(err)

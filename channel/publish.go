@@ -16,6 +16,11 @@ type PublisherOptions struct {
 	// Joining fails with ErrExclusive while other publishers write the
 	// queue, and they fail to join while it holds it.
 	Exclusive bool
+	// Quiet (pubsub): commits do not wake the subscribers that asked not
+	// to be woken by quiet publishers (SubscriberOptions.DeafToQuiet);
+	// WakeAll wakes them. The mirror's importer publishes quietly: the
+	// exporters of its own host pass over what it writes.
+	Quiet bool
 }
 
 // Publisher appends messages to one queue of a ring. Many publishers, in
@@ -33,6 +38,7 @@ type Publisher struct {
 	one   [1]int // sizes of a one-frame claim
 	sizes []int  // PublishBatch's, reused
 	out   bool   // a claim is outstanding
+	quiet bool   // PublisherOptions.Quiet
 	batch bool   // ... and it came from ClaimBatch
 	ex    bool   // exclusive: Tail is ours to store
 	slow  slowest
@@ -64,7 +70,7 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive}
+	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive, quiet: o.Quiet}
 	p.w = newWaiter(o.Idle, m)
 	// Announce first, then look (both sides do): with sequentially
 	// consistent atomics at least one of two racing joiners sees the other.
@@ -160,6 +166,15 @@ type run struct {
 	off   []uint64 // data frame offsets in the data region
 	lens  []int    // payload bytes
 	stale uint64   // the first frame's commit word before the claim: commit CASes from it
+}
+
+// end is the position after the claim's last frame.
+func (rn *run) end(r *Ring) pos {
+	n := uint64(FrameHeaderLen) // a gap frame alone
+	if last := len(rn.lens) - 1; last >= 0 {
+		n = rn.off[last] + align16(FrameHeaderLen+uint64(rn.lens[last])) - r.offset(rn.fp.units())
+	}
+	return mkpos(rn.fp.seq()+rn.gap+uint32(len(rn.lens)), rn.fp.units()+uint32(n>>unitShift))
 }
 
 // buf returns frame i's payload in the ring.
@@ -527,6 +542,8 @@ func (p *Publisher) commit() error {
 		// Each record goes to one reader: wake one sleeper per record, not
 		// the herd (a woken reader that leaves without one passes it on).
 		wakeN(&p.qh.DataFutex, &p.qh.DataWaiters, len(p.run.lens))
+	} else if p.quiet {
+		wakeQuietly(&p.qh.DataFutex, &p.qh.DataWaiters)
 	} else {
 		wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	}
@@ -543,6 +560,11 @@ func (p *Publisher) commit() error {
 	return nil
 }
 
+// WakeAll wakes every sleeping reader of the queue, those deaf to quiet
+// publishers (SubscriberOptions.DeafToQuiet) too: a Quiet publisher calls
+// it when they must look at what it wrote.
+func (p *Publisher) WakeAll() { wake(&p.qh.DataFutex, &p.qh.DataWaiters) }
+
 // abort turns an outstanding claim into padding, if it is still ours.
 func (p *Publisher) abort() {
 	p.out = false
@@ -552,13 +574,7 @@ func (p *Publisher) abort() {
 	// The frames took sequence numbers, and a gap frame the messages it
 	// stands for: the padding passes readers on to the sequence after
 	// them (section 8 of the ABI), counting none as lost.
-	fpOff := p.r.offset(p.run.fp.units())
-	n := uint64(FrameHeaderLen) // the gap frame alone
-	if last := len(p.run.lens) - 1; last >= 0 {
-		n = p.run.off[last] + align16(FrameHeaderLen+uint64(p.run.lens[last])) - fpOff
-	}
-	end := mkpos(p.run.fp.seq()+p.run.gap+uint32(len(p.run.lens)), p.run.fp.units()+uint32(n>>unitShift))
-	p.r.padClaim(p.q, p.run.fp, end, p.run.stale)
+	p.r.padClaim(p.q, p.run.fp, p.run.end(p.r), p.run.stale)
 	p.m.clearPending()
 	wake(&p.qh.DataFutex, &p.qh.DataWaiters)
 	wake(&p.qh.SpaceFutex, &p.qh.SpaceWaiters)

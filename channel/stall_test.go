@@ -12,8 +12,10 @@ import (
 
 // stallLease is the lease of the stall tests: short, so that a member
 // "stopped" by untracking it (its heartbeats end, as under SIGSTOP)
-// expires quickly.
-const stallLease = 20 * time.Millisecond
+// expires quickly, and long enough that the live members' heartbeats
+// (every quarter lease) keep them alive on a loaded 2-vCPU machine: 20 ms
+// evicted a live subscriber there once (TestReapLappedClaim).
+const stallLease = 100 * time.Millisecond
 
 // stall stops m's heartbeats, as a SIGSTOP of its process would, and waits
 // until its lease has run out.

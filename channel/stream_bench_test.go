@@ -10,18 +10,25 @@ import (
 //
 //	go test -run '^$' -bench StreamTake -count 5 ./channel/
 func BenchmarkStreamTake(b *testing.B) {
+	_, p, rd := streamPair(b)
+	benchTakes(b, p, func(buf []byte) ([]byte, error) { return rd.TryNext(buf) })
+}
+
+// streamPair is a 1 MiB stream ring with a publisher and a reader, closed
+// at cleanup.
+func streamPair(b *testing.B) (*Ring, *Publisher, *Reader) {
 	r := newRing(b, Config{Type: TypeStream, Capacity: 1 << 20})
 	p, err := r.NewPublisher(PublisherOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close()
+	b.Cleanup(func() { p.Close() })
 	rd, err := r.NewReader(ReaderOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer rd.Close()
-	benchTakes(b, p, func(buf []byte) ([]byte, error) { return rd.TryNext(buf) })
+	b.Cleanup(func() { rd.Close() })
+	return r, p, rd
 }
 
 // benchTakes publishes a batch of 16 B records and takes them with take,

@@ -36,6 +36,13 @@ type SubscriberOptions struct {
 	// (to.Seq() - from.Seq()). The mirror's exporter tells its own
 	// host's messages from imports among them.
 	Lapped func(from, to Position)
+	// DeafToQuiet: the commits of quiet publishers (PublisherOptions.Quiet)
+	// do not end this subscriber's sleeps; every other publisher's do. The
+	// mirror's exporter, which passes over what its own host's importer
+	// writes, is not woken for it. Only while it sleeps on the futex word
+	// itself: a process's goroutines beyond the first few sleepers wait
+	// through a poller, which every wake-up ends.
+	DeafToQuiet bool
 }
 
 // Subscriber reads every message of a pubsub ring, in order, at its own
@@ -81,6 +88,9 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	}
 	s := &Subscriber{r: r, qh: qh, m: m, lapped: o.Lapped}
 	s.w = newWaiter(o.Idle, m)
+	if o.DeafToQuiet {
+		s.w.bits = waitDeaf
+	}
 	// Settle on a start position that publishers have not passed: they
 	// may have raised Limit before they saw this slot.
 	for {

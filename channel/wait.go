@@ -106,6 +106,7 @@ type waiter struct {
 	ctx      context.Context
 	lease    *member
 	sleep    time.Duration // safety timeout of one sleep
+	bits     uint32        // futex bitset of its sleeps (0: every wake-up ends them)
 }
 
 // newWaiter returns a waiter for idle, ready to wait.
@@ -175,11 +176,11 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 		heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
 	}
 	if w.idle.SpinFor <= 0 {
-		pk.wait(w.ctx, ready, w.sleep, held)
+		pk.wait(w.ctx, ready, w.sleep, held, w.bits)
 		return nil
 	}
 	slept := nanotime()
-	pk.wait(w.ctx, ready, w.sleep, held)
+	pk.wait(w.ctx, ready, w.sleep, held, w.bits)
 	w.noSpin = nanotime()-slept > int64(w.idle.SpinFor)
 	return nil
 }
@@ -211,6 +212,55 @@ func (w *waiter) check() error {
 
 // wake bumps word and wakes all sleepers if anyone announced a sleep.
 func wake(word, waiters *uint32) { wakeN(word, waiters, 1<<31-1) }
+
+// Quiet wake-ups, which the commits of a quiet publisher
+// (PublisherOptions.Quiet) make, and the sleepers deaf to them
+// (SubscriberOptions.DeafToQuiet). A quiet wake-up is FUTEX_WAKE_BITSET
+// naming every bit but waitDeaf, and a deaf sleeper waits
+// (FUTEX_WAIT_BITSET) on waitDeaf alone: every other sleeper (FUTEX_WAIT:
+// all bits) is woken by both kinds, and a deaf one by every ordinary
+// FUTEX_WAKE. A quiet waker adds quietStep to the word where others add
+// 1, so that a deaf sleeper whose futex call returned (its held part
+// timed out, the word had moved before it slept, a signal) tells from the
+// word's low bits whether anyone but quiet wakers moved it, and if not
+// sleeps on: an ordinary waker that comes after that look moves the
+// low bits under its next futex call, which then returns at once.
+const (
+	waitDeaf  uint32 = 1
+	wakeQuiet        = ^waitDeaf
+	quietStep uint32 = 1 << 16
+)
+
+// wakeQuietly is wake for a quiet publisher's commit: sleepers deaf to
+// it stay asleep.
+func wakeQuietly(word, waiters *uint32) {
+	if atomic.LoadUint32(waiters) == 0 {
+		return
+	}
+	atomic.AddUint32(word, quietStep)
+	heldsleep.FutexWakeBitset(word, 1<<31-1, wakeQuiet)
+}
+
+// sleepOn sleeps while word holds v, at most d, woken by the wake-ups
+// that share a bit with bits; a deaf sleeper (bits waitDeaf) sleeps on
+// across quiet wakers' moves of the word (a multiple of quietStep since
+// it last looked). A word moved by quietStep 65536 times between two
+// looks, or by 65536 ordinary wakers whose wake-ups all came before its
+// futex call, costs it at most the timeout d.
+func sleepOn(word *uint32, v uint32, d time.Duration, held bool, bits uint32) {
+	deadline := nanotime() + int64(d)
+	for {
+		futexWait(word, v, d, held, bits)
+		if bits != waitDeaf {
+			return
+		}
+		now, w := nanotime(), atomic.LoadUint32(word)
+		if (w-v)%quietStep != 0 || now >= deadline {
+			return
+		}
+		v, d = w, time.Duration(deadline-now)
+	}
+}
 
 // wakeN bumps word and wakes up to n sleepers if anyone announced a sleep:
 // competing stream readers, of which one takes each new record.
@@ -256,8 +306,10 @@ func newPark(word, waiters *uint32) *park {
 
 // wait sleeps until word changes, ctx is done, or d passes, unless ready
 // reports true after the sleep was announced; held: a direct sleep may
-// keep the Go processor (Idle.NoHold).
-func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, held bool) {
+// keep the Go processor (Idle.NoHold). A goroutine that sleeps on the
+// word itself does so with the futex bitset bits (0: all); one that waits
+// through the poller is woken by every wake-up.
+func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, held bool, bits uint32) {
 	var done <-chan struct{}
 	if ctx != nil {
 		done = ctx.Done()
@@ -265,13 +317,13 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, he
 	pk.mu.Lock()
 	if pk.closed || !haveWaitv() {
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, false, held)
+		pk.sleepDirect(ctx, done, ready, d, false, held, bits)
 		return
 	}
 	if !pk.direct && direct.Add(1) <= maxDirect {
 		pk.direct = true
 		pk.mu.Unlock()
-		pk.sleepDirect(ctx, done, ready, d, true, held)
+		pk.sleepDirect(ctx, done, ready, d, true, held, bits)
 		return
 	}
 	if !pk.direct {
@@ -302,12 +354,12 @@ func (pk *park) wait(ctx context.Context, ready func() bool, d time.Duration, he
 
 // sleepDirect sleeps on the word itself; counted: as the park's direct
 // sleeper.
-func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted, held bool) {
+func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready func() bool, d time.Duration, counted, held bool, bits uint32) {
 	atomic.AddUint32(pk.waiters, 1)
 	v := atomic.LoadUint32(pk.word)
 	if !ready() {
 		if done == nil {
-			futexWait(pk.word, v, d, held)
+			sleepOn(pk.word, v, d, held, bits)
 		} else {
 			// A cancelled caller must not sleep out the timeout. The
 			// wake-up touches the ring: it is over before wait returns.
@@ -317,7 +369,7 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 				futexWake(pk.word)
 				close(woke)
 			})
-			futexWait(pk.word, v, d, held)
+			sleepOn(pk.word, v, d, held, bits)
 			if !stop() {
 				<-woke
 			}
@@ -352,16 +404,17 @@ func (pk *park) close() {
 	}
 }
 
-// futexWait sleeps while *word == val, at most d, holding the Go
-// processor for the first part of the sleep when the process has one to
-// spare: the wake-up of a sleeping subscriber then costs what it costs a
-// C thread (internal/heldsleep says why and what it costs).
-// held false: the ordinary way (Idle.NoHold).
-func futexWait(word *uint32, val uint32, d time.Duration, held bool) {
+// futexWait sleeps while *word == val, at most d, woken by the wake-ups
+// that share a bit with bits (0: all), holding the Go processor for the
+// first part of the sleep when the process has one to spare: the wake-up
+// of a sleeping subscriber then costs what it costs a C thread
+// (internal/heldsleep says why and what it costs). held false: the
+// ordinary way (Idle.NoHold).
+func futexWait(word *uint32, val uint32, d time.Duration, held bool, bits uint32) {
 	if held {
-		heldsleep.FutexWait(word, val, d)
+		heldsleep.FutexWaitBitset(word, val, d, bits)
 	} else {
-		heldsleep.FutexWaitPlain(word, val, d)
+		heldsleep.FutexWaitPlainBitset(word, val, d, bits)
 	}
 }
 

@@ -272,7 +272,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	ex.mark = mk
 	ex.epoch = ex.ring.Epoch()
-	opts := channel.SubscriberOptions{From: channel.StartOldest, Lapped: ex.onLapped}
+	opts := channel.SubscriberOptions{From: channel.StartOldest, Lapped: ex.onLapped, DeafToQuiet: true}
 	var base channel.Extended
 	resume := sub.Epoch == ex.epoch
 	if resume {
@@ -392,6 +392,12 @@ func (ex *exporter) runPubSub() error {
 				return err
 			}
 			if skipped {
+				if end, ok := ex.im.claims.endOf(ex.rd.Position()); ok {
+					// The rest of that claim is imports too. A failed
+					// SkipTo leaves the cursor: they are passed over one
+					// by one, and a reader evicted meanwhile fails next.
+					_ = ex.rd.SkipTo(end)
+				}
 				ext = ex.rd.Position().Extend(ext)
 				continue
 			}

@@ -71,7 +71,8 @@ type importer struct {
 	dmsgs  [][]byte
 	dseqs  []uint64
 	dsizes []int
-	dends  []int // offset after each of dmsgs in the batch's records
+	dends  []int        // offset after each of dmsgs in the batch's records
+	wake   exporterWake // pubsub: when to wake this host's exporters (quiet.go)
 }
 
 // importer returns the importer of k, opening it (and the channel) if
@@ -115,7 +116,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if k.Q >= imp.ring.Queues() {
 		return fail(errNoQueue)
 	}
-	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q}); err != nil {
+	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q, Quiet: true}); err != nil {
 		return fail(err)
 	}
 	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
@@ -411,6 +412,7 @@ func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
 			next = imp.dseqs[done]
 		}
 		imp.hwm.PendNext, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = next, bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
+		claimEnd := bt.End()
 		err = imp.mark.storeHWM(imp.hwm)
 		if err == nil {
 			err = imp.pub.CommitBatch(bt)
@@ -420,7 +422,7 @@ func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
 			return 0, err
 		}
 		imp.hwm.Next = max(imp.hwm.Next, next)
-		imp.claimed(bt, g+uint32(k))
+		imp.claimed(bt.Position(), claimEnd, g+uint32(k), imp.dsizes[done:done+k])
 		imp.gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))
@@ -431,12 +433,16 @@ func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
 	return imp.dends[done-1], nil
 }
 
-// claimed tells the import history (pubsub) of a committed claim of n
-// sequences: exporters count a lapped reader's losses without them.
-func (imp *importer) claimed(b channel.Batch, n uint32) {
+// claimed tells the import history of a committed claim from at to end of
+// n sequences (exporters count a lapped reader's losses without them, and
+// pass over the claim whole), whose messages had sizes, and wakes this
+// host's exporters when due (quiet.go).
+func (imp *importer) claimed(at, end channel.Position, n uint32, sizes []int) {
 	if imp.im != nil {
-		imp.im.claimed(b.Position(), n)
+		imp.im.claimed(at, n)
+		imp.im.claims.add(at, end)
 	}
+	imp.wake.published(imp.pub, sizes, imp.cfg.Capacity)
 }
 
 func (imp *importer) kickPublish() {
@@ -558,6 +564,7 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		for i := range k {
 			copy(bt.Buf(i), imp.msgs[done+i])
 		}
+		claimEnd := bt.End()
 		imp.mu.Lock()
 		if k > 0 { // a gap alone moves no record
 			imp.hwm.Pend, imp.hwm.At, imp.hwm.Ring, imp.hwm.Slot = imp.ends[done+k-1], bt.Position(), imp.ring.Epoch(), imp.pub.Slot()
@@ -580,7 +587,7 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		imp.claimed(bt, g+uint32(k))
+		imp.claimed(bt.Position(), claimEnd, g+uint32(k), imp.sizes[done:done+k])
 		gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))

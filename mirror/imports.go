@@ -34,6 +34,8 @@ type imports struct {
 	// read without the lock: exporters ask about every message.
 	view       atomic.Pointer[[]importEntry]
 	importRuns // the sequences of recent import claims, in memory
+	// claims: the importers' latest claims (claims.go).
+	claims importClaims
 }
 
 type importsDoc struct {

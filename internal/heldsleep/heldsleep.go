@@ -65,8 +65,10 @@ func YieldIfDue(last *int64) {
 // Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG: the words
 // live in shared memory.
 const (
-	futexOpWait = 0
-	futexOpWake = 1
+	futexOpWait       = 0
+	futexOpWake       = 1
+	futexOpWaitBitset = 9
+	futexOpWakeBitset = 10
 )
 
 var (
@@ -90,11 +92,20 @@ func release() { held.Add(-1) }
 
 // FutexWait sleeps while *word == val, for at most d (a shared, not a
 // process-private, futex).
-func FutexWait(word *uint32, val uint32, d time.Duration) {
+func FutexWait(word *uint32, val uint32, d time.Duration) { FutexWaitBitset(word, val, d, 0) }
+
+// FutexWaitBitset is FutexWait woken only by the wake-ups whose bitset
+// shares a bit with bits (FUTEX_WAIT_BITSET); 0 is every wake-up
+// (FUTEX_WAIT).
+func FutexWaitBitset(word *uint32, val uint32, d time.Duration, bits uint32) {
+	op := uintptr(futexOpWait)
+	if bits != 0 {
+		op = futexOpWaitBitset
+	}
 	if d > 0 && acquire() {
 		start := nanotime()
-		ts := unix.NsecToTimespec(int64(min(d, hold)))
-		_, _, e := unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		ts := timeout(op, start, min(d, hold))
+		_, _, e := unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), op, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, uintptr(bits))
 		release()
 		if e != unix.ETIMEDOUT && e != unix.EINTR {
 			return // woken, or the word had moved
@@ -105,16 +116,33 @@ func FutexWait(word *uint32, val uint32, d time.Duration) {
 			return
 		}
 	}
-	FutexWaitPlain(word, val, d)
+	FutexWaitPlainBitset(word, val, d, bits)
 }
 
 // FutexWaitPlain is FutexWait as an ordinary system call, which the
 // runtime may take the P from while it lasts: for a process that sleeps
 // on behalf of others (the agent serving its tenants' reads), whose
 // processors its clients' waits must not take.
-func FutexWaitPlain(word *uint32, val uint32, d time.Duration) {
-	ts := unix.NsecToTimespec(int64(max(d, 0)))
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+func FutexWaitPlain(word *uint32, val uint32, d time.Duration) { FutexWaitPlainBitset(word, val, d, 0) }
+
+// FutexWaitPlainBitset is FutexWaitPlain woken as FutexWaitBitset is.
+func FutexWaitPlainBitset(word *uint32, val uint32, d time.Duration, bits uint32) {
+	op := uintptr(futexOpWait)
+	if bits != 0 {
+		op = futexOpWaitBitset
+	}
+	ts := timeout(op, nanotime(), max(d, 0))
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), op, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, uintptr(bits))
+}
+
+// timeout is the timeout of a futex wait of d from now (a clock
+// reading): FUTEX_WAIT takes a relative one, FUTEX_WAIT_BITSET an
+// absolute one on CLOCK_MONOTONIC, the clock of nanotime.
+func timeout(op uintptr, now int64, d time.Duration) unix.Timespec {
+	if op == futexOpWaitBitset {
+		return unix.NsecToTimespec(now + int64(d))
+	}
+	return unix.NsecToTimespec(int64(d))
 }
 
 // Count returns how many held sleeps this process has begun.
@@ -128,6 +156,17 @@ func Limit() int { return int(limit()) }
 // it is a raw system call: no scheduler bookkeeping around it.
 func FutexWake(word *uint32, n int) {
 	_, _, _ = unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWake, uintptr(n), 0, 0, 0)
+}
+
+// FutexWakeBitset wakes up to n sleepers on word whose bitset shares a
+// bit with bits (FUTEX_WAKE_BITSET): those of FutexWait, and those of
+// FutexWaitBitset that asked for one of bits. It returns how many it woke.
+func FutexWakeBitset(word *uint32, n int, bits uint32) int {
+	r, _, e := unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexOpWakeBitset, uintptr(n), 0, 0, uintptr(bits))
+	if e != 0 {
+		return 0
+	}
+	return int(r)
 }
 
 // Until sleeps until the CLOCK_MONOTONIC time t (ns, the clock of

@@ -5,6 +5,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shimmy-dev/shimmy/internal/wait"
 )
 
 // sleeper runs FutexWait(word, 0, d) in a goroutine and reports when it
@@ -144,6 +148,72 @@ func TestUntil(t *testing.T) {
 		Until(t0 + int64(d))
 		if got := nanotime() - t0; got < int64(d) {
 			t.Errorf("Until(now+%v) returned after %v", d, time.Duration(got))
+		}
+	}
+}
+
+// A sleeper with a bitset is woken only by the wake-ups that share a bit
+// with it; a plain sleeper (bits 0) by every one. The quiet wake-up of
+// package channel names every bit but one; a sleeper deaf to it waits on
+// that one alone.
+func TestFutexBitset(t *testing.T) {
+	const deaf, quiet = uint32(1), ^uint32(1)
+	// One futex call for the whole sleep: a held sleep that timed out
+	// and went on the ordinary way would leave a gap between the two
+	// calls where a wake-up finds no sleeper.
+	hold = time.Minute
+	t.Cleanup(func() { hold = MaxHold })
+	for _, tc := range []struct {
+		name       string
+		sleep      uint32 // the sleeper's bitset (0: FUTEX_WAIT)
+		wake       uint32 // the first wake-up's bitset
+		wokenFirst int
+	}{
+		{"plain sleeper, quiet wake-up", 0, quiet, 1},
+		{"plain sleeper, all bits", 0, ^uint32(0), 1},
+		{"deaf sleeper, quiet wake-up", deaf, quiet, 0},
+		{"deaf sleeper, all bits", deaf, ^uint32(0), 1},
+		{"deaf sleeper, its bit", deaf, deaf, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var word uint32
+			tids := make(chan int, 1)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				tids <- unix.Gettid()
+				FutexWaitBitset(&word, 0, time.Minute, tc.sleep)
+			}()
+			t.Cleanup(func() {
+				atomic.AddUint32(&word, 1)
+				FutexWake(&word, 1)
+				<-done
+			})
+			wait.InFutex(t, <-tids, &word)
+			if got := FutexWakeBitset(&word, 1, tc.wake); got != tc.wokenFirst {
+				t.Fatalf("the wake-up with bitset %#x woke %d sleepers, want %d", tc.wake, got, tc.wokenFirst)
+			}
+			if tc.wokenFirst == 0 {
+				if got := FutexWakeBitset(&word, 1, ^uint32(0)); got != 1 {
+					t.Fatalf("a wake-up of all bits after it woke %d sleepers, want 1", got)
+				}
+			}
+			<-done
+		})
+	}
+}
+
+// FUTEX_WAIT_BITSET takes an absolute deadline: a bitset sleep lasts its
+// timeout, held (shorter than MaxHold) or longer than a held sleep.
+func TestFutexBitsetTimeout(t *testing.T) {
+	for _, d := range []time.Duration{time.Millisecond, MaxHold + 3*time.Millisecond} {
+		var word uint32
+		t0 := nanotime()
+		FutexWaitBitset(&word, 0, d, 1)
+		if got := time.Duration(nanotime() - t0); got < d {
+			t.Errorf("a bitset sleep of %v returned after %v", d, got)
 		}
 	}
 }

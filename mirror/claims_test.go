@@ -1,0 +1,44 @@
+package mirror
+
+import (
+	"testing"
+
+	"github.com/shimmy-dev/shimmy/channel"
+)
+
+func TestImportClaims(t *testing.T) {
+	pos := channel.MakePosition
+	var ic importClaims
+	ic.add(pos(10, 100), pos(20, 140))
+	ic.add(pos(1<<32-2, 1<<32-8), pos(3, 12)) // across the counters' wrap
+	for _, tc := range []struct {
+		name string
+		p    channel.Position
+		end  channel.Position
+		ok   bool
+	}{
+		{"at the start: not yet passed over", pos(10, 100), 0, false},
+		{"inside", pos(11, 104), pos(20, 140), true},
+		{"at the end", pos(20, 140), 0, false},
+		{"after", pos(21, 144), 0, false},
+		{"before", pos(9, 96), 0, false},
+		{"inside, across the wrap", pos(1, 4), pos(3, 12), true},
+		{"units inside, sequence not", pos(30, 104), 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			end, ok := ic.endOf(tc.p)
+			if ok != tc.ok || end != tc.end {
+				t.Fatalf("endOf(%v) = %v, %v; want %v, %v", tc.p, end, ok, tc.end, tc.ok)
+			}
+		})
+	}
+	for i := range claimMemory {
+		ic.add(pos(uint32(1000+10*i), uint32(5000+100*i)), pos(uint32(1005+10*i), uint32(5050+100*i)))
+	}
+	if _, ok := ic.endOf(pos(11, 104)); ok {
+		t.Fatalf("a claim %d claims ago is still remembered", claimMemory+2)
+	}
+	if end, ok := ic.endOf(pos(1001, 5010)); !ok || end != pos(1005, 5050) {
+		t.Fatalf("endOf(the oldest remembered claim) = %v, %v", end, ok)
+	}
+}
