@@ -244,7 +244,7 @@ func asVersion(t *testing.T, r *Ring, v uint32) *Ring {
 // on without a corrupt sequence.
 func TestGapClaimReaped(t *testing.T) {
 	ctx := context.Background()
-	r := newRing(t, Config{Capacity: 4096, Policy: PolicyOverwrite, Lease: MinLease})
+	r := newRing(t, Config{Capacity: 4096, Policy: PolicyOverwrite, Lease: stallLease}) // long enough for the live members on a loaded machine
 	s, err := r.NewSubscriber(SubscriberOptions{})
 	if err != nil {
 		t.Fatal(err)

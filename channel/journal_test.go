@@ -145,7 +145,7 @@ func TestSettleTake(t *testing.T) {
 		}, TakeMine, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRing(t, Config{Type: TypeStream, Capacity: MinCapacity, MaxMessage: 64, Lease: 20 * time.Millisecond})
+			r := newRing(t, Config{Type: TypeStream, Capacity: MinCapacity, MaxMessage: 64, Lease: stallLease})
 			pub, err := r.NewPublisher(PublisherOptions{})
 			if err != nil {
 				t.Fatal(err)

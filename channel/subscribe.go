@@ -489,7 +489,9 @@ func (r *Ring) tagged(q int, p pos) bool {
 // the messages it skipped.
 func (s *Subscriber) resync() {
 	c := s.r.oldest(s.q, pos(atomic.LoadUint64(&s.qh.Tail)))
-	n := uint64(c.seq() - s.cur.seq())
+	// A cursor ahead of the oldest message (a client wrote a padding
+	// frame's Seq) lost nothing: never count a negative distance as 2^32.
+	n := uint64(max(int32(c.seq()-s.cur.seq()), 0))
 	s.lost += n
 	atomic.AddUint64(&s.m.s.Lost, n)
 	if s.lapped != nil && n != 0 {
@@ -571,13 +573,23 @@ func (r *Ring) padSeq(q int, p pos, n uint64) uint32 {
 // Any other value is ignored; the next frame's check catches a corrupt
 // ring.
 func (r *Ring) padNext(q int, p pos, n uint64) (uint32, uint64) {
-	fh := r.frame(q, r.offset(p.units()))
+	off := r.offset(p.units())
+	fh := r.frame(q, off)
 	s := atomic.LoadUint32(&fh.Seq)
+	gap := n == FrameHeaderLen && r.version >= 2 && uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&fh.Slot)))) == SlotGap
 	k := s - p.seq()
+	// The fields count only if the frame is still this padding: an
+	// overwrite publisher lapping the reader may have reused it between
+	// the caller's look at the commit word and these loads, and a foreign
+	// Seq would step the cursor ahead of the ring (and the next lap's
+	// loss count by 2^32).
+	if w := atomic.LoadUint64(r.commitWord(q, off)); uint32(w) != p.units() || uint32(w>>32)&FlagPadding == 0 {
+		return p.seq(), 0
+	}
 	if k == 0 || !r.spans(k, uint32(n>>unitShift)) {
 		return p.seq(), 0
 	}
-	if n == FrameHeaderLen && r.version >= 2 && uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&fh.Slot)))) == SlotGap {
+	if gap {
 		return s, uint64(k)
 	}
 	return s, 0

@@ -42,19 +42,28 @@ type Idle struct {
 	// µs of the other CPUs' time each, here.
 	Yields  int
 	NoSleep bool // never sleep: poll forever (lowest latency, burns a core)
-	// YieldEvery makes a spinning member call runtime.Gosched about this
+	// YieldEvery makes a spinning member yield the processor about this
 	// often while it spins (0: never). The Go runtime preempts a goroutine
 	// that ran 10 ms without passing through the scheduler, with a signal
 	// that interrupts the poll loop at a random point and costs tens of
 	// µs here (the busy subscriber's p99 and p99.9); a goroutine that
-	// yields first is never preempted. A yield is not free either: while
-	// the process has an idle processor it wakes a thread to look for
-	// work, about 30 µs of not polling here (0.3-1 µs with GOMAXPROCS=1).
-	// So yield as seldom as keeps the runtime from preempting: just under
-	// its 10 ms. The time is measured across waits: a subscriber that
-	// finds a message every few µs never sleeps and is never
-	// rescheduled otherwise.
+	// yields first is never preempted. These yields requeue the goroutine
+	// on its own processor and wake no other thread (heldsleep.Yield),
+	// where runtime.Gosched, with an idle processor in the process, woke
+	// one to look for work: about 30 µs of not polling here, and that
+	// thread's run on another vCPU. Still yield as seldom as keeps the
+	// runtime from preempting: just under its 10 ms. The time is measured
+	// across waits: a subscriber that finds a message every few µs never
+	// sleeps and is never rescheduled otherwise.
 	YieldEvery time.Duration
+	// Slice asks the kernel for this time slice for the thread that sleeps
+	// held (heldsleep.AskSlice; 0 leaves the thread as it is). With the
+	// default slice (1.4 ms here) a woken member on its waker's CPU mostly
+	// waits for the waker to go to sleep, about 13 µs more here; with a
+	// short slice it runs at once. The thread's share of the CPU is the
+	// same, in shorter turns when it competes for one; the threads it
+	// creates inherit the slice.
+	Slice time.Duration
 	// NoHold sleeps as an ordinary system call, which gives the process's
 	// Go processor back to the runtime while it lasts, instead of a held
 	// sleep that keeps it for a faster wake-up (internal/heldsleep; at
@@ -67,16 +76,17 @@ type Idle struct {
 // Predefined idle strategies.
 var (
 	// IdleDefault spins for about a wake-up's cost (20 µs), yields, then
-	// sleeps on the futex.
-	IdleDefault = Idle{Spins: 200, SpinFor: 20 * time.Microsecond, Yields: 20}
+	// sleeps on the futex, in a thread with a 100 µs slice (the shortest
+	// the kernel grants).
+	IdleDefault = Idle{Spins: 200, SpinFor: 20 * time.Microsecond, Yields: 20, Slice: 100 * time.Microsecond}
 	// IdleBusy polls and never sleeps, yielding the processor every 9
 	// ms, before the runtime would preempt it mid-poll (YieldEvery says
 	// what a yield costs). It spends a core per waiting member. For the
 	// steadiest tail give it a process of its own with GOMAXPROCS=1
-	// (a yield then wakes no other thread, and the process's other
-	// goroutines, the lease heartbeat among them, run at the yields) and
-	// pin it (taskset) to a core of its own; with more busy members than
-	// GOMAXPROCS, the process's other goroutines wait up to 9 ms for one.
+	// (the process's other goroutines, the lease heartbeat among them,
+	// then run at the yields) and pin it (taskset) to a core of its own;
+	// with more busy members than GOMAXPROCS, the process's other
+	// goroutines wait up to 9 ms for one.
 	IdleBusy = Idle{Spins: 1 << 30, NoSleep: true, YieldEvery: 9 * time.Millisecond}
 	// IdleSleep sleeps at once.
 	IdleSleep = Idle{}
@@ -172,8 +182,11 @@ func (w *waiter) pause(pk *park, ready func() bool) error {
 		return err
 	}
 	held := !w.idle.NoHold
-	if held {
-		heldsleep.YieldIfDue(&w.yielded) // keeps the runtime from preempting a held sleep
+	// The yield keeps the runtime from preempting a held sleep. After it
+	// (at the first sleep, then every few ms, in case the goroutine moved
+	// to another thread) the sleeping thread asks for its slice.
+	if held && heldsleep.YieldIfDue(&w.yielded) && w.idle.Slice > 0 {
+		_ = heldsleep.AskSlice(w.idle.Slice) // best effort: the wake-up works without it
 	}
 	if w.idle.SpinFor <= 0 {
 		pk.wait(w.ctx, ready, w.sleep, held, w.bits)
@@ -193,7 +206,7 @@ func (w *waiter) yieldIfDue() {
 	case w.yielded == 0:
 		w.yielded = now
 	case now-w.yielded >= int64(w.idle.YieldEvery):
-		runtime.Gosched()
+		heldsleep.Yield()
 		w.yielded = nanotime()
 	}
 }
@@ -298,6 +311,59 @@ type park struct {
 	v        uint32
 	d        time.Duration
 	deadline int64
+
+	hook ctxHook // the direct sleeper's context's wake-up, kept across sleeps
+}
+
+// ctxHook wakes a park's sleepers when a context ends (context.AfterFunc):
+// a cancelled caller must not sleep out its timeout. A direct sleeper's
+// hook stays registered across its sleeps with the same context, until
+// another context replaces it or the park closes: one registration per
+// sleep cost 450 ns and 5 allocations, on the way back from each wake-up
+// (where it was stopped).
+type ctxHook struct {
+	ctx  context.Context
+	stop func() bool
+	ran  chan struct{} // closed once the wake-up has run
+}
+
+// hookOn registers the wake-up of word for the end of ctx.
+func hookOn(ctx context.Context, word *uint32) ctxHook {
+	h := ctxHook{ctx: ctx, ran: make(chan struct{})}
+	h.stop = context.AfterFunc(ctx, func() {
+		faultSafe(func() { atomic.AddUint32(word, 1) })
+		futexWake(word)
+		close(h.ran)
+	})
+	return h
+}
+
+// release unregisters the hook; the wake-up touches the ring, so it is
+// over (or will never run) when release returns.
+func (h ctxHook) release() {
+	if h.stop != nil && !h.stop() {
+		<-h.ran
+	}
+}
+
+// watch makes sure the park's hook wakes its sleepers when ctx ends; false
+// once the park is closed (its memory may go away: the caller hooks its
+// own sleep instead).
+func (pk *park) watch(ctx context.Context) bool {
+	pk.mu.Lock()
+	if pk.closed {
+		pk.mu.Unlock()
+		return false
+	}
+	old := pk.hook
+	if old.ctx != ctx {
+		pk.hook = hookOn(ctx, pk.word)
+	}
+	pk.mu.Unlock()
+	if old.ctx != ctx {
+		old.release()
+	}
+	return true
 }
 
 func newPark(word, waiters *uint32) *park {
@@ -358,21 +424,21 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 	atomic.AddUint32(pk.waiters, 1)
 	v := atomic.LoadUint32(pk.word)
 	if !ready() {
-		if done == nil {
+		switch {
+		case done == nil:
 			sleepOn(pk.word, v, d, held, bits)
-		} else {
-			// A cancelled caller must not sleep out the timeout. The
-			// wake-up touches the ring: it is over before wait returns.
-			woke := make(chan struct{})
-			stop := context.AfterFunc(ctx, func() {
-				faultSafe(func() { atomic.AddUint32(pk.word, 1) })
-				futexWake(pk.word)
-				close(woke)
-			})
-			sleepOn(pk.word, v, d, held, bits)
-			if !stop() {
-				<-woke
+		case counted && pk.watch(ctx):
+			// A hook that ran before v was read moved the word before
+			// that, and closed done before it ran.
+			select {
+			case <-done:
+			default:
+				sleepOn(pk.word, v, d, held, bits)
 			}
+		default:
+			h := hookOn(ctx, pk.word)
+			sleepOn(pk.word, v, d, held, bits)
+			h.release()
 		}
 	}
 	atomic.AddUint32(pk.waiters, ^uint32(0))
@@ -390,6 +456,8 @@ func (pk *park) sleepDirect(ctx context.Context, done <-chan struct{}, ready fun
 func (pk *park) close() {
 	pk.mu.Lock()
 	pk.closed = true
+	hook := pk.hook
+	pk.hook = ctxHook{}
 	pl, tok := pk.pl, pk.tok
 	if pl != nil {
 		pk.pl = nil
@@ -398,6 +466,7 @@ func (pk *park) close() {
 		pk.gen = make(chan struct{})
 	}
 	pk.mu.Unlock()
+	hook.release()
 	if pl != nil {
 		pl.detach(pk, tok)
 		pl.kick()

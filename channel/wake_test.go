@@ -2,9 +2,11 @@ package channel
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // wakePair is one waker/waiter pair of the futex protocol (section 11 of
@@ -122,4 +124,78 @@ func runWakeLitmus(pair wakePair, n int64) int {
 		}
 	}
 	return lost
+}
+
+// TestCancelWakesSleeper: a subscriber asleep on an empty ring returns as
+// soon as its context ends, not at its sleep's safety timeout (500 ms with
+// this lease). A direct sleeper keeps its context's wake-up registered
+// across sleeps: the case of the context its earlier sleeps used, and of
+// a new one, which replaces it.
+func TestCancelWakesSleeper(t *testing.T) {
+	const safety = 500 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		same bool // the last sleep's context is the earlier sleeps'
+	}{
+		{"the earlier sleeps' context", true},
+		{"a new context", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRing(t, Config{Lease: 10 * time.Second})
+			if got := r.sleepFor(); got != safety {
+				t.Fatalf("safety timeout %v, want %v", got, safety)
+			}
+			s, err := r.NewSubscriber(SubscriberOptions{Idle: IdleSleep})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			p := mustPub(t, r)
+			asleep := func() error {
+				if atomic.LoadUint32(&r.queues[0].DataWaiters) == 0 {
+					return errors.New("the subscriber announced no sleep")
+				}
+				return nil
+			}
+			peek := func(ctx context.Context) <-chan error {
+				errc := make(chan error, 1)
+				go func() {
+					_, err := s.Peek(ctx)
+					if err == nil {
+						s.Done()
+					}
+					errc <- err
+				}()
+				return errc
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			for i := range 3 { // sleeps that a message ends
+				errc := peek(ctx)
+				eventually(t, 5*time.Second, asleep)
+				if err := p.Publish(ctx, []byte{byte(i)}); err != nil {
+					t.Fatal(err)
+				}
+				if err := <-errc; err != nil {
+					t.Fatalf("message %d: %v", i, err)
+				}
+			}
+			last, cancelLast := ctx, cancel
+			if !tc.same {
+				last, cancelLast = context.WithCancel(context.Background())
+				defer cancelLast()
+			}
+			errc := peek(last)
+			eventually(t, 5*time.Second, asleep)
+			cancelLast()
+			start := time.Now()
+			err = <-errc
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Peek: %v, want context.Canceled", err)
+			}
+			if waited := time.Since(start); waited >= safety/2 {
+				t.Fatalf("Peek returned %v after its context ended: it slept out its timeout", waited)
+			}
+		})
+	}
 }

@@ -350,7 +350,7 @@ func (ex *exporter) readerLost() uint64 { return ex.lapped }
 
 // onLapped counts the host's own messages among those a lapped reader
 // skipped.
-func (ex *exporter) onLapped(from, to channel.Position) { ex.lapped += ex.im.own(from, to) }
+func (ex *exporter) onLapped(from, to channel.Position) { ex.lapped += ex.im.claims.own(from, to) }
 
 // advanceHold moves the block slot to p (a position the reader passed)
 // and stores it for publishers.

@@ -422,7 +422,7 @@ func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
 			return 0, err
 		}
 		imp.hwm.Next = max(imp.hwm.Next, next)
-		imp.claimed(bt.Position(), claimEnd, g+uint32(k), imp.dsizes[done:done+k])
+		imp.claimed(bt.Position(), claimEnd, imp.dsizes[done:done+k])
 		imp.gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))
@@ -433,13 +433,12 @@ func (imp *importer) publishDirect(b []byte, end uint64) (int, error) {
 	return imp.dends[done-1], nil
 }
 
-// claimed tells the import history of a committed claim from at to end of
-// n sequences (exporters count a lapped reader's losses without them, and
-// pass over the claim whole), whose messages had sizes, and wakes this
-// host's exporters when due (quiet.go).
-func (imp *importer) claimed(at, end channel.Position, n uint32, sizes []int) {
+// claimed tells the import history of a committed claim from at to end
+// (exporters count a lapped reader's losses without it, and pass over it
+// whole), whose messages had sizes, and wakes this host's exporters when
+// due (quiet.go).
+func (imp *importer) claimed(at, end channel.Position, sizes []int) {
 	if imp.im != nil {
-		imp.im.claimed(at, n)
 		imp.im.claims.add(at, end)
 	}
 	imp.wake.published(imp.pub, sizes, imp.cfg.Capacity)
@@ -587,7 +586,7 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		imp.claimed(bt.Position(), claimEnd, g+uint32(k), imp.sizes[done:done+k])
+		imp.claimed(bt.Position(), claimEnd, imp.sizes[done:done+k])
 		gap -= uint64(g)
 		done += k
 		imp.p.msgs.Add(uint64(k))

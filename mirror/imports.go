@@ -32,9 +32,8 @@ type imports struct {
 	doc  importsDoc
 	// view is a copy of doc.Entries, replaced on every change, that is
 	// read without the lock: exporters ask about every message.
-	view       atomic.Pointer[[]importEntry]
-	importRuns // the sequences of recent import claims, in memory
-	// claims: the importers' latest claims (claims.go).
+	view atomic.Pointer[[]importEntry]
+	// claims: the importers' latest claims, in memory (claims.go).
 	claims importClaims
 }
 

@@ -1,10 +1,14 @@
 package heldsleep
 
 import (
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -216,4 +220,117 @@ func TestFutexBitsetTimeout(t *testing.T) {
 			t.Errorf("a bitset sleep of %v returned after %v", d, got)
 		}
 	}
+}
+
+// switches sums the voluntary context switches of the process's threads:
+// a thread woken to look for work switches out when it finds none.
+func switches(b *testing.B) int64 {
+	dirs, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, d := range dirs {
+		raw, err := os.ReadFile("/proc/self/task/" + d.Name() + "/status")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && k == "voluntary_ctxt_switches" {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
+}
+
+// BenchmarkYield compares Yield with runtime.Gosched in a process with an
+// idle processor, one yield every 50 µs of polling, as a busy subscriber
+// or a paced publisher yields: the time per poll-and-yield, and the
+// threads' voluntary context switches per yield (a Gosched wakes a thread
+// to look for work, which sleeps again; Yield wakes none).
+func BenchmarkYield(b *testing.B) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		b.Skipf("GOMAXPROCS %d: Yield is Gosched with one processor", runtime.GOMAXPROCS(0))
+	}
+	for _, bc := range []struct {
+		name  string
+		yield func()
+	}{{"gosched", runtime.Gosched}, {"yield", Yield}} {
+		b.Run(bc.name, func(b *testing.B) {
+			before := switches(b)
+			for b.Loop() {
+				for end := nanotime() + 50_000; nanotime() < end; {
+				}
+				bc.yield()
+			}
+			b.ReportMetric(float64(switches(b)-before)/float64(b.N), "wakes/op")
+		})
+	}
+}
+
+// threadAttr reads the calling thread's scheduling attributes.
+func threadAttr(t *testing.T) schedAttr {
+	t.Helper()
+	var a schedAttr
+	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
+		t.Fatalf("sched_getattr: %v", e)
+	}
+	return a
+}
+
+// TestAskSlice: the calling thread gets the slice it asks for, keeping its
+// policy and nice value; a SCHED_IDLE thread is left alone.
+func TestAskSlice(t *testing.T) {
+	const slice = 100 * time.Microsecond
+	for _, tc := range []struct {
+		name      string
+		policy    uint32
+		nice      int32
+		wantSlice bool
+	}{
+		{"SCHED_OTHER", schedOther, 0, true},
+		{"SCHED_OTHER, nice 5", schedOther, 5, true},
+		{"SCHED_BATCH", schedBatch, 0, true},
+		{"SCHED_IDLE", 5, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan struct{})
+			go func() { // a thread of its own, which exits with the goroutine
+				defer close(done)
+				runtime.LockOSThread()
+				a := threadAttr(t)
+				a.size, a.policy, a.nice = uint32(unsafe.Sizeof(a)), tc.policy, tc.nice
+				if _, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&a)), 0); e != 0 {
+					t.Errorf("set up the thread: sched_setattr: %v", e)
+					return
+				}
+				before := threadAttr(t)
+				if err := AskSlice(slice); err != nil {
+					t.Errorf("AskSlice: %v", err)
+					return
+				}
+				got := threadAttr(t)
+				if got.policy != tc.policy || got.nice != tc.nice {
+					t.Errorf("policy %d nice %d after AskSlice, want %d and %d", got.policy, got.nice, tc.policy, tc.nice)
+				}
+				switch {
+				case !tc.wantSlice && got.runtime != before.runtime:
+					t.Errorf("slice %d ns, want it left at %d", got.runtime, before.runtime)
+				case tc.wantSlice && got.runtime != uint64(slice):
+					t.Errorf("slice %d ns, want %d (kernel %s: EEVDF slices need 6.12)", got.runtime, uint64(slice), kernelRelease())
+				}
+			}()
+			<-done
+		})
+	}
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
