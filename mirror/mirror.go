@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
 	"github.com/shimmy-dev/shimmy/rdma"
 	"github.com/shimmy-dev/shimmy/registry"
 )
@@ -160,6 +161,9 @@ type Mirror struct {
 	peers  map[string]*peer       // by name
 	counts map[string]*linkCounts // by peer name, kept when a peer is replaced
 	wake   chan struct{}          // Apply signals Run
+
+	// testHookSub, set by tests only, runs before each Sub is sent.
+	testHookSub atomic.Pointer[func(wire.Sub)]
 }
 
 // New checks o and returns a mirror with an empty plan; Run starts it.

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/shimmy-dev/shimmy/channel"
+	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -281,4 +283,117 @@ func (c *cluster) dump(ch string) string {
 		h.m.mu.Unlock()
 	}
 	return b.String()
+}
+
+// TestRoomToldOnceFlowOpens: b's spool is full when its link to a comes
+// back, so its Sub tells a window of nothing, and the spool empties into
+// b's ring before a's Open arrives, while no Ack can tell the room (the
+// flow is not open). b tells it once the flow opens: a's exporter, held
+// to the Sub's window, sends the rest, and every message arrives once,
+// in order. (TestAgentRestart/block/origin stalled so, rarely: b's spool
+// emptied as a's restarted agent answered the Sub.)
+func TestRoomToldOnceFlowOpens(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: 64 << 10, MaxMessage: 1024}, nil, "a", "b")
+	a, b := c.hosts[0], c.hosts[1]
+	ra, rb := mapRing(t, a), mapRing(t, b)
+	next, closeSub := member(t, rb, channel.TypePubSub)
+	t.Cleanup(closeSub)
+	c.flowsUp(1)
+
+	// Far more than b's ring and spool hold: with b's subscriber stopped,
+	// b's spool fills and a's exporter has no window left.
+	const n = 3000
+	var pubErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); pubErr = publish(ctx, ra, 1, n, 0) }()
+	t.Cleanup(func() { cancel(); wg.Wait() }) // before ra is unmapped
+
+	imp := b.importerFrom("a") // it outlives the link
+	waitFor(t, stallTimeout, func() error {
+		if sp, room := imp.spooled(); sp < room {
+			return fmt.Errorf("b's spool is not full yet: %d of %d bytes", sp, room)
+		}
+		return nil
+	})
+
+	tl := &tally{}
+	read := func() error {
+		for {
+			m, err := next(10 * time.Millisecond)
+			if err != nil {
+				return err
+			}
+			tl.add(m, false)
+		}
+	}
+	hookErr := make(chan error, 1)
+	var once sync.Once
+	hook := func(sub wire.Sub) {
+		once.Do(func() {
+			var err error
+			if sub.Window != 0 {
+				err = fmt.Errorf("the Sub tells a window of %d: the spool was not full", sub.Window)
+			}
+			// b's subscriber reads until b's spool is empty, before the
+			// Sub goes out (and so before a's Open).
+			deadline := time.Now().Add(stallTimeout)
+			for sp, _ := imp.spooled(); err == nil && sp > 0; sp, _ = imp.spooled() {
+				if time.Now().After(deadline) {
+					err = fmt.Errorf("b's spool still holds %d bytes", sp)
+				}
+				read()
+			}
+			hookErr <- err
+		})
+	}
+	b.m.testHookSub.Store(&hook)
+	b.cut(t, "a")
+	select {
+	case err := <-hookErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(stallTimeout):
+		t.Fatal("b sent no Sub after its link to a was cut")
+	}
+	waitFor(t, stallTimeout, func() error {
+		read()
+		if got, err := tl.count(); err != nil || got != n {
+			return fmt.Errorf("b's subscriber has %d of %d messages (%v): a's exporter waits for room b does not tell", got, n, err)
+		}
+		return nil
+	})
+	wg.Wait()
+	if pubErr != nil {
+		t.Fatal(pubErr)
+	}
+}
+
+// spooled is what imp's spool holds, and the room its window gives.
+func (imp *importer) spooled() (uint64, uint64) {
+	imp.mu.Lock()
+	defer imp.mu.Unlock()
+	return imp.hwm.spooled(), imp.room
+}
+
+// importerFrom is h's importer of ns/ch from peer; nil without a link.
+func (h *host) importerFrom(peer string) *importer {
+	h.m.mu.Lock()
+	p := h.m.peers[peer]
+	h.m.mu.Unlock()
+	s := p.sess.Load()
+	if s == nil {
+		return nil
+	}
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	for _, imp := range s.flows {
+		if imp.key == (chanKey{NS: testNS, Ch: testCh}) {
+			return imp
+		}
+	}
+	return nil
 }
