@@ -65,6 +65,17 @@ func (p *Publisher) ClaimBatchLost(ctx context.Context, lost uint32, sizes []int
 	return Batch{p: p, fp: p.run.fp, n: k}, nil
 }
 
+// TryClaimBatchLost is ClaimBatchLost without waiting: ErrWouldBlock
+// when the first frame (or the gap frame) does not fit now.
+func (p *Publisher) TryClaimBatchLost(lost uint32, sizes []int) (Batch, error) {
+	k, err := p.claimRun(nil, sizes, lost, false)
+	if err != nil {
+		return Batch{}, err
+	}
+	p.batch = true
+	return Batch{p: p, fp: p.run.fp, n: k}, nil
+}
+
 // CommitBatch publishes every frame of a batch from ClaimBatch.
 func (p *Publisher) CommitBatch(b Batch) error {
 	if !p.out || !p.batch || b.p != p || b.fp != p.run.fp || b.n != len(p.run.lens) {

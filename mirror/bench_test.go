@@ -77,7 +77,7 @@ func BenchmarkStoreHWM(b *testing.B) {
 	defer mk.close()
 	rec := hwmRec{markRec: markRec{Epoch: 1}}
 	for i := 0; i < b.N; i++ {
-		rec.Seq, rec.Have, rec.Pend = uint64(i), uint64(i), uint64(i+1)
+		rec.Seq, rec.Tail, rec.Have, rec.Pend = uint64(i), uint64(i+1), uint64(i), uint64(i+1)
 		if err := mk.storeHWM(rec); err != nil {
 			b.Fatal(err)
 		}

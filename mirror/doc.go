@@ -7,12 +7,14 @@
 // reads what was published locally (skipping what its own importer wrote)
 // and sends it to the peer, and an importer, which re-publishes what the
 // peer sent into the local ring. Messages are named by (origin agent,
-// channel, origin epoch, 64-bit position); the receiver persists the
-// position after the last batch it published (its high-water mark) in
-// the state directory, and a link that comes back resumes there. A batch
-// goes into the ring one claim at a time, each recorded before its commit,
-// so that a receiver killed in the middle of one learns from its ring
-// which records it has, and publishes none of them twice.
+// channel, origin epoch, 64-bit position); the receiver takes each batch
+// into a spool (a file of the state directory, bounded by the window it
+// grants the origin), persists the position after it (its high-water
+// mark), and a link that comes back resumes there. A goroutine per flow
+// moves the spool into the ring, one claim at a time, each recorded
+// before its commit, so that a receiver killed in the middle of one
+// learns from its ring which records it has, and publishes none of them
+// twice; a full ring holds up only its own flow.
 //
 //   - pubsub, block: the peer is one subscriber slot in the origin ring
 //     whose cursor is the peer's acknowledged position, so the ring holds

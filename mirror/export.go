@@ -57,6 +57,9 @@ type exporter struct {
 	acked    channel.Extended
 	credit   uint32
 	ackc     chan struct{} // 1-buffered: an Ack arrived
+	// The peer's spool: record bytes sent on the flow since the Open, and
+	// the Window of its Acks (record bytes it may have been sent).
+	sentRec, window uint64
 }
 
 type holdKey struct {
@@ -316,6 +319,7 @@ func (ex *exporter) openPubSub(sub wire.Sub) (wire.Open, error) {
 	}
 	ex.lost = ex.readerLost()
 	ex.acked, ex.sentNext = ex.ext, ex.ext
+	ex.window = uint64(sub.Window)
 	ex.advanceHold(ex.ext.Position())
 	if err := ex.mark.store(markRec{ex.epoch, ex.ext.Seq, ex.ext.Units}); err != nil {
 		return wire.Open{}, err
@@ -372,7 +376,10 @@ func (ex *exporter) runPubSub() error {
 		}
 		buf = append(buf, zero[:wire.DataFixedLen]...)
 		count, bytes := 0, 0
-		ext := ex.ext
+		ex.mu.Lock()
+		ext, room := ex.ext, ex.roomLocked()
+		ex.mu.Unlock()
+		starved := false // a message waits for room in the peer's spool
 		for len(buf) < batchTarget {
 			// What our importer wrote is passed over uncopied: its
 			// origin sends it.
@@ -393,6 +400,10 @@ func (ex *exporter) runPubSub() error {
 				}
 				ext = ex.rd.Position().Extend(ext)
 				continue
+			}
+			if uint64(len(buf)-wire.DataFixedLen) >= room {
+				starved = true
+				break
 			}
 			off := len(buf)
 			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
@@ -415,6 +426,11 @@ func (ex *exporter) runPubSub() error {
 			count++
 			bytes += n
 		}
+		// A lapped reader resyncs wherever it looks (even when it then
+		// finds no message, or the batch stops for the peer's room): the
+		// loss it counted goes with the position after it, never before
+		// (the peer counts only what lies beyond what it has).
+		ext = ex.rd.Position().Extend(ext)
 		lost := ex.readerLost() - ex.lost
 		ex.mu.Lock()
 		ex.ext = ext
@@ -422,12 +438,24 @@ func (ex *exporter) runPubSub() error {
 		ex.mu.Unlock()
 		if idle {
 			ex.s.unreserve()
+			if starved {
+				// Wait for the peer's Ack of room in its spool, holding
+				// no room the reader passed.
+				ex.rd.Flush()
+				select {
+				case <-ctx.Done():
+				case <-ex.ackc:
+				}
+				continue
+			}
 			if err := ex.rd.Wait(ctx); err != nil && ctx.Err() == nil {
 				return err
 			}
 			continue
 		}
-		if count == 0 && lost == 0 && !ex.skipDue(ext) {
+		// Starved, the position past imports goes at once: the peer's
+		// slot in this ring may move there, making room for its import.
+		if count == 0 && lost == 0 && !starved && !ex.skipDue(ext) {
 			ex.s.unreserve()
 			// Only imports passed over: the peer needs the position (its
 			// high-water mark; in a block ring, where its slot may move
@@ -456,6 +484,7 @@ func (ex *exporter) runPubSub() error {
 		ex.inflight = append(ex.inflight, ext)
 		ex.sentNext = ext
 		ex.lost += lost
+		ex.sentRec += uint64(len(buf) - wire.DataFixedLen)
 		ex.mu.Unlock()
 		if err := ex.s.commit(buf); err != nil {
 			return err
@@ -487,10 +516,16 @@ func (ex *exporter) onAck(e wire.AckEntry) error {
 	}
 	ext := channel.Extended{Seq: e.Next.Seq, Units: e.Next.Units}
 	ex.mu.Lock()
+	ex.window = max(ex.window, e.Window)
+	select { // runPubSub may wait for the window
+	case ex.ackc <- struct{}{}:
+	default:
+	}
 	i := slices.Index(ex.inflight, ext)
 	if i < 0 {
+		acked := ex.acked
 		ex.mu.Unlock()
-		if ext == ex.acked {
+		if ext == acked {
 			return nil
 		}
 		return fmt.Errorf("%w: flow %d acknowledged %v, which ends no batch in flight", ErrProtocol, ex.flow, ext)
@@ -501,6 +536,10 @@ func (ex *exporter) onAck(e wire.AckEntry) error {
 	ex.advanceHold(ext.Position())
 	return ex.mark.store(markRec{ex.epoch, ext.Seq, ext.Units})
 }
+
+// roomLocked is the record bytes the peer's spool takes now: a batch
+// starts a record only below it.
+func (ex *exporter) roomLocked() uint64 { return ex.window - min(ex.window, ex.sentRec) }
 
 func (ex *exporter) lag() uint64 {
 	ex.mu.Lock()

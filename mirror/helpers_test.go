@@ -317,12 +317,7 @@ func waitFor(t testing.TB, timeout time.Duration, f func() error) {
 func (c *cluster) linksUp() {
 	waitFor(c.t, 20*time.Second, func() error {
 		for _, h := range c.hosts {
-			h.m.mu.Lock()
-			peers := make([]*peer, 0, len(h.m.peers))
-			for _, p := range h.m.peers {
-				peers = append(peers, p)
-			}
-			h.m.mu.Unlock()
+			peers := h.peers()
 			if len(peers) != len(c.hosts)-1 {
 				return fmt.Errorf("%s has %d peers", h.name, len(peers))
 			}
@@ -347,6 +342,17 @@ func (c *cluster) linksUp() {
 		}
 		return nil
 	})
+}
+
+// peers returns h's mirror's peers.
+func (h *host) peers() []*peer {
+	h.m.mu.Lock()
+	defer h.m.mu.Unlock()
+	peers := make([]*peer, 0, len(h.m.peers))
+	for _, p := range h.m.peers {
+		peers = append(peers, p)
+	}
+	return peers
 }
 
 // cut closes h's link to peer, as a network failure would.

@@ -2,6 +2,8 @@ package mirror
 
 import (
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
@@ -95,7 +97,7 @@ func TestHWMReconcile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rec := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Have: have,
+			rec := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Tail: pend + 100, Have: have,
 				Pend: pend, At: b.Position(), Ring: r.Epoch(), Slot: p.Slot()}
 			tc.died(t, r, p, b, &rec)
 			if !tc.closes {
@@ -111,12 +113,14 @@ func TestHWMReconcile(t *testing.T) {
 
 // TestHWMFile: a mark reads back as stored; a mark an agent stored before
 // hwmRec (its 32 bytes alone), or whose part after them is damaged, reads
-// as having nothing beyond its position; a damaged position reads as no
-// mark.
+// as having nothing beyond its position; one an agent stored before the
+// spool reads with what it had beyond its position and its claim in
+// flight (sequences); a damaged position reads as no mark.
 func TestHWMFile(t *testing.T) {
-	full := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Have: 12, Pend: 20,
+	full := hwmRec{markRec: markRec{Epoch: 7, Seq: 10, Units: 160}, Next: 11, Tail: 900, Have: 300, Pend: 400, PendNext: 13,
 		At: channel.MakePosition(3, 4099), Ring: 99, Slot: 5}
-	plain := hwmRec{markRec: full.markRec, Have: full.Seq}
+	plain := hwmRec{markRec: full.markRec}
+	v1 := hwmRec{markRec: full.markRec, Next: 12, PendNext: 20, At: full.At, Ring: full.Ring, Slot: full.Slot}
 	for _, tc := range []struct {
 		name  string
 		write func(t *testing.T, mk *mark)
@@ -125,6 +129,7 @@ func TestHWMFile(t *testing.T) {
 	}{
 		{"stored", func(t *testing.T, mk *mark) { mustStore(t, mk.storeHWM(full)) }, -1, full},
 		{"legacy mark", func(t *testing.T, mk *mark) { mustStore(t, mk.store(full.markRec)) }, -1, plain},
+		{"mark before the spool", func(t *testing.T, mk *mark) { mustStore(t, mk.write(encodeHWMv1(v1))) }, -1, v1},
 		{"damaged beyond the position", func(t *testing.T, mk *mark) { mustStore(t, mk.storeHWM(full)) }, markLen + 3, plain},
 		{"damaged position", func(t *testing.T, mk *mark) { mustStore(t, mk.storeHWM(full)) }, 9, hwmRec{}},
 	} {
@@ -166,4 +171,19 @@ func mustStore(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// encodeHWMv1 is a mark as an agent before the spool stored it: Next as
+// "have", PendNext as "pend".
+func encodeHWMv1(r hwmRec) []byte {
+	b := make([]byte, hwmV1Len)
+	encodeMark(b, r.markRec)
+	x := b[markLen:]
+	binary.LittleEndian.PutUint64(x, r.Next)
+	binary.LittleEndian.PutUint64(x[8:], r.PendNext)
+	binary.LittleEndian.PutUint64(x[16:], uint64(r.At))
+	binary.LittleEndian.PutUint64(x[24:], r.Ring)
+	binary.LittleEndian.PutUint32(x[32:], r.Slot)
+	binary.LittleEndian.PutUint32(x[36:], crc32.ChecksumIEEE(x[:36]))
+	return b
 }

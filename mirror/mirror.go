@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/shimmy-dev/shimmy/mirror/internal/wire"
 	"github.com/shimmy-dev/shimmy/rdma"
 	"github.com/shimmy-dev/shimmy/registry"
 )
@@ -24,6 +25,7 @@ const (
 	DefaultMaxBackoff  = 5 * time.Second
 	DefaultHold        = 30 * time.Second
 	DefaultCredit      = 256
+	DefaultSpoolRings  = 1
 )
 
 // Options configure a Mirror.
@@ -63,6 +65,12 @@ type Options struct {
 	Hold time.Duration
 	// Credit is how many stream records a host asks its peer for at once.
 	Credit int
+	// SpoolRings sizes each flow's spool, in the state directory: the
+	// messages a host received and acknowledged before its ring had room
+	// for them, up to SpoolRings times the channel's ring capacity. Two
+	// hosts whose publishers each publish at most that much at once never
+	// wait for each other. Default DefaultSpoolRings.
+	SpoolRings int
 }
 
 func (o Options) withDefaults() Options {
@@ -89,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Credit <= 0 {
 		o.Credit = DefaultCredit
+	}
+	if o.SpoolRings <= 0 {
+		o.SpoolRings = DefaultSpoolRings
 	}
 	return o
 }
@@ -150,6 +161,9 @@ type Mirror struct {
 	peers  map[string]*peer       // by name
 	counts map[string]*linkCounts // by peer name, kept when a peer is replaced
 	wake   chan struct{}          // Apply signals Run
+
+	// testHookSub, set by tests only, runs before each Sub is sent.
+	testHookSub atomic.Pointer[func(wire.Sub)]
 }
 
 // New checks o and returns a mirror with an empty plan; Run starts it.

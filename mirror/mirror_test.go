@@ -16,18 +16,7 @@ import (
 // expect waits until every tally counted want messages without error.
 func expect(t *testing.T, want int, tallies map[string]*tally) {
 	t.Helper()
-	waitFor(t, 60*time.Second, func() error {
-		for name, tl := range tallies {
-			got, err := tl.count()
-			if err != nil {
-				t.Fatalf("subscriber on %s: %v", name, err)
-			}
-			if got != want {
-				return fmt.Errorf("subscriber on %s has %d of %d messages", name, got, want)
-			}
-		}
-		return nil
-	})
+	expectWithin(t, 60*time.Second, want, tallies)
 }
 
 // TestPubSubFanOut: messages published on A reach subscribers on A, B

@@ -296,6 +296,10 @@ func (s *session) control() error {
 			if err := imp.onOpen(o); err != nil {
 				return err
 			}
+			// The spool may have emptied since the Sub told its window,
+			// while no Ack could tell the room (the flow was not open):
+			// an origin that used that window waits for it.
+			imp.ackRoom()
 		case wire.TypeRefuse:
 			r, err := wire.ParseRefuse(msg)
 			if err != nil {
@@ -459,7 +463,7 @@ func (s *session) ack(imps []*importer) error {
 	defer s.ackMu.Unlock()
 	a := wire.Ack{Consumed: s.recvd.Load()}
 	for _, imp := range imps {
-		if e, ok := imp.ackEntry(); ok {
+		if e, ok := imp.tell(); ok {
 			a.Entries = append(a.Entries, e)
 		}
 	}
@@ -516,6 +520,9 @@ func (s *session) subscribeAll() error {
 			sub, ok := imp.attach(s)
 			if !ok {
 				continue
+			}
+			if h := s.p.m.testHookSub.Load(); h != nil {
+				(*h)(sub)
 			}
 			s.fmu.Lock()
 			s.flows[sub.Flow] = imp

@@ -247,7 +247,7 @@ func (ex *exporter) openStream(sub wire.Sub) (wire.Open, error) {
 	start := ex.ob.first()
 	ex.acked = channel.Extended{Seq: start}
 	ex.ext, ex.sentNext = ex.acked, ex.acked // next id to send
-	ex.credit = sub.Credit
+	ex.credit, ex.window = sub.Credit, uint64(sub.Window)
 	if err := ex.mark.store(markRec{streamEpoch, start, 0}); err != nil {
 		return wire.Open{}, err
 	}
@@ -274,7 +274,7 @@ func (ex *exporter) onStreamAck(e wire.AckEntry) error {
 			return err
 		}
 	}
-	ex.credit = e.Credit
+	ex.credit, ex.window = e.Credit, max(ex.window, e.Window)
 	select {
 	case ex.ackc <- struct{}{}:
 	default:
@@ -301,8 +301,10 @@ func (ex *exporter) runStream() error {
 		}
 		ex.s.p.m.omu.Lock()
 		ex.mu.Lock()
-		next, limit := ex.ext.Seq, ex.acked.Seq+uint64(ex.credit)
+		next, limit, room := ex.ext.Seq, ex.acked.Seq+uint64(ex.credit), ex.roomLocked()
 		ex.mu.Unlock()
+		// Only what the peer's spool takes.
+		fits := func() bool { return len(buf) < batchTarget && uint64(len(buf)-wire.DataFixedLen) < room }
 		var err error
 		if !ex.settled {
 			if ex.settled, err = ex.ob.settle(ex.ring, ex.log); err != nil {
@@ -312,7 +314,7 @@ func (ex *exporter) runStream() error {
 		}
 		// Records taken before (an earlier link) first.
 		for _, r := range ex.ob.recs {
-			if r.id >= next && len(buf) < batchTarget {
+			if r.id >= next && fits() {
 				put(r.id, r.msg)
 				next = r.id + 1
 			}
@@ -322,7 +324,7 @@ func (ex *exporter) runStream() error {
 		// record that came over another link would race the origin's
 		// later records to the peer). The journal is cleared once the
 		// outbox has the record.
-		for ex.settled && next == ex.ob.next && next < limit && len(buf) < batchTarget {
+		for ex.settled && next == ex.ob.next && next < limit && fits() {
 			if msg, err = ex.reader.TryTake(ex.ob.j, ex.ob.next, ex.im.is, msg); err != nil {
 				break
 			}
@@ -359,6 +361,7 @@ func (ex *exporter) runStream() error {
 		wire.PutDataHeader(buf, ex.flow, uint32(len(buf)), wire.Pos{Seq: next}, 0, uint32(count))
 		ex.mu.Lock() // sent before send returns: its Ack may overtake it
 		ex.ext.Seq, ex.sentNext.Seq = next, next
+		ex.sentRec += uint64(len(buf) - wire.DataFixedLen)
 		ex.mu.Unlock()
 		if err := ex.s.send(buf); err != nil {
 			return err

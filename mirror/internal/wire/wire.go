@@ -19,7 +19,7 @@ var (
 // Magic is "SHMR" read as a little-endian u32; Version the format version.
 const (
 	Magic   uint32 = 0x524d4853
-	Version uint8  = 1
+	Version uint8  = 2
 )
 
 // Message header, at the start of every control message and data batch.
@@ -52,16 +52,16 @@ const (
 
 // Sub body.
 const (
-	SubFixedLen  = HeaderLen + 40
-	SOffEpoch    = 16 // u64 origin epoch of the high-water mark; 0: none
-	SOffSeq      = 24 // u64 high-water mark: extended seq of the next message
-	SOffUnits    = 32 // u64 high-water mark: extended units of the next message
-	SOffQueue    = 40 // u32 queue (stream direction; 0 for pubsub)
-	SOffCredit   = 44 // u32 stream records the receiver takes now
-	SOffNSLen    = 48 // u16 namespace length
-	SOffChLen    = 50 // u16 channel length
-	SOffReserved = 52 // u32 zero
-	SOffNames    = 56 // namespace bytes, then channel bytes
+	SubFixedLen = HeaderLen + 40
+	SOffEpoch   = 16 // u64 origin epoch of the high-water mark; 0: none
+	SOffSeq     = 24 // u64 high-water mark: extended seq of the next message
+	SOffUnits   = 32 // u64 high-water mark: extended units of the next message
+	SOffQueue   = 40 // u32 queue (stream direction; 0 for pubsub)
+	SOffCredit  = 44 // u32 stream records the receiver takes now
+	SOffNSLen   = 48 // u16 namespace length
+	SOffChLen   = 50 // u16 channel length
+	SOffWindow  = 52 // u32 record bytes the receiver's spool takes now
+	SOffNames   = 56 // namespace bytes, then channel bytes
 )
 
 // MaxName bounds the namespace and channel names of a Sub.
@@ -109,7 +109,7 @@ const (
 	EOffCredit   = 4  // u32 stream: records the receiver takes now
 	EOffSeq      = 8  // u64 extended seq of the next message it expects
 	EOffUnits    = 16 // u64 extended units of it
-	EOffReserved = 24 // u64 zero
+	EOffWindow   = 24 // u64 the flow's record bytes the origin may send, in all
 	MaxAckCount  = (65536 - AckFixedLen) / AckEntryLen
 )
 
@@ -226,6 +226,7 @@ type Sub struct {
 	Next      Pos
 	Queue     uint32
 	Credit    uint32
+	Window    uint32 // record bytes the receiver's spool takes now
 	Namespace string
 	Channel   string
 }
@@ -242,7 +243,7 @@ func (s Sub) Append(b []byte) []byte {
 	le.PutUint32(m[SOffCredit:], s.Credit)
 	le.PutUint16(m[SOffNSLen:], uint16(len(s.Namespace)))
 	le.PutUint16(m[SOffChLen:], uint16(len(s.Channel)))
-	le.PutUint32(m[SOffReserved:], 0)
+	le.PutUint32(m[SOffWindow:], s.Window)
 	copy(m[SOffNames:], s.Namespace)
 	copy(m[SOffNames+len(s.Namespace):], s.Channel)
 	return b
@@ -263,13 +264,11 @@ func ParseSub(b []byte) (Sub, error) {
 		return Sub{}, fmt.Errorf("%w: sub names of %d and %d bytes", ErrProtocol, nl, cl)
 	case len(b) != SubFixedLen+nl+cl:
 		return Sub{}, fmt.Errorf("%w: sub of %d bytes with names of %d and %d", ErrProtocol, len(b), nl, cl)
-	case le.Uint32(b[SOffReserved:]) != 0:
-		return Sub{}, fmt.Errorf("%w: sub reserved field set", ErrProtocol)
 	}
 	return Sub{
 		Flow: h.Flow, Epoch: le.Uint64(b[SOffEpoch:]),
 		Next:  Pos{le.Uint64(b[SOffSeq:]), le.Uint64(b[SOffUnits:])},
-		Queue: le.Uint32(b[SOffQueue:]), Credit: le.Uint32(b[SOffCredit:]),
+		Queue: le.Uint32(b[SOffQueue:]), Credit: le.Uint32(b[SOffCredit:]), Window: le.Uint32(b[SOffWindow:]),
 		Namespace: string(b[SOffNames : SOffNames+nl]),
 		Channel:   string(b[SOffNames+nl : SOffNames+nl+cl]),
 	}, nil
@@ -355,6 +354,9 @@ type AckEntry struct {
 	Flow   uint32
 	Credit uint32
 	Next   Pos
+	// Window: the origin starts a record of the flow only while
+	// the record bytes it sent on it since the Open are below Window.
+	Window uint64
 }
 
 // Ack reports the inbox bytes consumed and flows' progress.
@@ -378,7 +380,7 @@ func (a Ack) Append(b []byte) []byte {
 		le.PutUint32(x[EOffCredit:], e.Credit)
 		le.PutUint64(x[EOffSeq:], e.Next.Seq)
 		le.PutUint64(x[EOffUnits:], e.Next.Units)
-		le.PutUint64(x[EOffReserved:], 0)
+		le.PutUint64(x[EOffWindow:], e.Window)
 	}
 	return b
 }
@@ -396,11 +398,11 @@ func ParseAck(b []byte) (Ack, error) {
 	a := Ack{Consumed: le.Uint64(b[AOffConsumed:]), Entries: make([]AckEntry, n)}
 	for i := range a.Entries {
 		x := b[AOffEntries+i*AckEntryLen:]
-		if le.Uint64(x[EOffReserved:]) != 0 || le.Uint32(x[EOffFlow:]) == 0 {
-			return Ack{}, fmt.Errorf("%w: ack entry %d: flow 0 or reserved set", ErrProtocol, i)
+		if le.Uint32(x[EOffFlow:]) == 0 {
+			return Ack{}, fmt.Errorf("%w: ack entry %d for flow 0", ErrProtocol, i)
 		}
 		a.Entries[i] = AckEntry{Flow: le.Uint32(x[EOffFlow:]), Credit: le.Uint32(x[EOffCredit:]),
-			Next: Pos{le.Uint64(x[EOffSeq:]), le.Uint64(x[EOffUnits:])}}
+			Next: Pos{le.Uint64(x[EOffSeq:]), le.Uint64(x[EOffUnits:])}, Window: le.Uint64(x[EOffWindow:])}
 	}
 	return a, nil
 }
@@ -455,6 +457,9 @@ func ParseBatch(b []byte) (Batch, error) {
 		Lost: le.Uint64(b[DOffLost:]), Count: le.Uint32(b[DOffCount:]), recs: b[DOffRecords:]}, nil
 }
 
+// RecordBytes returns the batch's records, as the wire carries them.
+func (bt Batch) RecordBytes() []byte { return bt.recs }
+
 // Records calls fn with each record in order, after checking that it
 // lies within the batch, its payload is at most max bytes and its padding
 // and reserved field are zero; the records must fill the batch exactly
@@ -462,23 +467,11 @@ func ParseBatch(b []byte) (Batch, error) {
 func (bt Batch) Records(max uint32, fn func(seq uint64, payload []byte) error) error {
 	b := bt.recs
 	for i := uint32(0); i < bt.Count; i++ {
-		if len(b) < RecordLen {
-			return fmt.Errorf("%w: record %d of %d past the batch's end", ErrProtocol, i, bt.Count)
+		seq, p, sz, err := FirstRecord(b, max)
+		if err != nil {
+			return fmt.Errorf("record %d of %d: %w", i, bt.Count, err)
 		}
-		n := le.Uint32(b[RecOffLen:])
-		if n > max || le.Uint32(b[RecOffRes:]) != 0 {
-			return fmt.Errorf("%w: record %d of %d bytes (max %d) or reserved set", ErrProtocol, i, n, max)
-		}
-		sz := RecordSize(int(n))
-		if sz > len(b) {
-			return fmt.Errorf("%w: record %d of %d bytes past the batch's end", ErrProtocol, i, n)
-		}
-		for _, c := range b[RecordLen+int(n) : sz] {
-			if c != 0 {
-				return fmt.Errorf("%w: record %d padding not zero", ErrProtocol, i)
-			}
-		}
-		if err := fn(le.Uint64(b[RecOffSeq:]), b[RecordLen:RecordLen+int(n)]); err != nil {
+		if err := fn(seq, p); err != nil {
 			return err
 		}
 		b = b[sz:]
@@ -487,6 +480,29 @@ func (bt Batch) Records(max uint32, fn func(seq uint64, payload []byte) error) e
 		return fmt.Errorf("%w: %d bytes after the last of %d records", ErrProtocol, len(b), bt.Count)
 	}
 	return nil
+}
+
+// FirstRecord checks the record at the start of b (within b, a payload
+// of at most max bytes, zero padding and reserved field) and returns its
+// seq, its payload (aliasing b) and its size.
+func FirstRecord(b []byte, max uint32) (seq uint64, payload []byte, size int, err error) {
+	if len(b) < RecordLen {
+		return 0, nil, 0, fmt.Errorf("%w: record header past the end", ErrProtocol)
+	}
+	n := le.Uint32(b[RecOffLen:])
+	if n > max || le.Uint32(b[RecOffRes:]) != 0 {
+		return 0, nil, 0, fmt.Errorf("%w: record of %d bytes (max %d) or reserved set", ErrProtocol, n, max)
+	}
+	sz := RecordSize(int(n))
+	if sz > len(b) {
+		return 0, nil, 0, fmt.Errorf("%w: record of %d bytes past the end", ErrProtocol, n)
+	}
+	for _, c := range b[RecordLen+int(n) : sz] {
+		if c != 0 {
+			return 0, nil, 0, fmt.Errorf("%w: record padding not zero", ErrProtocol)
+		}
+	}
+	return le.Uint64(b[RecOffSeq:]), b[RecordLen : RecordLen+int(n)], sz, nil
 }
 
 // grow extends b by n bytes and returns it and the new part.

@@ -32,14 +32,14 @@ func TestOffsetsMatchDoc(t *testing.T) {
 		{HOffInboxKey, 20, "bytes", "InboxKey"}, {HOffReserved, 4, "u32", "Reserved"},
 		{SOffEpoch, 8, "u64", "Epoch"}, {SOffSeq, 8, "u64", "NextSeq"}, {SOffUnits, 8, "u64", "NextUnits"},
 		{SOffQueue, 4, "u32", "Queue"}, {SOffCredit, 4, "u32", "Credit"}, {SOffNSLen, 2, "u16", "NamespaceLen"},
-		{SOffChLen, 2, "u16", "ChannelLen"}, {SOffReserved, 4, "u32", "Reserved"},
+		{SOffChLen, 2, "u16", "ChannelLen"}, {SOffWindow, 4, "u32", "Window"},
 		{OOffEpoch, 8, "u64", "Epoch"}, {OOffSeq, 8, "u64", "StartSeq"}, {OOffUnits, 8, "u64", "StartUnits"},
 		{OOffType, 4, "u32", "ChannelType"}, {OOffPolicy, 4, "u32", "Policy"}, {OOffLost, 8, "u64", "Lost"},
 		{OOffMaxMsg, 4, "u32", "MaxMessage"}, {OOffRes, 4, "u32", "Reserved"},
 		{ROffCode, 4, "u32", "Code"}, {ROffTextLen, 4, "u32", "TextLen"},
 		{AOffConsumed, 8, "u64", "Consumed"}, {AOffCount, 4, "u32", "Count"}, {AOffReserved, 4, "u32", "Reserved"},
 		{EOffFlow, 4, "u32", "Flow"}, {EOffCredit, 4, "u32", "Credit"}, {EOffSeq, 8, "u64", "NextSeq"},
-		{EOffUnits, 8, "u64", "NextUnits"}, {EOffReserved, 8, "u64", "Reserved"},
+		{EOffUnits, 8, "u64", "NextUnits"}, {EOffWindow, 8, "u64", "Window"},
 		{DOffSeq, 8, "u64", "NextSeq"}, {DOffUnits, 8, "u64", "NextUnits"}, {DOffLost, 8, "u64", "Lost"},
 		{DOffCount, 4, "u32", "Count"}, {DOffReserved, 4, "u32", "Reserved"},
 		{RecOffSeq, 8, "u64", "Seq"}, {RecOffLen, 4, "u32", "Len"}, {RecOffRes, 4, "u32", "Reserved"},
@@ -60,7 +60,7 @@ func TestOffsetsMatchDoc(t *testing.T) {
 	// The header's bytes, as the diagram draws them.
 	var h [HeaderLen]byte
 	PutHeader(h[:], TypeAck, 0x11223344, 0x55667788)
-	want := []byte{'S', 'H', 'M', 'R', 1, 5, 0, 0, 0x44, 0x33, 0x22, 0x11, 0x88, 0x77, 0x66, 0x55}
+	want := []byte{'S', 'H', 'M', 'R', 2, 5, 0, 0, 0x44, 0x33, 0x22, 0x11, 0x88, 0x77, 0x66, 0x55}
 	if !bytes.Equal(h[:], want) {
 		t.Errorf("header\n got % x\nwant % x", h, want)
 	}
@@ -74,14 +74,14 @@ func TestRoundTrip(t *testing.T) {
 		want  any
 	}{
 		{"hello", Hello{InboxKey: [20]byte{1, 2, 3, 19: 9}}.Append(nil), func(b []byte) (any, error) { return ParseHello(b) }, Hello{InboxKey: [20]byte{1, 2, 3, 19: 9}}},
-		{"sub", Sub{Flow: 7, Epoch: 99, Next: Pos{5, 80}, Queue: 1, Credit: 64, Namespace: "ns", Channel: "ch.1"}.Append(nil),
-			func(b []byte) (any, error) { return ParseSub(b) }, Sub{Flow: 7, Epoch: 99, Next: Pos{5, 80}, Queue: 1, Credit: 64, Namespace: "ns", Channel: "ch.1"}},
+		{"sub", Sub{Flow: 7, Epoch: 99, Next: Pos{5, 80}, Queue: 1, Credit: 64, Window: 1 << 20, Namespace: "ns", Channel: "ch.1"}.Append(nil),
+			func(b []byte) (any, error) { return ParseSub(b) }, Sub{Flow: 7, Epoch: 99, Next: Pos{5, 80}, Queue: 1, Credit: 64, Window: 1 << 20, Namespace: "ns", Channel: "ch.1"}},
 		{"open", Open{Flow: 3, Epoch: 1, Start: Pos{1 << 40, 1 << 41}, Type: 1, Policy: 2, Lost: 12, MaxMessage: 65536}.Append(nil),
 			func(b []byte) (any, error) { return ParseOpen(b) }, Open{Flow: 3, Epoch: 1, Start: Pos{1 << 40, 1 << 41}, Type: 1, Policy: 2, Lost: 12, MaxMessage: 65536}},
 		{"refuse", Refuse{Flow: 2, Code: RefuseNotShared, Text: "not shared"}.Append(nil),
 			func(b []byte) (any, error) { return ParseRefuse(b) }, Refuse{Flow: 2, Code: RefuseNotShared, Text: "not shared"}},
-		{"ack", Ack{Consumed: 4096, Entries: []AckEntry{{1, 0, Pos{2, 3}}, {9, 64, Pos{4, 5}}}}.Append(nil),
-			func(b []byte) (any, error) { return ParseAck(b) }, Ack{Consumed: 4096, Entries: []AckEntry{{1, 0, Pos{2, 3}}, {9, 64, Pos{4, 5}}}}},
+		{"ack", Ack{Consumed: 4096, Entries: []AckEntry{{1, 0, Pos{2, 3}, 1 << 40}, {9, 64, Pos{4, 5}, 0}}}.Append(nil),
+			func(b []byte) (any, error) { return ParseAck(b) }, Ack{Consumed: 4096, Entries: []AckEntry{{1, 0, Pos{2, 3}, 1 << 40}, {9, 64, Pos{4, 5}, 0}}}},
 		{"ack empty", Ack{Consumed: 1}.Append(nil), func(b []byte) (any, error) { return ParseAck(b) }, Ack{Consumed: 1, Entries: []AckEntry{}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,7 +144,8 @@ func TestRefuses(t *testing.T) {
 	}{
 		{"short", good[:10], 64, ErrProtocol},
 		{"magic", mod(good, func(b []byte) []byte { b[0] ^= 1; return b }), 64, ErrProtocol},
-		{"version", mod(good, func(b []byte) []byte { b[OffVersion] = 2; return b }), 64, ErrVersion},
+		{"version 1", mod(good, func(b []byte) []byte { b[OffVersion] = 1; return b }), 64, ErrVersion},
+		{"version 3", mod(good, func(b []byte) []byte { b[OffVersion] = 3; return b }), 64, ErrVersion},
 		{"type", mod(good, func(b []byte) []byte { b[OffType] = 77; return b }), 64, ErrProtocol},
 		{"flags", mod(good, func(b []byte) []byte { b[OffFlags] = 1; return b }), 64, ErrProtocol},
 		{"length", mod(good, func(b []byte) []byte { return b[:len(b)-8] }), 64, ErrProtocol},
@@ -173,7 +174,6 @@ func TestRefuses(t *testing.T) {
 	}{
 		{"sub names past end", mod(sub, func(b []byte) []byte { le.PutUint16(b[SOffChLen:], 9); return b })},
 		{"sub empty name", mod(sub, func(b []byte) []byte { le.PutUint16(b[SOffNSLen:], 0); return b })},
-		{"sub reserved", mod(sub, func(b []byte) []byte { b[SOffReserved] = 1; return b })},
 		{"sub as open", mod(sub, func(b []byte) []byte { b[OffType] = TypeOpen; return b })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,7 +189,7 @@ func TestRefuses(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(batch(1, 0, "hello", "world"))
 	f.Add(Sub{Flow: 1, Namespace: "n", Channel: "c"}.Append(nil))
-	f.Add(Ack{Consumed: 1, Entries: []AckEntry{{1, 2, Pos{3, 4}}}}.Append(nil))
+	f.Add(Ack{Consumed: 1, Entries: []AckEntry{{1, 2, Pos{3, 4}, 5}}}.Append(nil))
 	f.Add(Open{Flow: 1, Epoch: 1}.Append(nil))
 	f.Add(Refuse{Flow: 1, Text: "x"}.Append(nil))
 	f.Add(Hello{}.Append(nil))
