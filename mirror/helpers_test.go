@@ -124,22 +124,7 @@ func (c *cluster) startMirror(h *host) {
 }
 
 // applyAll gives every host the plan that shares ns/ch with all others.
-func (c *cluster) applyAll() {
-	for _, h := range c.hosts {
-		var p Plan
-		var names []string
-		for _, o := range c.hosts {
-			if o != h {
-				p.Peers = append(p.Peers, Peer{Name: o.name, Addr: o.addr})
-				names = append(names, o.name)
-			}
-		}
-		p.Shares = []Share{{Namespace: testNS, Channel: testCh, Peers: names}}
-		if err := h.m.Apply(p); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-}
+func (c *cluster) applyAll() { c.share(testCh) }
 
 // stopHost stops h's mirror and closes its registry (its rings stay in
 // its state directory, as after an agent's exit).
