@@ -104,7 +104,11 @@ func (r *Ring) otherPublishers(q int, self uint32) bool {
 }
 
 // Close leaves the ring. An outstanding claim is committed as padding.
+// After the ring's Close it does nothing (the ring may be unmapped).
 func (p *Publisher) Close() error {
+	if p.m.close.Load() {
+		return nil
+	}
 	if p.out {
 		p.abort()
 	}

@@ -132,8 +132,12 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	}
 }
 
-// Close leaves the ring.
+// Close leaves the ring. After the ring's Close it does nothing (the ring
+// may be unmapped).
 func (s *Subscriber) Close() error {
+	if s.m.close.Load() {
+		return nil
+	}
 	s.m.release()
 	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
 	return nil

@@ -257,18 +257,21 @@ func startFlow(t *testing.T, dir string) *flow {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*timeout)
 	f := &flow{ring: ring, stop: make(chan struct{}), cancel: cancel, pubDone: make(chan error, 1), subDone: make(chan error, 1)}
+	// Each side closes its member before it reports: the cleanup unmaps
+	// the ring once both have.
 	go func() {
-		defer pub.Close()
 		msg := make([]byte, 8)
 		for i := uint64(0); ; i++ {
 			select {
 			case <-f.stop:
+				pub.Close()
 				f.pubDone <- nil
 				return
 			default:
 			}
 			binary.LittleEndian.PutUint64(msg, i)
 			if err := pub.Publish(ctx, msg); err != nil {
+				pub.Close()
 				f.pubDone <- fmt.Errorf("publish %d: %w", i, err)
 				return
 			}
@@ -279,7 +282,6 @@ func startFlow(t *testing.T, dir string) *flow {
 		}
 	}()
 	go func() {
-		defer sub.Close()
 		var buf []byte
 		for want := uint64(0); ; want++ {
 			var err error
@@ -287,10 +289,12 @@ func startFlow(t *testing.T, dir string) *flow {
 				if ctx.Err() != nil {
 					err = nil // ended by finish
 				}
+				sub.Close()
 				f.subDone <- err
 				return
 			}
 			if len(buf) != 8 || binary.LittleEndian.Uint64(buf) != want {
+				sub.Close()
 				f.subDone <- fmt.Errorf("message %d: got %x", want, buf)
 				return
 			}
