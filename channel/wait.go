@@ -355,14 +355,14 @@ func (pk *park) watch(ctx context.Context) bool {
 		pk.mu.Unlock()
 		return false
 	}
+	if pk.hook.ctx == ctx {
+		pk.mu.Unlock()
+		return true
+	}
 	old := pk.hook
-	if old.ctx != ctx {
-		pk.hook = hookOn(ctx, pk.word)
-	}
+	pk.hook = hookOn(ctx, pk.word)
 	pk.mu.Unlock()
-	if old.ctx != ctx {
-		old.release()
-	}
+	old.release()
 	return true
 }
 

@@ -86,6 +86,15 @@ type schedAttr struct {
 	utilMax  uint32
 }
 
+// threadAttr reads the calling thread's scheduling attributes.
+func threadAttr() (schedAttr, error) {
+	var a schedAttr
+	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
+		return a, fmt.Errorf("sched_getattr: %w", e)
+	}
+	return a, nil
+}
+
 // AskSlice asks the kernel for a time slice of d for the calling thread:
 // sched_setattr's sched_runtime, which Linux's EEVDF scheduler (6.12 and
 // later) honours for SCHED_OTHER and SCHED_BATCH threads, clamped to
@@ -101,9 +110,9 @@ type schedAttr struct {
 // creates inherit the slice. Errors (a seccomp filter, an old kernel) are
 // reported and change nothing.
 func AskSlice(d time.Duration) error {
-	var a schedAttr
-	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
-		return fmt.Errorf("sched_getattr: %w", e)
+	a, err := threadAttr()
+	if err != nil {
+		return err
 	}
 	if a.policy != schedOther && a.policy != schedBatch || a.runtime == uint64(d) {
 		return nil

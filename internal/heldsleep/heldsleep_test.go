@@ -270,12 +270,12 @@ func BenchmarkYield(b *testing.B) {
 	}
 }
 
-// threadAttr reads the calling thread's scheduling attributes.
-func threadAttr(t *testing.T) schedAttr {
+// mustAttr reads the calling thread's scheduling attributes.
+func mustAttr(t *testing.T) schedAttr {
 	t.Helper()
-	var a schedAttr
-	if _, _, e := unix.RawSyscall6(unix.SYS_SCHED_GETATTR, 0, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
-		t.Fatalf("sched_getattr: %v", e)
+	a, err := threadAttr()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return a
 }
@@ -300,18 +300,18 @@ func TestAskSlice(t *testing.T) {
 			go func() { // a thread of its own, which exits with the goroutine
 				defer close(done)
 				runtime.LockOSThread()
-				a := threadAttr(t)
+				a := mustAttr(t)
 				a.size, a.policy, a.nice = uint32(unsafe.Sizeof(a)), tc.policy, tc.nice
 				if _, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&a)), 0); e != 0 {
 					t.Errorf("set up the thread: sched_setattr: %v", e)
 					return
 				}
-				before := threadAttr(t)
+				before := mustAttr(t)
 				if err := AskSlice(slice); err != nil {
 					t.Errorf("AskSlice: %v", err)
 					return
 				}
-				got := threadAttr(t)
+				got := mustAttr(t)
 				if got.policy != tc.policy || got.nice != tc.nice {
 					t.Errorf("policy %d nice %d after AskSlice, want %d and %d", got.policy, got.nice, tc.policy, tc.nice)
 				}
