@@ -235,14 +235,22 @@ func (m *Mirror) Run(ctx context.Context) error {
 }
 
 // Stats returns one entry per peer of the plan, sorted by peer name.
+//
+// The peers are collected under m.mu and asked without it: a peer's stats
+// take its session's locks, which a session closing its exporters holds
+// while they take m.mu (releaseUnshared), and Stats waited for ever.
 func (m *Mirror) Stats() []LinkStats {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]LinkStats, 0, len(m.peers))
+	peers := make([]*peer, 0, len(m.peers))
 	for _, p := range m.plan.Peers {
 		if pe := m.peers[p.Name]; pe != nil {
-			out = append(out, pe.stats())
+			peers = append(peers, pe)
 		}
+	}
+	m.mu.Unlock()
+	out := make([]LinkStats, 0, len(peers))
+	for _, pe := range peers {
+		out = append(out, pe.stats())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
