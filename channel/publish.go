@@ -628,25 +628,39 @@ func (r *Ring) padClaim(q int, p, end pos, stale uint64) bool {
 
 // padFrame commits a padding frame of n bytes (header included) at off,
 // for position p, with next sequence seq, unless the commit word no longer
-// holds stale. Its Seq goes before its commit word, as for any frame; if
-// the CAS then loses to the owner's commit (a stalled publisher that came
-// back just now), the frame gets its own sequence back.
+// holds stale. The padder first makes the frame its own: a CAS of the
+// commit word to padBusy(p), which the owner's commit (a CAS from the word
+// it found at claim time) can no longer win and which no reader takes for
+// a committed frame. Only then does it write Seq and Slot, and the padding's
+// commit word last; so no reader ever sees the owner's commit word with the
+// padder's sequence (section 10 of the ABI). A frame already busy is
+// finished by whoever pads it next: a padder that died there would
+// otherwise leave it blocked for good.
 func (r *Ring) padFrame(q int, off uint64, p pos, seq uint32, stale, n uint64) bool {
 	cw := r.commitWord(q, off)
-	if atomic.LoadUint64(cw) != stale {
-		return false
+	busy := padBusy(p)
+	w := atomic.LoadUint64(cw)
+	if w != stale && w != busy || !atomic.CompareAndSwapUint64(cw, w, busy) {
+		return false // committed, or padded by another
 	}
 	fh := r.frame(q, off)
 	atomic.StoreUint32(&fh.Seq, seq)
 	fh.Slot = SlotPadding
-	if atomic.CompareAndSwapUint64(cw, stale, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen))) {
-		return true
+	if testHookPadFrame != nil {
+		testHookPadFrame()
 	}
-	if w := atomic.LoadUint64(cw); uint32(w) == p.units() && uint32(w>>32)&FlagPadding == 0 {
-		atomic.StoreUint32(&fh.Seq, p.seq())
-	}
-	return false
+	return atomic.CompareAndSwapUint64(cw, busy, commitWord(p.units(), FlagPadding|uint32(n-FrameHeaderLen)))
 }
+
+// padBusy is the commit word of the frame at p while a padder owns it:
+// p's tag complemented (no position at that offset has it, so readers
+// find the frame claimed and wait, and the owner's commit CAS fails), with
+// FlagPadding and FlagConsumed, which no committed word carries together.
+func padBusy(p pos) uint64 { return commitWord(^p.units(), FlagPadding|FlagConsumed) }
+
+// testHookPadFrame, set only by tests, runs in padFrame once the padder
+// has decided to pad and before its padding is committed.
+var testHookPadFrame func()
 
 // index records, for every chunk boundary the claim [t, end) crosses, the
 // first record at or after it: the data frame fp for boundaries inside the

@@ -2,7 +2,6 @@ package channel
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -69,13 +68,7 @@ func TestClaimAfterEviction(t *testing.T) {
 // its owner (stalled, but back just in time) committed it must leave the
 // committed frame alone, its sequence included.
 func TestPadLosesToCommit(t *testing.T) {
-	r := newRing(t, Config{Capacity: 64 << 10, MaxMessage: 1000, Lease: stallLease})
-	s := mustSub(t, r)
-	a := mustPub(t, r)
-	c, err := a.Claim(context.Background(), 100)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, s, a, c := claimHeld(t)
 	stale := atomic.LoadUint64(r.commitWord(0, c.off)) // what the reaper saw
 	copy(c.Buf, stallMsg(7))
 	if err := a.Commit(c); err != nil {

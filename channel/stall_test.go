@@ -50,6 +50,20 @@ func mustPub(t *testing.T, r *Ring) *Publisher {
 	return p
 }
 
+// claimHeld formats a ring of the stall tests with a subscriber s and a
+// publisher a that holds a claim c of 100 bytes, not committed.
+func claimHeld(t *testing.T) (r *Ring, s *Subscriber, a *Publisher, c Claim) {
+	t.Helper()
+	r = newRing(t, Config{Capacity: 64 << 10, MaxMessage: 1000, Lease: stallLease})
+	s = mustSub(t, r)
+	a = mustPub(t, r)
+	c, err := a.Claim(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, s, a, c
+}
+
 // stallMsg is message i of the stall tests: 100 bytes of i.
 func stallMsg(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100) }
 
@@ -99,13 +113,7 @@ func TestStalledPublisherAfterLap(t *testing.T) {
 		{"stuck reader, close", reader, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRing(t, Config{Capacity: 64 << 10, MaxMessage: 1000, Lease: stallLease})
-			s := mustSub(t, r)
-			a := mustPub(t, r)
-			c, err := a.Claim(context.Background(), 100)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r, s, a, c := claimHeld(t)
 			stall(t, r, a.m)
 			tc.reap(r, c)
 			if _, err := s.TryNext(nil); !errors.Is(err, ErrWouldBlock) {
