@@ -48,10 +48,11 @@
 //   - Stalled members: a publisher that comes back after its claim was
 //     padded gets ErrEvicted from Commit and nothing is published (the
 //     commit is a CAS that fails on the padding); a block subscriber that
-//     was evicted while it held a message gets ErrEvicted from Next, and
-//     Valid reports false after Peek, since publishers may have reused the
-//     frame; a stream reader reaped while it held a take gets ErrEvicted
-//     and the message went with it. Payload bytes a stalled publisher
+//     was evicted gets ErrEvicted from its next read (never ErrCorrupt,
+//     even when publishers lapped it as it read), and Valid reports false
+//     after Peek, since publishers may have reused the frame; a stream
+//     reader reaped while it held a take gets ErrEvicted and the message
+//     went with it. Payload bytes a stalled publisher
 //     writes after its claim was reused cannot be stopped: fill a claim
 //     well within the lease.
 //

@@ -92,14 +92,7 @@ func TestPadLosesToCommit(t *testing.T) {
 func TestStreamReaderReapedMidTake(t *testing.T) {
 	r := newRing(t, Config{Type: TypeStream, Capacity: MinCapacity, MaxMessage: 1000, Lease: stallLease})
 	w := mustPub(t, r)
-	rd1, err := r.NewReader(ReaderOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd2, err := r.NewReader(ReaderOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rd1, rd2 := mustReader(t, r), mustReader(t, r)
 	if err := w.TryPublish(stallMsg(0)); err != nil {
 		t.Fatal(err)
 	}

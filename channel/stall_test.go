@@ -50,6 +50,16 @@ func mustPub(t *testing.T, r *Ring) *Publisher {
 	return p
 }
 
+// mustReader joins stream r as a reader.
+func mustReader(t *testing.T, r *Ring) *Reader {
+	t.Helper()
+	rd, err := r.NewReader(ReaderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rd
+}
+
 // claimHeld formats a ring of the stall tests with a subscriber s and a
 // publisher a that holds a claim c of 100 bytes, not committed.
 func claimHeld(t *testing.T) (r *Ring, s *Subscriber, a *Publisher, c Claim) {

@@ -106,6 +106,11 @@ func (rd *Reader) next(buf []byte, block bool, tk *take) ([]byte, error) {
 		msg, frame, st, err := r.read(rd.q, h)
 		switch st {
 		case readCorrupt:
+			// An evicted reader's slot is no longer its own to announce
+			// a take in; and what it found is explained by its stall.
+			if err := rd.m.alive(); err != nil {
+				return buf, err
+			}
 			if atomic.LoadUint64(&rd.qh.Head) != uint64(h) {
 				continue // read a record other readers took and writers reused
 			}

@@ -450,6 +450,12 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 			s.resync()
 			continue
 		case readCorrupt:
+			// Evicted (block: it stalled past its lease), this subscriber
+			// held no one back, and publishers may have reused the frame
+			// as it read it: that, not the ring, is what it found.
+			if err := s.m.alive(); err != nil {
+				return nil, err
+			}
 			return nil, err
 		}
 		if !block {
@@ -552,6 +558,9 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 	if n > uint64(r.cfg.MaxMessage) || off+FrameHeaderLen+n > r.capacity {
 		return nil, 0, readCorrupt, fmt.Errorf("%w: frame of %d bytes at offset %d (max %d)", ErrCorrupt, n, off, r.cfg.MaxMessage)
 	}
+	if testHookRead != nil {
+		testHookRead()
+	}
 	if seq := atomic.LoadUint32(&r.frame(q, off).Seq); seq != p.seq() {
 		if r.cfg.Policy == PolicyOverwrite {
 			t := pos(atomic.LoadUint64(&qh.Tail))
@@ -564,6 +573,10 @@ func (r *Ring) read(q int, p pos) ([]byte, uint64, readState, error) {
 	fo := r.data[q] + off + FrameHeaderLen
 	return r.mem[fo : fo+n : fo+n], align16(FrameHeaderLen + n), readOK, nil
 }
+
+// testHookRead, set only by tests, runs in read between its loads of a
+// data frame's commit word and of its Seq: a test laps the reader there.
+var testHookRead func()
 
 // padSeq returns the sequence that follows the padding frame of n bytes at
 // position p of queue q (padNext), p's own if the frame was reclaimed

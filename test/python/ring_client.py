@@ -325,6 +325,13 @@ class Subscriber:
                 self.cur = c
                 return
 
+    def corrupt(self, msg):
+        """The error for a ring found corrupt, unless this member was
+        evicted: then its frames may have been reused as it read them
+        (section 10), and alive() raises Evicted instead."""
+        self.m.alive()
+        return RingError(msg)
+
     def resync(self):
         r = self.ring
         c = r.oldest(0, r.u64(r.qh(0) + Q_TAIL))
@@ -349,7 +356,7 @@ class Subscriber:
             if w & M32 != units_of(cur):
                 d = udist(units_of(r.u64(qh + Q_TAIL)), units_of(cur))
                 if d >= HALF:
-                    raise RingError(f"corrupt ring: cursor {units_of(cur)} is ahead of the tail")
+                    raise self.corrupt(f"corrupt ring: cursor {units_of(cur)} is ahead of the tail")
                 if d > r.cap_units and r.policy == POLICY_OVERWRITE:
                     self.resync()
                     continue
@@ -365,7 +372,7 @@ class Subscriber:
                 tail = r.u64(qh + Q_TAIL)
                 if (n % 16 or off + FRAME_HEADER + n > r.capacity
                         or udist(units_of(tail), units_of(cur)) < (FRAME_HEADER + n) >> 4):
-                    raise RingError(f"corrupt ring: padding of {n} bytes at offset {off}")
+                    raise self.corrupt(f"corrupt ring: padding of {n} bytes at offset {off}")
                 # padSeq: padding over claimed messages carries the sequence
                 # after them: at most one message per 16-byte unit in a
                 # version 1 ring, any forward step (below 2^31) from 2 on.
@@ -378,7 +385,7 @@ class Subscriber:
                     if r.policy == POLICY_OVERWRITE:
                         self.resync()
                         continue
-                    raise RingError("evicted or corrupt ring: the tail lapped a block subscriber")
+                    raise self.corrupt("corrupt ring: the tail lapped a block subscriber")
                 k = (seq - seq_of(cur)) & M32
                 bound = (FRAME_HEADER + n) >> 4 if r.version < 2 else HALF - 1
                 if not 0 < k <= bound:
@@ -390,12 +397,12 @@ class Subscriber:
                 self.m.set(M_CURSOR, self.cur)
                 continue
             if n > r.max_message or off + FRAME_HEADER + n > r.capacity:
-                raise RingError(f"corrupt ring: frame of {n} bytes at offset {off}")
+                raise self.corrupt(f"corrupt ring: frame of {n} bytes at offset {off}")
             if r.u32(base + off + F_SEQ) != seq_of(cur):
                 if r.policy == POLICY_OVERWRITE and udist(units_of(r.u64(qh + Q_TAIL)), units_of(cur)) > r.cap_units:
                     self.resync()
                     continue
-                raise RingError(f"corrupt ring: frame at offset {off} has the wrong sequence")
+                raise self.corrupt(f"corrupt ring: frame at offset {off} has the wrong sequence")
             msg = bytes(r.mm[base + off + FRAME_HEADER: base + off + FRAME_HEADER + n])
             if r.policy == POLICY_OVERWRITE and udist(units_of(r.u64(qh + Q_TAIL)), units_of(cur)) > r.cap_units:
                 self.resync()  # overwritten while we copied it
