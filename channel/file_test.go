@@ -53,33 +53,3 @@ func TestMapFile(t *testing.T) {
 		t.Errorf("MapFile(missing) = %v, want ErrNotExist", err)
 	}
 }
-
-// TestMemberCloseAfterRingClose: a member closed after its ring (which
-// unmapped the memory) does nothing, instead of touching the gone ring.
-func TestMemberCloseAfterRingClose(t *testing.T) {
-	_, path := newShmRing(t, Config{Capacity: 4096})
-	for _, tc := range []struct {
-		name string
-		join func(r *Ring) (interface{ Close() error }, error)
-	}{
-		{"publisher", func(r *Ring) (interface{ Close() error }, error) { return r.NewPublisher(PublisherOptions{}) }},
-		{"subscriber", func(r *Ring) (interface{ Close() error }, error) { return r.NewSubscriber(SubscriberOptions{}) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r, err := MapFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := tc.join(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Close(); err != nil {
-				t.Fatalf("ring Close: %v", err)
-			}
-			if err := m.Close(); err != nil {
-				t.Fatalf("member Close after the ring's: %v", err)
-			}
-		})
-	}
-}

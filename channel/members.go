@@ -361,10 +361,24 @@ func (r *Ring) settled(s *memberSlot) bool {
 	return uint32(w) == p.units() && uint32(w>>32)&(FlagConsumed|FlagPadding) != 0
 }
 
+// leaving runs a member's Close, f, unless the ring was closed: the
+// ring's Close waits for one in flight before it unmaps the memory.
+func (r *Ring) leaving(f func()) {
+	r.closing.RLock()
+	defer r.closing.RUnlock()
+	if !r.closed {
+		f()
+	}
+}
+
 // Close releases every member this process holds on the ring and stops
 // their heartbeats; a ring from MapFile is unmapped too. Call it before
-// unmapping memory of your own.
+// unmapping memory of your own. A member's Close that runs at the same
+// time finishes first; one after it does nothing.
 func (r *Ring) Close() error {
+	r.closing.Lock()
+	r.closed = true
+	r.closing.Unlock()
 	r.mu.Lock()
 	ms := make([]*member, 0, len(r.local))
 	for _, m := range r.local {

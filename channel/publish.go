@@ -104,18 +104,21 @@ func (r *Ring) otherPublishers(q int, self uint32) bool {
 }
 
 // Close leaves the ring. An outstanding claim is committed as padding.
-// After the ring's Close it does nothing (the ring may be unmapped).
+// After the ring's Close, or during it, it does nothing (the ring may be
+// unmapped).
 func (p *Publisher) Close() error {
-	if p.m.close.Load() {
-		return nil
-	}
-	if p.out {
-		p.abort()
-	}
-	if p.ex {
-		atomic.CompareAndSwapUint32(&p.qh.Exclusive, p.m.idx+1, 0)
-	}
-	p.m.release()
+	p.r.leaving(func() {
+		if p.m.close.Load() {
+			return
+		}
+		if p.out {
+			p.abort()
+		}
+		if p.ex {
+			atomic.CompareAndSwapUint32(&p.qh.Exclusive, p.m.idx+1, 0)
+		}
+		p.m.release()
+	})
 	return nil
 }
 

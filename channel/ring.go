@@ -119,6 +119,13 @@ type Ring struct {
 	beat  chan struct{}
 	unmap func() error // set by MapFile: Close unmaps what it mapped
 
+	// A member's Close holds closing for reading and does nothing once
+	// closed is set; the ring's Close sets it under the write lock, so it
+	// waits for member Closes in flight before it unmaps the memory they
+	// touch. Only Close paths take it.
+	closing sync.RWMutex
+	closed  bool
+
 	// Where this process's goroutines wait: parks[q][0] on the queue's
 	// DataFutex, parks[q][1] on its SpaceFutex.
 	parks [2][2]*park

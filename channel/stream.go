@@ -51,9 +51,10 @@ func (r *Ring) NewReader(o ReaderOptions) (*Reader, error) {
 // Slot returns this reader's member slot (MemberInfo.Slot).
 func (rd *Reader) Slot() uint32 { return rd.m.idx }
 
-// Close leaves the ring.
+// Close leaves the ring. After the ring's Close, or during it, it does
+// nothing (the ring may be unmapped).
 func (rd *Reader) Close() error {
-	rd.m.release()
+	rd.r.leaving(rd.m.release)
 	return nil
 }
 

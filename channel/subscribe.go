@@ -132,14 +132,16 @@ func (r *Ring) NewSubscriber(o SubscriberOptions) (*Subscriber, error) {
 	}
 }
 
-// Close leaves the ring. After the ring's Close it does nothing (the ring
-// may be unmapped).
+// Close leaves the ring. After the ring's Close, or during it, it does
+// nothing (the ring may be unmapped).
 func (s *Subscriber) Close() error {
-	if s.m.close.Load() {
-		return nil
-	}
-	s.m.release()
-	wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	s.r.leaving(func() {
+		if s.m.close.Load() {
+			return
+		}
+		s.m.release()
+		wake(&s.qh.SpaceFutex, &s.qh.SpaceWaiters)
+	})
 	return nil
 }
 
