@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 // TestEvictedSubscriberReads: a block subscriber that stalled past its
@@ -152,4 +153,32 @@ func evictWhen(t *testing.T, during bool, evict func()) {
 		evict()
 	}
 	t.Cleanup(func() { testHookRead = nil })
+}
+
+// TestEvictedCloseKeepsNewMember: a member evicted after it stalled, whose
+// slot a new member of the same process took, closes afterwards. Its
+// Close must leave the new member's heartbeats alone: it took the slot's
+// entry off the heartbeat list, whoever's it was, and the new member,
+// never refreshed, was evicted a lease later.
+func TestEvictedCloseKeepsNewMember(t *testing.T) {
+	r := newRing(t, Config{Capacity: MinCapacity, MaxMessage: 1000, Lease: stallLease})
+	old := mustSub(t, r)
+	stall(t, r, old.m)
+	if r.Reap() != 1 {
+		t.Fatal("Reap evicted no one")
+	}
+	s := mustSub(t, r)
+	if s.m.idx != old.m.idx {
+		t.Fatalf("the new member took slot %d, not the evicted one's %d: the test tests nothing", s.m.idx, old.m.idx)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Three leases: the new member is reaped unless its heartbeats go on.
+	for end := time.Now().Add(3 * stallLease); time.Now().Before(end); time.Sleep(stallLease / 10) {
+		r.Reap()
+		if _, err := s.TryNext(nil); !errors.Is(err, ErrWouldBlock) {
+			t.Fatalf("the new member: %v, want ErrWouldBlock (alive, nothing to read)", err)
+		}
+	}
 }

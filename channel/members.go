@@ -122,10 +122,15 @@ func (r *Ring) track(m *member) {
 	}
 }
 
+// untrack takes m off the heartbeat list. Only m: an evicted member's
+// slot may have gone to a new member of this process since, whose entry
+// it is now.
 func (r *Ring) untrack(m *member) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.local, m.idx)
+	if r.local[m.idx] == m {
+		delete(r.local, m.idx)
+	}
 	if len(r.local) == 0 && r.beat != nil {
 		close(r.beat)
 		r.beat = nil
