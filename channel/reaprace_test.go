@@ -187,7 +187,11 @@ func TestPadRaceStress(t *testing.T) {
 		liveID     = 1
 		maxMessage = 200
 	)
-	r := newRing(t, Config{Capacity: 16 << 10, MaxMessage: maxMessage, Lease: stallLease})
+	// The stall is made by backdating a lease, so the lease can be long,
+	// and the live members (four busy goroutines among them) keep theirs
+	// however loaded the machine is.
+	const lease = time.Second
+	r := newRing(t, Config{Capacity: 16 << 10, MaxMessage: maxMessage, Lease: lease})
 	var received [subs][2]atomic.Int64
 	var lost [subs]atomic.Uint64
 	g, ctx := errgroup.WithContext(context.Background())
@@ -257,6 +261,7 @@ func TestPadRaceStress(t *testing.T) {
 	g.Go(func() error {
 		defer close(reaping)
 		rng := rand.New(rand.NewPCG(1, 2))
+		within := int64(10 * time.Microsecond)
 		for round := range *padRaceRounds {
 			p, err := r.NewPublisher(PublisherOptions{})
 			if err != nil {
@@ -278,21 +283,25 @@ func TestPadRaceStress(t *testing.T) {
 				encodeStress(b.Buf(i), stallerID, committed+int64(i))
 			}
 			// Stopped for about its lease: no heartbeats, the last one
-			// a lease ago, and back a few µs after the lease ran out,
-			// when the reaper looks.
+			// a lease ago, and back within `within` after the lease ran
+			// out. within tracks how long the reaper takes to get there
+			// (longer after a commit won, shorter after a reaper did), so
+			// that the commit lands about when the reaper pads.
 			r.untrack(p.m)
 			now := monotonic()
-			old := now - int64(stallLease)
+			old := now - int64(lease)
 			atomic.StoreUint64(&p.m.s.Lease, uint64(old))
 			p.m.lease = uint64(old)
-			for back := now + int64(rng.IntN(8000)); monotonic() < back; {
+			for back := now + rng.Int64N(within); monotonic() < back; {
 			}
 			switch err := p.CommitBatch(b); {
 			case err == nil:
 				committed += int64(b.Len())
 				gaps += uint64(gap)
+				within = min(within*2, int64(time.Millisecond))
 			case errors.Is(err, ErrEvicted):
 				evicted++
+				within = max(within/2, int64(time.Microsecond))
 			default:
 				return fmt.Errorf("round %d: commit: %w", round, err)
 			}
