@@ -108,6 +108,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	imp := &importer{p: p, key: k, h: h, ring: h.Ring(), log: p.log.WithField("channel", k.String()),
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 	close(imp.done) // until publish runs
+	m.useFiles(p.cfg.ID(), k)
 	imp.cfg = imp.ring.Config()
 	fail := func(err error) (*importer, error) {
 		imp.close()
@@ -678,4 +679,5 @@ func (imp *importer) close() {
 		imp.mark.close()
 	}
 	imp.h.Close()
+	imp.p.m.doneFiles(imp.p.cfg.ID(), imp.key)
 }
