@@ -171,6 +171,9 @@ func (m *Mirror) forgetImports(channels map[[2]string]bool) {
 	for p, keys := range m.state.importHistories() {
 		if !slices.ContainsFunc(keys, func(k chanKey) bool { return channels[[2]string{k.NS, k.Ch}] || !m.channelGone(k.NS, k.Ch) }) {
 			for _, k := range keys {
+				if im := m.imports[k]; im != nil {
+					im.claims.close()
+				}
 				delete(m.imports, k)
 			}
 			os.Remove(p)

@@ -157,8 +157,14 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 func (m *Mirror) importsFor(k chanKey, ring *channel.Ring) (*imports, error) {
 	m.imu.Lock()
 	defer m.imu.Unlock()
-	if im := m.imports[k]; im != nil && im.doc.Epoch == ring.Epoch() {
-		return im, nil
+	old := m.imports[k]
+	if old != nil && old.doc.Epoch == ring.Epoch() {
+		return old, nil
+	}
+	if old != nil {
+		// The file is the new ring's: the old one's users (closing)
+		// go on in memory.
+		old.claims.close()
 	}
 	im, err := m.state.loadImports(k, ring.Epoch(), ring.QueueStats(k.Q).Tail)
 	if err != nil {

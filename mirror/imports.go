@@ -75,7 +75,14 @@ func (s *state) loadImports(k chanKey, epoch uint64, tail channel.Position) (*im
 			e.Open, e.To = false, tail
 		}
 	}
-	return im, im.saveLocked()
+	if err := im.claims.open(claimsPath(im.path), epoch); err != nil {
+		return nil, err
+	}
+	if err := im.saveLocked(); err != nil {
+		im.claims.close()
+		return nil, err
+	}
+	return im, nil
 }
 
 // importsPath is the file of k's import history.
@@ -87,8 +94,12 @@ func (s *state) importsPath(k chanKey) string {
 	return filepath.Join(s.dir, "imports", k.NS, name)
 }
 
-// importHistories lists the import history files, each with the queues
-// its name may stand for (a channel name may end in "." and digits).
+// claimsPath is the claims file (claims.go) beside the history at path.
+func claimsPath(path string) string { return strings.TrimSuffix(path, ".json") + ".claims" }
+
+// importHistories lists the import history files (and claims files),
+// each with the queues its name may stand for (a channel name may end in
+// "." and digits).
 func (s *state) importHistories() map[string][]chanKey {
 	out := map[string][]chanKey{}
 	nss, _ := os.ReadDir(filepath.Join(s.dir, "imports"))
@@ -97,7 +108,9 @@ func (s *state) importHistories() map[string][]chanKey {
 		for _, f := range files {
 			name, ok := strings.CutSuffix(f.Name(), ".json")
 			if !ok {
-				continue
+				if name, ok = strings.CutSuffix(f.Name(), ".claims"); !ok {
+					continue
+				}
 			}
 			p := filepath.Join(s.dir, "imports", nd.Name(), f.Name())
 			out[p] = []chanKey{{NS: nd.Name(), Ch: name}}

@@ -233,6 +233,11 @@ func (m *Mirror) Authorize(identity string) error {
 func (m *Mirror) Run(ctx context.Context) error {
 	err := m.run(ctx)
 	m.abandonHolds()
+	m.imu.Lock()
+	for _, im := range m.imports {
+		im.claims.close()
+	}
+	m.imu.Unlock()
 	return err
 }
 
