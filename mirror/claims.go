@@ -1,7 +1,13 @@
 package mirror
 
 import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/shimmy-dev/shimmy/channel"
 )
@@ -26,10 +32,85 @@ const (
 //     among those it skipped (own): the imports are their origins' to
 //     send, and the peer gets them there (or learns of their loss from
 //     its own link).
+//
+// The claims are kept in a mapped file of the state directory too (a
+// store to it outlives the process), so that an exporter lapped after an
+// agent restart tells the previous run's imports apart as well.
 type importClaims struct {
 	mu   sync.Mutex
 	c    []claimRange // a ring buffer of the latest claims
 	next int          // where the next claim goes once c is full
+	mem  []byte       // the file's mapping; nil: in memory only
+}
+
+// The claims file: the ring's epoch u64, the claims held u32, next u32,
+// then maxImportClaims entries of start u64, end u64.
+const (
+	claimsHeader = 16
+	claimLen     = 16
+	claimsSize   = claimsHeader + maxImportClaims*claimLen
+)
+
+// open maps the claims file at path, taking up the claims it holds for
+// the ring of epoch (a file of another epoch starts empty).
+func (ic *importClaims) open(path string, epoch uint64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("mirror: state: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("mirror: import claims: %w", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(claimsSize); err != nil { // sparse: pages as claims fill them
+		return fmt.Errorf("mirror: import claims: %w", err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, claimsSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mirror: import claims: %w", err)
+	}
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	ic.mem = mem
+	n, next := int(binary.LittleEndian.Uint32(mem[8:])), int(binary.LittleEndian.Uint32(mem[12:]))
+	if binary.LittleEndian.Uint64(mem) != epoch || n > maxImportClaims || next >= maxImportClaims || n < maxImportClaims && next != 0 {
+		binary.LittleEndian.PutUint64(mem, epoch)
+		n, next = 0, 0
+		ic.storeHeader(0, 0)
+	}
+	ic.c, ic.next = make([]claimRange, n), next
+	for i := range ic.c {
+		e := mem[claimsHeader+i*claimLen:]
+		ic.c[i] = claimRange{channel.Position(binary.LittleEndian.Uint64(e)), channel.Position(binary.LittleEndian.Uint64(e[8:]))}
+	}
+	return nil
+}
+
+// close unmaps the file; the claims go on in memory only.
+func (ic *importClaims) close() {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if ic.mem != nil {
+		unix.Munmap(ic.mem)
+		ic.mem = nil
+	}
+}
+
+// store writes claim i into the file, then the count and next that
+// include it: an agent killed in between forgets that one claim.
+func (ic *importClaims) store(i int) {
+	if ic.mem == nil {
+		return
+	}
+	e := ic.mem[claimsHeader+i*claimLen:]
+	binary.LittleEndian.PutUint64(e, uint64(ic.c[i].start))
+	binary.LittleEndian.PutUint64(e[8:], uint64(ic.c[i].end))
+	ic.storeHeader(len(ic.c), ic.next)
+}
+
+func (ic *importClaims) storeHeader(n, next int) {
+	binary.LittleEndian.PutUint32(ic.mem[8:], uint32(n))
+	binary.LittleEndian.PutUint32(ic.mem[12:], uint32(next))
 }
 
 // claimRange is one claim: from its first frame to the position after it.
@@ -41,10 +122,13 @@ func (ic *importClaims) add(start, end channel.Position) {
 	defer ic.mu.Unlock()
 	if len(ic.c) < maxImportClaims {
 		ic.c = append(ic.c, claimRange{start, end})
+		ic.store(len(ic.c) - 1)
 		return
 	}
-	ic.c[ic.next] = claimRange{start, end}
+	i := ic.next
+	ic.c[i] = claimRange{start, end}
 	ic.next = (ic.next + 1) % maxImportClaims
+	ic.store(i)
 }
 
 // endOf returns the end of the one of the latest claimMemory claims that

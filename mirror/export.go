@@ -223,6 +223,7 @@ func (s *session) onSub(sub wire.Sub) error {
 		h.Close()
 		return refuse(wire.RefuseMismatch, "the channel's max message does not fit the peer's inbox")
 	}
+	s.p.m.useFiles(s.p.cfg.ID(), k)
 	var open wire.Open
 	if ex.cfg.Type == channel.TypeStream {
 		open, err = ex.openStream(sub)
@@ -551,6 +552,7 @@ func (ex *exporter) lag() uint64 {
 // are done with it; a block slot is kept for Hold while the plan still
 // shares the channel with the peer.
 func (ex *exporter) close() {
+	defer ex.s.p.m.doneFiles(ex.s.p.cfg.ID(), ex.key)
 	if ex.rd != nil {
 		ex.rd.Close()
 	}

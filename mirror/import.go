@@ -108,6 +108,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	imp := &importer{p: p, key: k, h: h, ring: h.Ring(), log: p.log.WithField("channel", k.String()),
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 	close(imp.done) // until publish runs
+	m.useFiles(p.cfg.ID(), k)
 	imp.cfg = imp.ring.Config()
 	fail := func(err error) (*importer, error) {
 		imp.close()
@@ -156,8 +157,14 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 func (m *Mirror) importsFor(k chanKey, ring *channel.Ring) (*imports, error) {
 	m.imu.Lock()
 	defer m.imu.Unlock()
-	if im := m.imports[k]; im != nil && im.doc.Epoch == ring.Epoch() {
-		return im, nil
+	old := m.imports[k]
+	if old != nil && old.doc.Epoch == ring.Epoch() {
+		return old, nil
+	}
+	if old != nil {
+		// The file is the new ring's: the old one's users (closing)
+		// go on in memory.
+		old.claims.close()
 	}
 	im, err := m.state.loadImports(k, ring.Epoch(), ring.QueueStats(k.Q).Tail)
 	if err != nil {
@@ -678,4 +685,5 @@ func (imp *importer) close() {
 		imp.mark.close()
 	}
 	imp.h.Close()
+	imp.p.m.doneFiles(imp.p.cfg.ID(), imp.key)
 }

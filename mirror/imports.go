@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -55,11 +56,7 @@ const maxImportEntries = 64
 // loadImports reads the history of k's queue for a ring of epoch whose
 // queue tail is now tail, and closes the entries a previous run left open.
 func (s *state) loadImports(k chanKey, epoch uint64, tail channel.Position) (*imports, error) {
-	name := k.Ch + ".json" // queue 0, and every pubsub channel
-	if k.Q != 0 {
-		name = k.Ch + "." + strconv.Itoa(k.Q) + ".json"
-	}
-	im := &imports{path: filepath.Join(s.dir, "imports", k.NS, name)}
+	im := &imports{path: s.importsPath(k)}
 	b, err := os.ReadFile(im.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -78,7 +75,51 @@ func (s *state) loadImports(k chanKey, epoch uint64, tail channel.Position) (*im
 			e.Open, e.To = false, tail
 		}
 	}
-	return im, im.saveLocked()
+	if err := im.claims.open(claimsPath(im.path), epoch); err != nil {
+		return nil, err
+	}
+	if err := im.saveLocked(); err != nil {
+		im.claims.close()
+		return nil, err
+	}
+	return im, nil
+}
+
+// importsPath is the file of k's import history.
+func (s *state) importsPath(k chanKey) string {
+	name := k.Ch + ".json" // queue 0, and every pubsub channel
+	if k.Q != 0 {
+		name = k.Ch + "." + strconv.Itoa(k.Q) + ".json"
+	}
+	return filepath.Join(s.dir, "imports", k.NS, name)
+}
+
+// claimsPath is the claims file (claims.go) beside the history at path.
+func claimsPath(path string) string { return strings.TrimSuffix(path, ".json") + ".claims" }
+
+// importHistories lists the import history files (and claims files),
+// each with the queues its name may stand for (a channel name may end in
+// "." and digits).
+func (s *state) importHistories() map[string][]chanKey {
+	out := map[string][]chanKey{}
+	nss, _ := os.ReadDir(filepath.Join(s.dir, "imports"))
+	for _, nd := range nss {
+		files, _ := os.ReadDir(filepath.Join(s.dir, "imports", nd.Name()))
+		for _, f := range files {
+			name, ok := strings.CutSuffix(f.Name(), ".json")
+			if !ok {
+				if name, ok = strings.CutSuffix(f.Name(), ".claims"); !ok {
+					continue
+				}
+			}
+			p := filepath.Join(s.dir, "imports", nd.Name(), f.Name())
+			out[p] = []chanKey{{NS: nd.Name(), Ch: name}}
+			if ch, ok := shareFile(name); ok {
+				out[p] = append(out[p], chanKey{NS: nd.Name(), Ch: ch, Q: 1})
+			}
+		}
+	}
+	return out
 }
 
 // add records that slot publishes imports from position from on.

@@ -27,6 +27,10 @@ func (m *Mirror) Addr() net.Addr {
 	return m.ln.Addr()
 }
 
+// sweepEvery is how often Run looks for the state files of deleted
+// channels; a plan change and a flow's end look at once.
+const sweepEvery = 5 * time.Second
+
 func (m *Mirror) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -41,10 +45,14 @@ func (m *Mirror) run(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, func() { m.ln.Close() })
 		defer stop()
 	}
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
 	for {
 		m.reconcile(ctx, &wg)
 		m.releaseUnshared()
+		m.forgetUnshared()
 		select {
+		case <-sweep.C: // channels deleted meanwhile (forgetUnshared)
 		case <-ctx.Done():
 			m.mu.Lock()
 			for name, p := range m.peers {

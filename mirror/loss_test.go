@@ -81,6 +81,18 @@ func lossyPair(ctx context.Context, t *testing.T, capacity uint64, tune func(*Op
 	return c, c.hosts[1], tl, p
 }
 
+// smallOn is an overwrite channel of capacity on host small and of 1 MiB
+// on the others.
+func smallOn(small string, capacity uint64) func(host string) channel.Config {
+	return func(host string) channel.Config {
+		cfg := channel.Config{Policy: channel.PolicyOverwrite, Capacity: 1 << 20, MaxMessage: 256}
+		if host == small {
+			cfg.Capacity = capacity
+		}
+		return cfg
+	}
+}
+
 // bigOnB is an overwrite channel of capacity on a and of 1 MiB on b,
 // which holds every burst of the tests: b's subscriber loses nothing in
 // its own ring, only what the link lost.
@@ -233,13 +245,7 @@ func TestLinkStatsPeerRestart(t *testing.T) {
 func TestOverwriteLapsOverImports(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := newClusterOf(t, func(host string) channel.Config {
-		cfg := channel.Config{Policy: channel.PolicyOverwrite, Capacity: 1 << 20, MaxMessage: 256}
-		if host == "b" {
-			cfg.Capacity = 4096
-		}
-		return cfg
-	}, nil, "a", "b")
+	c := newClusterOf(t, smallOn("b", 4096), nil, "a", "b")
 	a, b := c.hosts[0], c.hosts[1]
 	tl := subscribe(ctx, t, mapRing(t, a), true)
 	c.linksUp()

@@ -156,11 +156,15 @@ type Mirror struct {
 	hmu   sync.Mutex
 	holds map[holdKey]*hold // block peers' slots while their link is down
 
-	mu     sync.Mutex
-	plan   Plan
-	peers  map[string]*peer       // by name
-	counts map[string]*linkCounts // by peer name, kept when a peer is replaced
-	wake   chan struct{}          // Apply signals Run
+	fmu   sync.Mutex
+	users map[shareKey]int // importers and exporters with a share's files open (forget.go)
+
+	mu      sync.Mutex
+	plan    Plan
+	applied bool                   // Apply was called: forgetUnshared may sweep
+	peers   map[string]*peer       // by name
+	counts  map[string]*linkCounts // by peer name, kept when a peer is replaced
+	wake    chan struct{}          // Apply signals Run
 
 	// testHookSub, set by tests only, runs before each Sub is sent.
 	testHookSub atomic.Pointer[func(wire.Sub)]
@@ -185,6 +189,7 @@ func New(o Options) (*Mirror, error) {
 		o: o, log: o.Log.WithField("component", "mirror"), state: st,
 		peers: map[string]*peer{}, counts: map[string]*linkCounts{}, wake: make(chan struct{}, 1),
 		imports: map[chanKey]*imports{}, holds: map[holdKey]*hold{}, outboxes: map[holdKey]*outbox{}, readers: map[slotKey]bool{},
+		users: map[shareKey]int{},
 	}
 	if o.Listen != "" {
 		if m.ln, err = o.Transport.Listen(o.Listen); err != nil {
@@ -201,12 +206,9 @@ func (m *Mirror) Apply(p Plan) error {
 		return err
 	}
 	m.mu.Lock()
-	m.plan = p
+	m.plan, m.applied = p, true
 	m.mu.Unlock()
-	select {
-	case m.wake <- struct{}{}:
-	default:
-	}
+	m.kick()
 	return nil
 }
 
@@ -231,6 +233,11 @@ func (m *Mirror) Authorize(identity string) error {
 func (m *Mirror) Run(ctx context.Context) error {
 	err := m.run(ctx)
 	m.abandonHolds()
+	m.imu.Lock()
+	for _, im := range m.imports {
+		im.claims.close()
+	}
+	m.imu.Unlock()
 	return err
 }
 

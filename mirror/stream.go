@@ -28,7 +28,8 @@ type outbox struct {
 	next uint64 // id of the next record taken
 	// j is the record being taken, in a mapped file of the state
 	// directory: a take the agent dies in is settled after its restart.
-	j *channel.TakeJournal
+	j    *channel.TakeJournal
+	jmem []byte // j's mapping
 }
 
 type outRec struct {
@@ -59,29 +60,49 @@ func (m *Mirror) outboxFor(peer string, k chanKey, acked uint64, maxMessage uint
 		return nil, fmt.Errorf("mirror: state: %w", err)
 	}
 	var err error
-	if ob.j, err = mapJournal(m.state.path("take", peer, k), channel.TakeJournalLen(maxMessage)); err != nil {
+	if ob.j, ob.jmem, err = mapJournal(m.state.path("take", peer, k), channel.TakeJournalLen(maxMessage)); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(ob.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("mirror: outbox: %w", err)
 	}
-	for len(b) >= outRecHeader {
-		id, n := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint32(b[8:])
-		if uint64(n) > uint64(len(b)-outRecHeader) || crc32.ChecksumIEEE(b[outRecHeader:outRecHeader+int(n)]) != binary.LittleEndian.Uint32(b[12:]) {
-			break // a torn tail: the record was never handed out
-		}
-		if id >= acked {
-			ob.recs = append(ob.recs, outRec{id, bytes.Clone(b[outRecHeader : outRecHeader+int(n)])})
-			ob.next = max(ob.next, id+1)
-		}
-		b = b[outRecHeader+int(n):]
+	ob.recs = readOutbox(b, acked)
+	if n := len(ob.recs); n > 0 {
+		ob.next = max(ob.next, ob.recs[n-1].id+1)
 	}
 	if err := ob.rewrite(); err != nil {
 		return nil, err
 	}
 	m.outboxes[hk] = ob
 	return ob, nil
+}
+
+// readOutbox returns the records of an outbox file's content b from id
+// acked on.
+func readOutbox(b []byte, acked uint64) []outRec {
+	var recs []outRec
+	for len(b) >= outRecHeader {
+		id, n := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint32(b[8:])
+		if uint64(n) > uint64(len(b)-outRecHeader) || crc32.ChecksumIEEE(b[outRecHeader:outRecHeader+int(n)]) != binary.LittleEndian.Uint32(b[12:]) {
+			break // a torn tail: the record was never handed out
+		}
+		if id >= acked {
+			recs = append(recs, outRec{id, bytes.Clone(b[outRecHeader : outRecHeader+int(n)])})
+		}
+		b = b[outRecHeader+int(n):]
+	}
+	return recs
+}
+
+// close lets go of the outbox's file and journal (forgetUnshared).
+func (ob *outbox) close() {
+	if ob.f != nil {
+		ob.f.Close()
+	}
+	if ob.jmem != nil {
+		unix.Munmap(ob.jmem)
+	}
 }
 
 // add appends a record taken from the ring and returns its id.
@@ -148,32 +169,37 @@ func (ob *outbox) rewrite() error {
 func (ob *outbox) len() int { return len(ob.recs) }
 
 // mapJournal maps the take journal at path, of at least n bytes (kept
-// larger if a previous run made it so), creating it empty. The mapping
-// lasts as long as the mirror's process: the outbox is never dropped.
-func mapJournal(path string, n int) (*channel.TakeJournal, error) {
+// larger if a previous run made it so), creating it empty, and its
+// mapping, which lasts until forgetUnshared drops the outbox.
+func mapJournal(path string, n int) (*channel.TakeJournal, []byte, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("mirror: state: %w", err)
+		return nil, nil, fmt.Errorf("mirror: state: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("mirror: take journal: %w", err)
+		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("mirror: take journal: %w", err)
+		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
 	}
 	size := max(st.Size(), int64(n+os.Getpagesize()-1)&^int64(os.Getpagesize()-1))
 	if size != st.Size() {
 		if err := f.Truncate(size); err != nil {
-			return nil, fmt.Errorf("mirror: take journal: %w", err)
+			return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
 		}
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("mirror: take journal: %w", err)
+		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
 	}
-	return channel.NewTakeJournal(mem)
+	j, err := channel.NewTakeJournal(mem)
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, nil, err
+	}
+	return j, mem, nil
 }
 
 // settle finds out what became of the record a previous run was taking
