@@ -102,15 +102,9 @@ func TestPaddingReclaimedWhileRead(t *testing.T) {
 func newNumbered(t *testing.T, cfg Config) (*Ring, *numbered, *numberedSub) {
 	t.Helper()
 	r := newRing(t, cfg)
-	s, err := r.NewSubscriber(SubscriberOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := mustSub(t, r)
 	t.Cleanup(func() { s.Close() })
-	p, err := r.NewPublisher(PublisherOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := mustPub(t, r)
 	t.Cleanup(func() { p.Close() })
 	return r, &numbered{t: t, r: r, p: p}, &numberedSub{t: t, s: s, last: -1}
 }

@@ -2,9 +2,6 @@ package mirror
 
 import (
 	"encoding/binary"
-	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -54,20 +51,9 @@ const (
 // open maps the claims file at path, taking up the claims it holds for
 // the ring of epoch (a file of another epoch starts empty).
 func (ic *importClaims) open(path string, epoch uint64) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("mirror: state: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	mem, err := mapFile(path, claimsSize, "import claims")
 	if err != nil {
-		return fmt.Errorf("mirror: import claims: %w", err)
-	}
-	defer f.Close()
-	if err := f.Truncate(claimsSize); err != nil { // sparse: pages as claims fill them
-		return fmt.Errorf("mirror: import claims: %w", err)
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, claimsSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("mirror: import claims: %w", err)
+		return err
 	}
 	ic.mu.Lock()
 	defer ic.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/shimmy-dev/shimmy/rdma"
+	"github.com/shimmy-dev/shimmy/registry"
 )
 
 // dialTimeout bounds one Dial.
@@ -26,10 +27,6 @@ func (m *Mirror) Addr() net.Addr {
 	}
 	return m.ln.Addr()
 }
-
-// sweepEvery is how often Run looks for the state files of deleted
-// channels; a plan change and a flow's end look at once.
-const sweepEvery = 5 * time.Second
 
 func (m *Mirror) run(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -45,14 +42,19 @@ func (m *Mirror) run(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, func() { m.ln.Close() })
 		defer stop()
 	}
-	sweep := time.NewTicker(sweepEvery)
-	defer sweep.Stop()
+	// A channel or namespace removed may leave state files to forget
+	// (forgetUnshared), as a plan change and a flow's end may.
+	defer m.o.Registry.Subscribe(0, func(e registry.Event) {
+		switch e.Kind {
+		case registry.Removed, registry.NamespaceRemoved, registry.Overflow:
+			m.kick()
+		}
+	})()
 	for {
 		m.reconcile(ctx, &wg)
 		m.releaseUnshared()
 		m.forgetUnshared()
 		select {
-		case <-sweep.C: // channels deleted meanwhile (forgetUnshared)
 		case <-ctx.Done():
 			m.mu.Lock()
 			for name, p := range m.peers {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // state is the mirror's directory: marks (high-water marks of imports,
@@ -69,6 +71,37 @@ func openMarkFile(path string, n int) (*mark, []byte, error) {
 	b := make([]byte, n)
 	k, _ := f.ReadAt(b, 0)
 	return &mark{f: f}, b[:k], nil
+}
+
+// mapFile maps the state file at path (what names it in errors), shared
+// and writable, creating it and its directory: at least n bytes, in whole
+// pages (sparse until written), or all of a file a previous run made
+// larger.
+func mapFile(path string, n int, what string) ([]byte, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("mirror: state: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: %s: %w", what, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("mirror: %s: %w", what, err)
+	}
+	page := int64(os.Getpagesize())
+	size := max(st.Size(), (int64(n)+page-1)&^(page-1))
+	if size != st.Size() {
+		if err := f.Truncate(size); err != nil {
+			return nil, fmt.Errorf("mirror: %s: %w", what, err)
+		}
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: %s: %w", what, err)
+	}
+	return mem, nil
 }
 
 func decodeMark(b []byte) (markRec, bool) {

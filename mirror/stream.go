@@ -172,27 +172,9 @@ func (ob *outbox) len() int { return len(ob.recs) }
 // larger if a previous run made it so), creating it empty, and its
 // mapping, which lasts until forgetUnshared drops the outbox.
 func mapJournal(path string, n int) (*channel.TakeJournal, []byte, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, nil, fmt.Errorf("mirror: state: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	mem, err := mapFile(path, n, "take journal")
 	if err != nil {
-		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
-	}
-	size := max(st.Size(), int64(n+os.Getpagesize()-1)&^int64(os.Getpagesize()-1))
-	if size != st.Size() {
-		if err := f.Truncate(size); err != nil {
-			return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
-		}
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, nil, fmt.Errorf("mirror: take journal: %w", err)
+		return nil, nil, err
 	}
 	j, err := channel.NewTakeJournal(mem)
 	if err != nil {
