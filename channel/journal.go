@@ -120,6 +120,11 @@ func (j *TakeJournal) Taken() (msg []byte, tag uint64, ok bool) {
 func (j *TakeJournal) Clear() { j.set(journalEmpty) }
 
 // busy reports whether the journal holds a taken record not yet cleared.
+// Empty reports whether the journal holds no take (none in flight, none
+// taken and not cleared): a process that died with it so had nothing of
+// the ring's in hand.
+func (j *TakeJournal) Empty() bool { return atomic.LoadUint32(j.state()) == journalEmpty }
+
 func (j *TakeJournal) busy() bool { return atomic.LoadUint32(j.state()) == journalTaken }
 
 // TakeOutcome is what SettleTake found of the take a journal holds.

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/shimmy-dev/shimmy/channel"
 	"github.com/shimmy-dev/shimmy/registry"
 )
 
@@ -134,10 +134,12 @@ func (m *Mirror) holdsRecords(sk shareKey) bool {
 		if b, err := os.ReadFile(m.state.path("outbox", sk.peer, k)); err == nil && len(readOutbox(b, acked)) > 0 {
 			return true
 		}
-		// The journal's state word (channel.TakeJournal's layout): not
-		// empty, a take the previous run died in may have been ours.
-		if b, err := os.ReadFile(m.state.path("take", sk.peer, k)); err == nil && len(b) >= 4 && binary.LittleEndian.Uint32(b) != 0 {
-			return true
+		// A journal not empty: a take the previous run died in may have
+		// been ours.
+		if b, err := os.ReadFile(m.state.path("take", sk.peer, k)); err == nil {
+			if j, err := channel.NewTakeJournal(b); err == nil && !j.Empty() {
+				return true
+			}
 		}
 	}
 	return false
