@@ -25,28 +25,36 @@ const burstSpoolRings = 8
 const stallTimeout = 30 * time.Second
 
 // TestBlockBurstsOnTwoHosts: publishers on A and B publish, at once,
-// bursts of several times what either small block ring holds (and at most
-// what each spool holds); every message reaches the subscribers on both
-// hosts once, intact, in its publisher's order. Each host's importer
-// needs room in its ring, which that ring keeps for the other host until
-// it acknowledges: without the spool the two hosts wait for each other.
+// bursts of several times what either small block ring holds; every
+// message reaches the subscribers on both hosts once, intact, in its
+// publisher's order. Each host's importer needs room in its ring, which
+// that ring keeps for the other host until it acknowledges: without the
+// spool the two hosts wait for each other, and with bursts past what the
+// spools hold, both spools fill unless the importers get the room their
+// peers' acknowledgements free.
 func TestBlockBurstsOnTwoHosts(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		capacity   uint64
 		publishers int // per host
 		n          int // messages per publisher
+		spoolRings int
 	}{
-		// About 4 rings' worth per host (messages of 12 to 211 bytes).
-		{"one publisher per host", 64 << 10, 1, 2000},
-		{"two publishers per host", 64 << 10, 2, 1000},
-		{"small ring", 16 << 10, 1, 500},
+		// About 4 rings' worth per host (messages of 12 to 211 bytes),
+		// at most what each spool holds.
+		{"one publisher per host", 64 << 10, 1, 2000, burstSpoolRings},
+		{"two publishers per host", 64 << 10, 2, 1000, burstSpoolRings},
+		{"small ring", 16 << 10, 1, 500, burstSpoolRings},
+		// About 40 rings' worth per host into spools of one ring: both
+		// spools fill.
+		{"past both spools", 16 << 10, 2, 2500, 1},
+		{"past both spools, one publisher", 64 << 10, 1, 20000, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: tc.capacity, MaxMessage: 1024},
-				func(o *Options) { o.SpoolRings = burstSpoolRings }, "a", "b")
+				func(o *Options) { o.SpoolRings = tc.spoolRings }, "a", "b")
 			tallies := map[string]*tally{}
 			for _, h := range c.hosts {
 				tallies[h.name] = subscribe(ctx, t, mapRing(t, h), false)
