@@ -46,11 +46,11 @@ type Publisher struct {
 	quiet bool   // PublisherOptions.Quiet
 	batch bool   // ... and it came from ClaimBatch
 	ex    bool   // exclusive: Tail is ours to store
+	slow  slowest
 	// heed: a publisher of a block pubsub queue that waits while a
 	// Reserver holds the queue; reserver: PublisherOptions.Reserver;
 	// holding: it holds the queue (Reserve).
 	heed, reserver, holding bool
-	slow  slowest
 }
 
 // slowest is the subscriber that held the limit at the last scan of the
