@@ -46,7 +46,7 @@ func (r *Ring) unreserve(q int, v uint32) {
 // ClearReservations clears every queue's Reserve word: the agent does at
 // recovery, when no importer of its own holds one yet.
 func (r *Ring) ClearReservations() {
-	for q := range r.queues {
+	for q := range r.Queues() {
 		if v := atomic.LoadUint32(&r.queues[q].Reserve); v != 0 {
 			r.unreserve(q, v)
 		}

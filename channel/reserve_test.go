@@ -150,6 +150,25 @@ func TestReserveNeedsOption(t *testing.T) {
 	}
 }
 
+// TestClearReservations: what the agent does at recovery clears every
+// queue's word, whatever it held.
+func TestClearReservations(t *testing.T) {
+	for _, typ := range []Type{TypePubSub, TypeStream} {
+		t.Run(typ.String(), func(t *testing.T) {
+			r := newRing(t, Config{Type: typ, Capacity: MinCapacity, MemberSlots: 4})
+			for q := range r.Queues() {
+				atomic.StoreUint32(&r.queues[q].Reserve, uint32(q+1))
+			}
+			r.ClearReservations()
+			for q := range r.Queues() {
+				if v, set := r.Reserved(q); set {
+					t.Errorf("queue %d: the word names slot %d", q, v)
+				}
+			}
+		})
+	}
+}
+
 // reserver joins r as a Reserver publisher holding queue 0, closed at
 // cleanup.
 func reserver(t *testing.T, r *Ring) *Publisher {
