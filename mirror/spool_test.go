@@ -266,6 +266,9 @@ func (c *cluster) dump(ch string) string {
 		if err == nil {
 			qs := r.QueueStats(0)
 			fmt.Fprintf(&b, "%s ring: tail %v limit %d in use %d, %d space waiters\n", h.name, qs.Tail, qs.Limit, qs.InUse, qs.SpaceWaiters)
+			if slot, ok := r.Reserved(0); ok {
+				fmt.Fprintf(&b, "  reserved by slot %d\n", slot)
+			}
 			for _, mi := range r.Members() {
 				fmt.Fprintf(&b, "  member %d role %d cursor %v lag %d\n", mi.Slot, mi.Role, channel.Position(mi.Cursor), mi.Lag)
 			}
