@@ -484,7 +484,7 @@ func (imp *importer) publish(ctx context.Context) {
 				imp.log.WithError(err).Error("import failed; the flow starts again")
 				imp.mu.Lock()
 				imp.broken = true
-				imp.pub.Reserve(false) // nothing moves the spool until the flow starts again
+				_ = imp.pub.Reserve(false) // nothing moves the spool until the flow starts again
 				imp.mu.Unlock()
 				imp.p.interrupt()
 				return
@@ -530,10 +530,11 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 	// While the spool holds records the ring's room is the importer's
 	// (block pubsub): local publishers that took the room the origin's
 	// acknowledgements free would keep both hosts' spools full for good.
-	err := imp.pub.Reserve(imp.chunking)
+	// An evicted publisher's error comes back from its next claim.
+	_ = imp.pub.Reserve(imp.chunking)
 	imp.mu.Unlock()
-	if err != nil || !imp.chunking {
-		return 0, err
+	if !imp.chunking {
+		return 0, nil
 	}
 	defer func() {
 		imp.mu.Lock()

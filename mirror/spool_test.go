@@ -80,6 +80,16 @@ func TestBlockBurstsOnTwoHosts(t *testing.T) {
 				t.FailNow()
 			}
 			expectWithin(t, stallTimeout, len(c.hosts)*tc.publishers*tc.n, tallies)
+			// The spools drained: the importers gave the rings back.
+			for _, h := range c.hosts {
+				r := mapRing(t, h)
+				waitFor(t, stallTimeout, func() error {
+					if slot, ok := r.Reserved(0); ok {
+						return fmt.Errorf("%s's ring is still reserved by slot %d", h.name, slot)
+					}
+					return nil
+				})
+			}
 		})
 	}
 }
