@@ -327,7 +327,10 @@ const cniConfig = `{"cniVersion": "0.4.0", "name": "hostnetwork-only", "plugins"
 // free loopback ports and its files under dir. Nobody can authenticate to
 // its API (no client CA): the API server cannot reach it, as the kubelet
 // refuses a loopback node IP, so kubectl logs and exec do not work; read
-// containers' output with Node.Logs.
+// containers' output with Node.Logs. Eviction only below 1 % free:
+// the default thresholds (nodefs 10 %, imagefs 15 %) measure the build
+// machine's shared disk, and a test pod evicted for DiskPressure there
+// says nothing about Shimmy.
 func kubeletConfig(dir, socket string, port, healthzPort int) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -354,6 +357,12 @@ makeIPTablesUtilChains: false
 syncFrequency: 5s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 2s
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%%
+  nodefs.inodesFree: 1%%
+  imagefs.available: 1%%
+  imagefs.inodesFree: 1%%
 `, socket, port, healthzPort, filepath.Join(dir, "logs"), filepath.Join(dir, "volume-plugins"))
 }
 
