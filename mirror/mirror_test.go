@@ -333,9 +333,12 @@ func TestAgentRestart(t *testing.T) {
 			a, b := c.hosts[0], c.hosts[1]
 			const n = 20000
 			var received func() (int, error)
+			lost, gaps := func() uint64 { return 0 }, func() uint64 { return 0 }
 			if tc.typ == channel.TypePubSub {
 				tl := subscribe(ctx, t, mapRing(t, b), false)
 				received = tl.count
+				lost = func() uint64 { tl.mu.Lock(); defer tl.mu.Unlock(); return tl.lost }
+				gaps = func() uint64 { tl.mu.Lock(); defer tl.mu.Unlock(); return tl.gaps }
 			} else {
 				// Readers on b only: every record crosses the link.
 				tl := &tally{}
@@ -376,7 +379,10 @@ func TestAgentRestart(t *testing.T) {
 			waitFor(t, 60*time.Second, func() error {
 				got, err := received()
 				if err != nil {
-					t.Fatal(err)
+					// Which loss it was: the subscriber's own (lapped) or
+					// the link's (gap frames), and what each side saw.
+					t.Fatalf("%v; subscriber lost %d (gaps %d); a: %+v %+v; b: %+v %+v", err, lost(), gaps(),
+						a.m.Stats(), ra.QueueStats(0), b.m.Stats(), mapRing(t, b).QueueStats(0))
 				}
 				if got != n {
 					return fmt.Errorf("b has %d of %d messages; a: %+v %+v; b: %+v %+v", got, n, a.m.Stats(), ra.QueueStats(0), b.m.Stats(), mapRing(t, b).QueueStats(0))
