@@ -54,12 +54,20 @@ const appendMaxLooks = 1 << 14
 // for the message that failed: buf holds the messages read before it.
 func (s *Subscriber) AppendBatch(buf []byte, o AppendOptions) ([]byte, Appended, error) {
 	var b Appended
+	member := false // check asked after the last copy: no need to ask again
 	for looks := 0; ; looks++ {
 		if looks == appendMaxLooks {
 			b.End = AppendFull
 			return buf, b, nil
 		}
-		msg, err := s.peek(false)
+		var msg []byte
+		var err error
+		if member {
+			msg, err = s.look(false)
+		} else {
+			msg, err = s.peek(false)
+		}
+		member = false
 		if err == ErrWouldBlock {
 			return buf, b, nil
 		}
@@ -91,6 +99,7 @@ func (s *Subscriber) AppendBatch(buf []byte, o AppendOptions) ([]byte, Appended,
 		if err := s.check(); err != nil {
 			return buf[:n], b, err
 		}
+		member = s.r.cfg.Policy == PolicyBlock
 		if !s.unlapped() {
 			buf = buf[:n]
 			s.viewed = 0
