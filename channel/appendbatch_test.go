@@ -180,3 +180,47 @@ func TestAppendBatchBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendBatchLappedInPut: publishers lap the reader while Put copies a
+// message (overwrite): what Put appended is cut off again, the reader
+// resyncs and counts the loss, and the batch holds intact messages only,
+// in order.
+func TestAppendBatchLappedInPut(t *testing.T) {
+	r := newRing(t, Config{Capacity: MinCapacity, MaxMessage: 1000, Policy: PolicyOverwrite})
+	s, p := mustSub(t, r), mustPub(t, r)
+	msg := func(i int) []byte { return fmt.Appendf(nil, "m%03d", i) }
+	const old, lap = 3, 300 // 300 frames of 16 bytes: more than a lap of 4 KiB
+	for i := range old {
+		if err := p.TryPublish(msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	puts := 0
+	o := AppendOptions{Limit: 1 << 20, Put: func(buf, m []byte, _ Position) []byte {
+		if puts++; puts == 1 {
+			for i := old; i < old+lap; i++ {
+				if err := p.TryPublish(msg(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return append(buf, m...)
+	}}
+	buf, got, err := s.AppendBatch(nil, o)
+	if err != nil || got.End != AppendEmpty {
+		t.Fatalf("AppendBatch: %+v, %v", got, err)
+	}
+	if got.Msgs != puts-1 || got.Bytes != len(buf) || s.Lost() == 0 {
+		t.Fatalf("%d messages of %d bytes (%d in buf) from %d calls of Put, %d lost: want the first cut off and a loss",
+			got.Msgs, got.Bytes, len(buf), puts, s.Lost())
+	}
+	first := old + lap - got.Msgs
+	if want := uint64(first); s.Lost() != want {
+		t.Errorf("lost %d, want %d (all before the first message of the batch)", s.Lost(), want)
+	}
+	for i := 0; i < got.Msgs; i++ {
+		if m := string(buf[4*i : 4*i+4]); m != string(msg(first+i)) {
+			t.Fatalf("message %d of the batch is %q, want %q", i, m, msg(first+i))
+		}
+	}
+}
