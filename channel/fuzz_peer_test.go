@@ -96,6 +96,12 @@ func FuzzHostilePeer(f *testing.F) {
 		f.Add(size<<2|1, cat(op(1, 0, 1<<32), op(5, 16, 1<<31), op(9, 8, 3)))
 		f.Add(size<<2, cat(op(2, 1, uint64(RolePublisher)<<32|uint64(MemberActive)), op(2, 2, 1), op(2, 5, 1<<20), op(6, 4, 7)))
 		f.Add(size<<2|3, cat(op(3, 0, 0x40001000_00001000), op(11, 200, 0xffffffff_ffffffff), op(1, 72, 9)))
+		// The Reserve word (+964, the high half of the word at +960):
+		// garbage, the first slot (an honest member's), and a publisher
+		// slot of the peer's.
+		f.Add(size<<2, cat(op(1, QOffExclusive/8, 0xdeadbeef<<32)))
+		f.Add(size<<2, cat(op(1, QOffExclusive/8, 1<<32)))
+		f.Add(size<<2, cat(op(2, 1, uint64(RolePublisher)<<32|uint64(MemberActive)), op(2, 2, 1), op(1, QOffExclusive/8, 2<<32)))
 	}
 	f.Fuzz(func(t *testing.T, mode uint8, script []byte) {
 		fuzzWatchdog(t, "FuzzHostilePeer")

@@ -36,6 +36,7 @@ import "unsafe"
 //	+384  Reaped, Evicted          counters written by reapers (rare)
 //	+448  Index[64] packed position of the first record at or after each chunk boundary
 //	+960  Exclusive slot+1 of the queue's exclusive publisher (0: none)
+//	+964  Reserve   slot+1 of the publisher that reserved the room (block pubsub; 0: none)
 //
 // A packed position is seq<<32 | units: seq counts messages (not padding)
 // modulo 2^32 and units counts 16-byte units of the data stream modulo 2^32
@@ -106,6 +107,7 @@ const (
 	QOffEvicted      = 392 // u64 members of this queue evicted after their lease expired
 	QOffIndex        = 448 // [IndexChunks]u64 first record at or after each chunk boundary
 	QOffExclusive    = 960 // u32 slot+1 of the exclusive publisher, which stores Tail without CAS; 0: none
+	QOffReserve      = 964 // u32 slot+1 of a reserving publisher (block pubsub): the others treat the ring as full; 0: none
 )
 
 // Member slot offsets, relative to the slot. Each slot is one cache line
@@ -229,7 +231,8 @@ type queueHeader struct {
 	_            [48]byte
 	Index        [IndexChunks]uint64
 	Exclusive    uint32
-	_            [60]byte
+	Reserve      uint32
+	_            [56]byte
 }
 
 // memberSlot is the Go rendering of a member slot.

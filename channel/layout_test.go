@@ -81,6 +81,7 @@ func TestLayoutQueueHeader(t *testing.T) {
 		{"Evicted", unsafe.Offsetof(q.Evicted), QOffEvicted, unsafe.Sizeof(q.Evicted), 8},
 		{"Index", unsafe.Offsetof(q.Index), QOffIndex, unsafe.Sizeof(q.Index), IndexChunks * 8},
 		{"Exclusive", unsafe.Offsetof(q.Exclusive), QOffExclusive, unsafe.Sizeof(q.Exclusive), 4},
+		{"Reserve", unsafe.Offsetof(q.Reserve), QOffReserve, unsafe.Sizeof(q.Reserve), 4},
 	})
 	if s := unsafe.Sizeof(q); s != QueueHeaderLen {
 		t.Errorf("queueHeader is %d bytes, ABI says %d", s, QueueHeaderLen)

@@ -202,8 +202,10 @@ func (r *Ring) evict(s *memberSlot, now int64) bool {
 	}
 	if q := atomic.LoadUint32(&s.Role) >> 8 & 0xff; uint64(q) < r.cfg.queues() {
 		atomic.AddUint64(&r.queues[q].Evicted, 1)
-		// A dead exclusive publisher gives the queue back.
+		// A dead exclusive publisher gives the queue back, and a dead
+		// Reserver its reservation (the wake-up below tells the waiters).
 		atomic.CompareAndSwapUint32(&r.queues[q].Exclusive, r.slotIndex(s)+1, 0)
+		atomic.CompareAndSwapUint32(&r.queues[q].Reserve, r.slotIndex(s)+1, 0)
 	}
 	atomic.StoreUint64(&s.PendingLen, 0)
 	atomic.CompareAndSwapUint32(&s.State, MemberDead, MemberFree)
@@ -302,6 +304,11 @@ func (r *Ring) Reap() int {
 	for q := 0; q < int(r.cfg.queues()); q++ {
 		if r.cfg.Type == TypeStream {
 			r.reapTakes(q, now)
+		}
+		// A reservation that names no live publisher (garbage, or a
+		// member that left without clearing it) is cleared.
+		if v := atomic.LoadUint32(&r.queues[q].Reserve); v != 0 {
+			r.holds(q, v)
 		}
 	}
 	n := 0

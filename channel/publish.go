@@ -21,6 +21,11 @@ type PublisherOptions struct {
 	// WakeAll wakes them. The mirror's importer publishes quietly: the
 	// exporters of its own host pass over what it writes.
 	Quiet bool
+	// Reserver (block pubsub): this publisher ignores the queue's
+	// reservation (the Reserve word, section 9 of the ABI) and may hold
+	// it (Publisher.Reserve). The mirror's importer is one: while it holds
+	// records it could not place, the ring's room is its.
+	Reserver bool
 }
 
 // Publisher appends messages to one queue of a ring. Many publishers, in
@@ -42,6 +47,10 @@ type Publisher struct {
 	batch bool   // ... and it came from ClaimBatch
 	ex    bool   // exclusive: Tail is ours to store
 	slow  slowest
+	// heed: a publisher of a block pubsub queue that waits while a
+	// Reserver holds the queue; reserver: PublisherOptions.Reserver;
+	// holding: it holds the queue (Reserve).
+	heed, reserver, holding bool
 }
 
 // slowest is the subscriber that held the limit at the last scan of the
@@ -70,7 +79,10 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive, quiet: o.Quiet}
+	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive, quiet: o.Quiet, reserver: o.Reserver}
+	p.heed = !o.Reserver && r.cfg.Type == TypePubSub && r.cfg.Policy == PolicyBlock
+	// A reservation of the slot's former owner is void.
+	atomic.CompareAndSwapUint32(&p.qh.Reserve, m.idx+1, 0)
 	p.w = newWaiter(o.Idle, m)
 	// Announce first, then look (both sides do): with sequentially
 	// consistent atomics at least one of two racing joiners sees the other.
@@ -116,6 +128,9 @@ func (p *Publisher) Close() error {
 		}
 		if p.ex {
 			atomic.CompareAndSwapUint32(&p.qh.Exclusive, p.m.idx+1, 0)
+		}
+		if p.reserver {
+			p.r.unreserve(p.q, p.m.idx+1)
 		}
 		p.m.release()
 	})
@@ -233,6 +248,19 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, gap uint32, block
 	p.w.ctx = ctx
 	p.w.reset()
 	for {
+		// A Reserver's reservation: the ring is full for this publisher.
+		if v := atomic.LoadUint32(&p.qh.Reserve); v != 0 && p.heed && r.holds(p.q, v) {
+			if !block {
+				return 0, ErrWouldBlock
+			}
+			if err := p.w.pause(r.parks[p.q][1], func() bool { return !p.reserved() }); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if p.holding {
+			p.reserve() // another Reserver may have cleared it
+		}
 		t := pos(atomic.LoadUint64(&p.qh.Tail))
 		off := r.offset(t.units())
 		var pad uint64
@@ -246,7 +274,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, gap uint32, block
 				if !block {
 					return 0, ErrWouldBlock
 				}
-				if err := p.w.pause(r.parks[p.q][1], func() bool { return p.room(end) }); err != nil {
+				if err := p.w.pause(r.parks[p.q][1], p.roomHolding(end)); err != nil {
 					return 0, err
 				}
 				continue
@@ -334,6 +362,18 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, gap uint32, block
 		}
 		p.out = true
 		return k, nil
+	}
+}
+
+// roomHolding is room for a waiting publisher: one that holds the
+// queue's reservation first sets it again if another Reserver cleared it
+// (and woke it).
+func (p *Publisher) roomHolding(end uint32) func() bool {
+	return func() bool {
+		if p.holding {
+			p.reserve()
+		}
+		return p.room(end)
 	}
 }
 

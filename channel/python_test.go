@@ -189,11 +189,13 @@ func TestPythonSubscriber(t *testing.T) {
 
 func TestPythonPublisher(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cfg  Config
+		name     string
+		cfg      Config
+		reserved bool // a Reserver holds the queue until the Python publisher joined
 	}{
-		{"pubsub-block", Config{Type: TypePubSub, Policy: PolicyBlock}},
-		{"stream", Config{Type: TypeStream}},
+		{"pubsub-block", Config{Type: TypePubSub, Policy: PolicyBlock}, false},
+		{"pubsub-block, reserved", Config{Type: TypePubSub, Policy: PolicyBlock}, true},
+		{"stream", Config{Type: TypeStream}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const n = 400
@@ -218,6 +220,10 @@ func TestPythonPublisher(t *testing.T) {
 				}
 				next = s.Next
 			}
+			var res *Publisher
+			if tc.reserved {
+				res = reserver(t, r)
+			}
 			var in strings.Builder
 			for i := 0; i < n; i++ {
 				in.WriteString(hex.EncodeToString(pyMsg(i, cfg.MaxMessage)) + "\n")
@@ -225,6 +231,17 @@ func TestPythonPublisher(t *testing.T) {
 			sc, wait := pyClient(t, strings.NewReader(in.String()), "pub", path, "--hex", "--timeout", "120")
 			if l := pyLine(t, sc, wait); !strings.HasPrefix(l, "# joined slot ") {
 				t.Fatalf("first line %q, want the join", l)
+			}
+			if res != nil {
+				// The Python publisher waits for the reservation (the Go
+				// one would sleep on SpaceFutex; Python polls).
+				start := atomic.LoadUint64(&r.queues[0].Tail)
+				for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					if tail := atomic.LoadUint64(&r.queues[0].Tail); tail != start {
+						t.Fatalf("the Python publisher published (tail %#x, was %#x) while a Reserver held the queue", tail, start)
+					}
+				}
+				must(t, res.Reserve(false))
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
@@ -243,6 +260,9 @@ func TestPythonPublisher(t *testing.T) {
 			}
 			if err := wait(); err != nil {
 				t.Fatal(err)
+			}
+			if res != nil {
+				res.Close()
 			}
 			if ms := r.Members(); len(ms) != 1 || ms[0].Role != RoleSubscriber {
 				t.Errorf("members after the python publisher left: %+v", ms)

@@ -19,7 +19,11 @@
 //   - pubsub, block: the peer is one subscriber slot in the origin ring
 //     whose cursor is the peer's acknowledged position, so the ring holds
 //     publishers back within a window; status messages carry the
-//     acknowledgements.
+//     acknowledgements. While a flow's spool holds records its importer
+//     reserves the ring (channel.PublisherOptions.Reserver): the room
+//     the acknowledgements free goes to it before local publishers, or
+//     two hosts bursting both ways could fill both spools and wait for
+//     each other for good.
 //   - pubsub, overwrite: the exporter reads as an overwrite subscriber and
 //     sends exact gap counts; the importing side counts them as the link's
 //     losses and writes them into its ring as gap frames, which every

@@ -117,7 +117,7 @@ func (m *Mirror) openImporter(p *peer, k chanKey) (*importer, error) {
 	if k.Q >= imp.ring.Queues() {
 		return fail(errNoQueue)
 	}
-	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q, Quiet: true}); err != nil {
+	if imp.pub, err = h.NewPublisher(channel.PublisherOptions{Queue: k.Q, Quiet: true, Reserver: true}); err != nil {
 		return fail(err)
 	}
 	imp.gaps = imp.cfg.Type == channel.TypePubSub && imp.ring.Version() >= 2
@@ -484,6 +484,7 @@ func (imp *importer) publish(ctx context.Context) {
 				imp.log.WithError(err).Error("import failed; the flow starts again")
 				imp.mu.Lock()
 				imp.broken = true
+				_ = imp.pub.Reserve(false) // nothing moves the spool until the flow starts again
 				imp.mu.Unlock()
 				imp.p.interrupt()
 				return
@@ -526,6 +527,11 @@ func (imp *importer) publishChunk(ctx context.Context) (int, error) {
 		imp.room = imp.spoolRoom()
 	}
 	imp.chunking = n > 0 || gap > 0
+	// While the spool holds records the ring's room is the importer's
+	// (block pubsub): local publishers that took the room the origin's
+	// acknowledgements free would keep both hosts' spools full for good.
+	// An evicted publisher's error comes back from its next claim.
+	_ = imp.pub.Reserve(imp.chunking)
 	imp.mu.Unlock()
 	if !imp.chunking {
 		return 0, nil

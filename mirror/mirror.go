@@ -67,9 +67,11 @@ type Options struct {
 	Credit int
 	// SpoolRings sizes each flow's spool, in the state directory: the
 	// messages a host received and acknowledged before its ring had room
-	// for them, up to SpoolRings times the channel's ring capacity. Two
-	// hosts whose publishers each publish at most that much at once never
-	// wait for each other. Default DefaultSpoolRings.
+	// for them, up to SpoolRings times the channel's ring capacity: how far
+	// a host's publishers can run ahead of the other host's ring at once.
+	// Beyond it, the importer's reservation of its ring (its spool's
+	// records go before local publishers') keeps two hosts from waiting
+	// for each other. Default DefaultSpoolRings.
 	SpoolRings int
 }
 

@@ -25,28 +25,36 @@ const burstSpoolRings = 8
 const stallTimeout = 30 * time.Second
 
 // TestBlockBurstsOnTwoHosts: publishers on A and B publish, at once,
-// bursts of several times what either small block ring holds (and at most
-// what each spool holds); every message reaches the subscribers on both
-// hosts once, intact, in its publisher's order. Each host's importer
-// needs room in its ring, which that ring keeps for the other host until
-// it acknowledges: without the spool the two hosts wait for each other.
+// bursts of several times what either small block ring holds; every
+// message reaches the subscribers on both hosts once, intact, in its
+// publisher's order. Each host's importer needs room in its ring, which
+// that ring keeps for the other host until it acknowledges: without the
+// spool the two hosts wait for each other, and with bursts past what the
+// spools hold, both spools fill unless the importers get the room their
+// peers' acknowledgements free.
 func TestBlockBurstsOnTwoHosts(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		capacity   uint64
 		publishers int // per host
 		n          int // messages per publisher
+		spoolRings int
 	}{
-		// About 4 rings' worth per host (messages of 12 to 211 bytes).
-		{"one publisher per host", 64 << 10, 1, 2000},
-		{"two publishers per host", 64 << 10, 2, 1000},
-		{"small ring", 16 << 10, 1, 500},
+		// About 4 rings' worth per host (messages of 12 to 211 bytes),
+		// at most what each spool holds.
+		{"one publisher per host", 64 << 10, 1, 2000, burstSpoolRings},
+		{"two publishers per host", 64 << 10, 2, 1000, burstSpoolRings},
+		{"small ring", 16 << 10, 1, 500, burstSpoolRings},
+		// About 40 rings' worth per host into spools of one ring: both
+		// spools fill.
+		{"past both spools", 16 << 10, 2, 2500, 1},
+		{"past both spools, one publisher", 64 << 10, 1, 20000, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			c := newCluster(t, channel.Config{Policy: channel.PolicyBlock, Capacity: tc.capacity, MaxMessage: 1024},
-				func(o *Options) { o.SpoolRings = burstSpoolRings }, "a", "b")
+				func(o *Options) { o.SpoolRings = tc.spoolRings }, "a", "b")
 			tallies := map[string]*tally{}
 			for _, h := range c.hosts {
 				tallies[h.name] = subscribe(ctx, t, mapRing(t, h), false)
@@ -72,6 +80,16 @@ func TestBlockBurstsOnTwoHosts(t *testing.T) {
 				t.FailNow()
 			}
 			expectWithin(t, stallTimeout, len(c.hosts)*tc.publishers*tc.n, tallies)
+			// The spools drained: the importers gave the rings back.
+			for _, h := range c.hosts {
+				r := mapRing(t, h)
+				waitFor(t, stallTimeout, func() error {
+					if slot, ok := r.Reserved(0); ok {
+						return fmt.Errorf("%s's ring is still reserved by slot %d", h.name, slot)
+					}
+					return nil
+				})
+			}
 		})
 	}
 }
@@ -258,6 +276,9 @@ func (c *cluster) dump(ch string) string {
 		if err == nil {
 			qs := r.QueueStats(0)
 			fmt.Fprintf(&b, "%s ring: tail %v limit %d in use %d, %d space waiters\n", h.name, qs.Tail, qs.Limit, qs.InUse, qs.SpaceWaiters)
+			if slot, ok := r.Reserved(0); ok {
+				fmt.Fprintf(&b, "  reserved by slot %d\n", slot)
+			}
 			for _, mi := range r.Members() {
 				fmt.Fprintf(&b, "  member %d role %d cursor %v lag %d\n", mi.Slot, mi.Role, channel.Position(mi.Cursor), mi.Lag)
 			}

@@ -79,6 +79,9 @@ func (r *Registry) recoverChannel(ns *Namespace, name string) *Channel {
 		} else {
 			seg.CloseFile()
 			ch.seg, ch.m = seg, newMapping(seg, ch.ring)
+			// The importers of the agent that died reserved room for
+			// spools that this one's importers take over.
+			ch.ring.ClearReservations()
 		}
 	}
 	if err != nil {

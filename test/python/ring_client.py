@@ -58,6 +58,7 @@ Q_TAIL, Q_HEAD, Q_LIMIT, Q_RELEASE = 0, 64, 128, 192
 Q_DATA_FUTEX, Q_DATA_WAITERS = 256, 260
 Q_SPACE_FUTEX, Q_SPACE_WAITERS = 320, 324
 Q_REAPED, Q_INDEX = 384, 448
+Q_RESERVE = 964     # u32 slot+1 of a Reserver publisher (block pubsub), 0: none
 
 # member slot (relative)
 SLOT_LEN = 64
@@ -457,6 +458,21 @@ class Publisher:
             r.set64(qh + Q_LIMIT, lim)
         return lim
 
+    def reserved(self):
+        """Section 9: a block pubsub queue whose Reserve word names a live
+        publisher of it is full for this publisher. Any other non-zero value
+        is void; clearing it needs a CAS, so this client leaves that to the
+        agent's reaper."""
+        r, q = self.ring, self.q
+        if r.type != TYPE_PUBSUB or r.policy != POLICY_BLOCK:
+            return False
+        v = r.u32(r.qh(q) + Q_RESERVE)  # loaded once
+        if v == 0 or v - 1 >= r.slots:
+            return False
+        base = r.slot_off(v - 1)
+        return (r.u32(base + M_STATE) == ACTIVE and r.u32(base + M_ROLE) == ROLE_PUBLISHER | q << 8
+                and not r.expired(base, monotonic_ns()))
+
     def room(self, end, tail_units):
         r, qh = self.ring, self.ring.qh(self.q)
         if r.type == TYPE_STREAM:
@@ -491,7 +507,7 @@ class Publisher:
             if off + frame > r.capacity:
                 total += r.capacity - off  # padding to the end of the ring
             end = (units_of(t) + (total >> 4)) & M32
-            if self.room(end, units_of(t)):
+            if not self.reserved() and self.room(end, units_of(t)):
                 break
             if time.monotonic() > deadline:
                 raise RingError("timed out waiting for space (a subscriber is not reading)")
