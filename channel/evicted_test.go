@@ -26,6 +26,14 @@ func TestEvictedSubscriberReads(t *testing.T) {
 		{"TryPeek", func(s *Subscriber) error { _, err := s.TryPeek(); return err }},
 		{"AppendNext", func(s *Subscriber) error { _, _, err := s.AppendNext(nil); return err }},
 		{"Wait", func(s *Subscriber) error { return s.Wait(ctx) }},
+		{"AppendBatch", func(s *Subscriber) error {
+			_, _, err := s.AppendBatch(nil, AppendOptions{Limit: 1 << 20})
+			return err
+		}},
+		{"AppendBatch skipping", func(s *Subscriber) error {
+			_, _, err := s.AppendBatch(nil, AppendOptions{Limit: 1 << 20, Skip: func(uint32, Position) bool { return true }})
+			return err
+		}},
 		{"SkipIf", func(s *Subscriber) error {
 			_, err := s.SkipIf(func(uint32, Position) bool { return true })
 			return err

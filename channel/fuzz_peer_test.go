@@ -222,7 +222,11 @@ func peerHonest(t *testing.T, r *Ring, mem []byte) {
 			} else {
 				s, err := r.NewSubscriber(SubscriberOptions{From: Start(step / 10 % 2), Idle: idle})
 				if must("subscriber", err); err == nil {
-					next, blocking = append(next, s.TryNext), append(blocking, s.Next)
+					try := s.TryNext
+					if len(next)%2 == 1 { // the mirror exporter's read
+						try = peerBatch(t, s, max)
+					}
+					next, blocking = append(next, try), append(blocking, s.Next)
 				}
 			}
 		case 5: // reap and check
@@ -284,6 +288,25 @@ func peerHonest(t *testing.T, r *Ring, mem []byte) {
 				cancel()
 			}
 		}
+	}
+}
+
+// peerBatch reads s as the mirror's exporter does (AppendBatch, passing
+// over one publisher's messages): no message Put gets is longer than max.
+func peerBatch(t *testing.T, s *Subscriber, max uint32) func([]byte) ([]byte, error) {
+	o := AppendOptions{
+		Limit: 4 << 10,
+		Skip:  func(slot uint32, _ Position) bool { return slot%2 == 1 },
+		Put: func(buf, msg []byte, _ Position) []byte {
+			if uint64(len(msg)) > uint64(max) {
+				t.Fatalf("AppendBatch: %d-byte message, max %d", len(msg), max)
+			}
+			return append(buf, msg...)
+		},
+	}
+	return func(buf []byte) ([]byte, error) {
+		_, _, err := s.AppendBatch(buf[:0], o)
+		return nil, err
 	}
 }
 

@@ -415,6 +415,12 @@ func (s *Subscriber) peek(block bool) ([]byte, error) {
 	if err := s.m.alive(); err != nil {
 		return nil, err
 	}
+	return s.look(block)
+}
+
+// look is peek once the subscriber knows it is a member: AppendBatch
+// asks once per message, and a check after a copy asked already.
+func (s *Subscriber) look(block bool) ([]byte, error) {
 	r := s.r
 	s.w.reset()
 	for polls := 0; ; polls++ {

@@ -53,6 +53,7 @@ type exporter struct {
 	mu       sync.Mutex
 	ext      channel.Extended   // pubsub: reader's position; stream: next id sent
 	sentNext channel.Extended   // Next of the last batch sent
+	base     channel.Extended   // pubsub: ext where the reader's AppendBatch started
 	inflight []channel.Extended // pubsub: Nexts of batches not acknowledged
 	acked    channel.Extended
 	credit   uint32
@@ -368,6 +369,7 @@ func (ex *exporter) runPubSub() error {
 	ctx := ex.s.ctx
 	most := wire.DataFixedLen + batchTarget + wire.RecordSize(int(ex.cfg.MaxMessage))
 	var zero [wire.DataFixedLen]byte
+	opts := channel.AppendOptions{Skip: ex.im.is, Put: ex.putRecord}
 	for ctx.Err() == nil {
 		// The batch is built where it is sent from: in the session's send
 		// region, holding its turn (and never waiting meanwhile).
@@ -380,52 +382,35 @@ func (ex *exporter) runPubSub() error {
 		ex.mu.Lock()
 		ext, room := ex.ext, ex.roomLocked()
 		ex.mu.Unlock()
+		// One look at each frame: what our importer wrote is passed over
+		// uncopied (its origin sends it), the rest appended as records.
+		opts.Limit = batchTarget
+		if room < uint64(batchTarget) {
+			opts.Limit = min(batchTarget, wire.DataFixedLen+int(room))
+		}
 		starved := false // a message waits for room in the peer's spool
-		for len(buf) < batchTarget {
-			// What our importer wrote is passed over uncopied: its
-			// origin sends it.
-			skipped, err := ex.rd.SkipIf(ex.im.is)
-			if errors.Is(err, channel.ErrWouldBlock) {
-				break
-			}
+		for {
+			ex.base = ext
+			var got channel.Appended
+			buf, got, err = ex.rd.AppendBatch(buf, opts)
+			count += got.Msgs
+			bytes += got.Bytes
 			if err != nil {
 				ex.s.unreserve()
 				return err
 			}
-			if skipped {
-				if end, ok := ex.im.claims.endOf(ex.rd.Position()); ok {
-					// The rest of that claim is imports too. A failed
-					// SkipTo leaves the cursor: they are passed over one
-					// by one, and a reader evicted meanwhile fails next.
-					_ = ex.rd.SkipTo(end)
-				}
+			ext = ex.rd.Position().Extend(ext)
+			if got.End != channel.AppendSkipped {
+				starved = got.End == channel.AppendFull && uint64(len(buf)-wire.DataFixedLen) >= room
+				break
+			}
+			if end, ok := ex.im.claims.endOf(ex.rd.Position()); ok {
+				// The rest of that claim is imports too. A failed
+				// SkipTo leaves the cursor: they are passed over one
+				// by one, and a reader evicted meanwhile fails next.
+				_ = ex.rd.SkipTo(end)
 				ext = ex.rd.Position().Extend(ext)
-				continue
 			}
-			if uint64(len(buf)-wire.DataFixedLen) >= room {
-				starved = true
-				break
-			}
-			off := len(buf)
-			b, slot, err := ex.rd.AppendNext(append(buf, zero[:wire.RecordLen]...))
-			if errors.Is(err, channel.ErrWouldBlock) {
-				break
-			}
-			if err != nil {
-				ex.s.unreserve()
-				return err
-			}
-			after := ex.rd.Position()
-			ext = after.Extend(ext)
-			if ex.im.is(slot, after) {
-				continue // our importer wrote it: its origin sends it
-			}
-			n := len(b) - off - wire.RecordLen
-			b = append(b, zero[:wire.RecordSize(n)-wire.RecordLen-n]...)
-			wire.PutRecord(b[off:], ext.Seq-1, n)
-			buf = b
-			count++
-			bytes += n
 		}
 		// A lapped reader resyncs wherever it looks (even when it then
 		// finds no message, or the batch stops for the peer's room): the
@@ -494,6 +479,16 @@ func (ex *exporter) runPubSub() error {
 		ex.s.p.bytes.Add(uint64(bytes))
 	}
 	return nil
+}
+
+// putRecord appends the message msg, at position at of the ring, to the
+// batch b as a record; ex.base is the extended position the batch's read
+// started from.
+func (ex *exporter) putRecord(b, msg []byte, at channel.Position) []byte {
+	off, n := len(b), len(msg)
+	b = slices.Grow(b, wire.RecordSize(n))[:off+wire.RecordSize(n)]
+	copy(wire.PutRecord(b[off:], at.Extend(ex.base).Seq, n), msg)
+	return b
 }
 
 // skipDelay is how long an exporter that only passed over imports waits

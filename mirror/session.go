@@ -345,6 +345,7 @@ func (s *session) completions() error {
 	size := uint64(len(s.inbox))
 	var touched []*importer
 	var ad ackDelay
+	defer ad.reset()
 	for {
 		n, err := ad.wait(s.ctx, s.conn, cs)
 		if err != nil {
@@ -354,7 +355,8 @@ func (s *session) completions() error {
 			if err := s.ack(touched); err != nil {
 				return err
 			}
-			touched, ad = touched[:0], ackDelay{}
+			touched = touched[:0]
+			ad.reset()
 			continue
 		}
 		recvd := s.recvd.Load()
@@ -395,7 +397,8 @@ func (s *session) completions() error {
 			if err := s.ack(touched); err != nil {
 				return err
 			}
-			touched, ad = touched[:0], ackDelay{}
+			touched = touched[:0]
+			ad.reset()
 		}
 	}
 }
@@ -415,6 +418,18 @@ type ackDelay struct {
 	bytes uint64
 	first time.Time // when the oldest of them arrived
 	now   bool      // acknowledge at once
+	// until ends when their Ack is due: one context (and timer) for all
+	// the waits until then, not one a wait (a batch each at low rates).
+	until  context.Context
+	cancel context.CancelFunc
+}
+
+// reset forgets the batches once they were acknowledged.
+func (a *ackDelay) reset() {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	*a = ackDelay{}
 }
 
 func (a *ackDelay) add(n uint64, now bool) {
@@ -439,9 +454,10 @@ func (a *ackDelay) wait(ctx context.Context, c rdma.Conn, cs []rdma.Completion) 
 	if n := c.Poll(cs); n > 0 {
 		return n, nil
 	}
-	wctx, cancel := context.WithDeadline(ctx, a.first.Add(ackAfter))
-	defer cancel()
-	n, err := c.Wait(wctx, cs)
+	if a.until == nil {
+		a.until, a.cancel = context.WithDeadline(ctx, a.first.Add(ackAfter))
+	}
+	n, err := c.Wait(a.until, cs)
 	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 		return 0, nil
 	}
