@@ -55,6 +55,11 @@ func (r *Ring) acquire(role uint32, q int, cursor pos) (*member, error) {
 		if !atomic.CompareAndSwapUint32(&s.State, MemberInit, MemberActive) || atomic.LoadUint32(&s.Gen) != gen {
 			continue
 		}
+		// A reservation naming the slot is its former owner's: void
+		// (section 9 of the ABI).
+		if uint64(q) < r.cfg.queues() {
+			atomic.CompareAndSwapUint32(&r.queues[q].Reserve, i+1, 0)
+		}
 		m := &member{r: r, idx: i, gen: gen, s: s, lease: now}
 		r.track(m)
 		return m, nil

@@ -81,8 +81,6 @@ func (r *Ring) NewPublisher(o PublisherOptions) (*Publisher, error) {
 	}
 	p := &Publisher{r: r, q: o.Queue, qh: r.queues[o.Queue], m: m, ex: o.Exclusive, quiet: o.Quiet, reserver: o.Reserver}
 	p.heed = !o.Reserver && r.cfg.Type == TypePubSub && r.cfg.Policy == PolicyBlock
-	// A reservation of the slot's former owner is void.
-	atomic.CompareAndSwapUint32(&p.qh.Reserve, m.idx+1, 0)
 	p.w = newWaiter(o.Idle, m)
 	// Announce first, then look (both sides do): with sequentially
 	// consistent atomics at least one of two racing joiners sees the other.
@@ -249,7 +247,7 @@ func (p *Publisher) claimRun(ctx context.Context, sizes []int, gap uint32, block
 	p.w.reset()
 	for {
 		// A Reserver's reservation: the ring is full for this publisher.
-		if v := atomic.LoadUint32(&p.qh.Reserve); v != 0 && p.heed && r.holds(p.q, v) {
+		if p.heed && p.reserved() {
 			if !block {
 				return 0, ErrWouldBlock
 			}
